@@ -1,0 +1,372 @@
+"""The pipeline's configuration: one frozen pydantic tree, read from YAML with dotted overrides.
+
+`PipelineConfig` is at once what users edit (``configs/*.yaml``), the Prefect flow's parameter
+(so the Prefect UI renders it as a form with these descriptions) and, as JSON, the wire format
+to torchrun and what MLflow logs as params. Every model forbids unknown keys and validates on
+creation, so a bad value fails before any work and the error names the dotted field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from genpar_models.errors import ConfigError
+
+__all__ = ["ConfigError", "PipelineConfig", "load_config", "build_config", "dump_config"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+BUILTIN_SOURCES = ("digits", "mnist5k")
+
+
+class DataConfig(_Section):
+    """Where the images come from and how they are turned into shards."""
+
+    source: Literal["digits", "mnist5k", "folder", "array", "table"] = Field(
+        "digits",
+        description="digits / mnist5k: built-in datasets shipped inside installed packages; "
+        "folder: a directory of PNG/JPEG images (class subfolders become labels); "
+        "array: a .npy or .npz file; table: a Parquet or CSV file with pixel columns.",
+    )
+    path: str | None = Field(
+        None, description="File or folder for the folder/array/table sources; unused for built-ins."
+    )
+    image_size: int = Field(
+        8, description="Side of the square images the model sees, in pixels (even, 8 to 64)."
+    )
+    channels: Literal[1, 3] = Field(1, description="1 = grayscale, 3 = RGB.")
+    resize: Literal["center_crop", "pad", "stretch"] = Field(
+        "center_crop", description="How non-square images become square before resizing."
+    )
+    alpha_background: Literal["black", "white"] = Field(
+        "black", description="Colour that transparent pixels are composited onto."
+    )
+    val_fraction: float = Field(0.1, ge=0.0, le=0.5, description="Share of samples for validation.")
+    test_fraction: float = Field(0.1, ge=0.0, le=0.5, description="Share of samples for test.")
+    shard_size: int = Field(
+        1024, ge=16, le=1_000_000, description="Input samples per Dask partition (and per shard)."
+    )
+    on_bad: Literal["fail", "skip"] = Field(
+        "fail",
+        description="fail: stop and list every unreadable or invalid sample; "
+        "skip: leave them out and count them in the manifest and in MLflow.",
+    )
+    max_samples: int | None = Field(
+        None, ge=1, description="Use only the first N samples of the source (in source order)."
+    )
+    max_image_pixels: int = Field(
+        25_000_000, ge=64, description="Largest decoded image (width x height) accepted."
+    )
+    pixel_max: float | None = Field(
+        None,
+        gt=0,
+        description="array/table sources: value of a white pixel. Default: 255 for integer "
+        "data, 1.0 for floating-point data.",
+    )
+    images_key: str | None = Field(
+        None, description="array source, .npz: key of the images (default: images, x, X or data)."
+    )
+    labels_key: str | None = Field(
+        None, description="array source, .npz: key of the labels (default: labels, y or Y)."
+    )
+    labels_path: str | None = Field(None, description="array source, .npy: a .npy of labels.")
+    label_column: str | None = Field(
+        "label", description="table source: the label column; every other column is a pixel."
+    )
+    num_classes: int | None = Field(
+        None, ge=1, description="Expected number of classes; labels must lie in [0, num_classes)."
+    )
+
+    @field_validator("image_size")
+    @classmethod
+    def _check_size(cls, v: int) -> int:
+        if not 8 <= v <= 64 or v % 2:
+            raise ValueError(f"must be an even number from 8 to 64, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_source(self) -> DataConfig:
+        if self.source not in BUILTIN_SOURCES and not self.path:
+            raise ValueError(f"data.path is required for source {self.source!r}")
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                "data.val_fraction + data.test_fraction must be below 0.9, got "
+                f"{self.val_fraction + self.test_fraction:g}"
+            )
+        return self
+
+
+class ModelConfig(_Section):
+    """Which generative model to build, by registry name, and its size."""
+
+    name: Literal["vae", "dcgan"] = Field(
+        "vae", description="vae: convolutional VAE; dcgan: DCGAN-style GAN."
+    )
+    latent_dim: int = Field(16, ge=1, le=1024, description="Size of the latent vector z.")
+    base_channels: int = Field(
+        32, ge=4, le=512, description="Channels of the first conv layer; doubled per level."
+    )
+    likelihood: Literal["bernoulli", "gaussian"] = Field(
+        "bernoulli",
+        description="VAE decoder: bernoulli (pixel intensities as probabilities) or gaussian "
+        "(discretised over 256 levels with a learned per-channel scale).",
+    )
+
+
+class TrainConfig(_Section):
+    """The torchrun training job."""
+
+    max_steps: int = Field(2000, ge=1, description="Optimizer steps in total (all epochs).")
+    batch_size_per_rank: int = Field(64, ge=1, le=65536, description="Samples per step per rank.")
+    lr: float = Field(1e-3, gt=0, le=1.0, description="Adam learning rate (VAE, GAN generator).")
+    lr_discriminator: float | None = Field(
+        None, gt=0, le=1.0, description="GAN discriminator learning rate (default: lr)."
+    )
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    kl_weight: float = Field(1.0, ge=0, description="VAE: weight of the KL term (beta-VAE).")
+    grad_clip_norm: float | None = Field(None, gt=0, description="Clip gradients to this norm.")
+    checkpoint_every_steps: int = Field(
+        200, ge=1, description="Rank 0 writes a checkpoint (and commits metrics) this often."
+    )
+    keep_checkpoints: int = Field(3, ge=1, le=100, description="Newest checkpoints kept on disk.")
+    log_every_steps: int = Field(20, ge=1, description="Print and record train metrics this often.")
+    val_every_steps: int = Field(
+        200, ge=1, description="Evaluate on the validation split this often."
+    )
+    max_restarts: int = Field(
+        1, ge=0, le=10, description="torchrun --max-restarts: elastic restarts after a rank dies."
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU."
+    )
+    resume: bool = Field(
+        True,
+        description="Continue an interrupted run of the same config and data from its newest "
+        "valid checkpoint instead of starting over.",
+    )
+
+
+class EvaluateConfig(_Section):
+    """Evaluation on the held-out test split."""
+
+    num_samples: int = Field(
+        1000, ge=10, description="Generated samples compared with the test split."
+    )
+    batch_size: int = Field(256, ge=1, description="Batch size for evaluation passes.")
+    iw_samples: int = Field(
+        64, ge=0, le=100_000, description="VAE: K of the importance-weighted bound (0 = skip)."
+    )
+    max_test_samples: int | None = Field(
+        None, ge=10, description="Evaluate on at most this many test samples."
+    )
+
+
+class GenerateConfig(_Section):
+    """Parallel sample generation after training."""
+
+    num_samples: int = Field(1000, ge=1, description="Samples to generate.")
+    chunk_size: int = Field(
+        250, ge=1, description="Samples per Dask task; each chunk is seeded by (seed, index)."
+    )
+    grid_rows: int = Field(8, ge=1, le=32, description="The PNG grid shows rows x rows samples.")
+    seed: int | None = Field(None, ge=0, description="Generation seed (default: the run seed).")
+
+
+class TrackingConfig(_Section):
+    """Where runs are recorded."""
+
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI if set, else a SQLite "
+        "store under the genpar home directory.",
+    )
+    experiment: str | None = Field(
+        None, description="MLflow experiment (default: the pipeline name)."
+    )
+
+
+class ComputeConfig(_Section):
+    """Processes, devices and clusters."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: every visible GPU if there is one, else CPU processes."
+    )
+    cpu_procs: int = Field(2, ge=1, le=256, description="Training processes on CPU (gloo).")
+    threads_per_proc: int | None = Field(
+        None, ge=1, description="Torch threads per CPU training process (default: cores / procs)."
+    )
+    dask_address: str | None = Field(
+        None, description="Scheduler address of an existing Dask cluster (tcp://host:8786)."
+    )
+    dask_workers: int | None = Field(
+        None, ge=1, description="Workers of the local Dask cluster (default: one per core)."
+    )
+    nnodes: int = Field(1, ge=1, description="torchrun nodes; >1 needs rdzv_endpoint.")
+    rdzv_endpoint: str | None = Field(None, description="host:port of the c10d rendezvous.")
+    rdzv_id: str | None = Field(None, description="Rendezvous job id shared by all nodes.")
+
+    @model_validator(mode="after")
+    def _check_nodes(self) -> ComputeConfig:
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("compute.rdzv_endpoint is required when compute.nnodes > 1")
+        return self
+
+
+class PipelineConfig(_Section):
+    """One pipeline: data -> preprocess -> train -> evaluate -> generate, tracked in MLflow."""
+
+    name: str = Field(
+        "genpar",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+        description="Pipeline name; names the MLflow experiment and the Prefect run.",
+    )
+    seed: int = Field(0, ge=0, description="Seed for weights, data order, noise and generation.")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    generate: GenerateConfig = GenerateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    compute: ComputeConfig = ComputeConfig()
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+    def flat(self) -> dict[str, Any]:
+        """The config as {dotted.key: value}, the form MLflow logs as params."""
+        return flatten(self.model_dump(mode="json"))
+
+    def train_key(self, shards_key: str) -> str:
+        """Identity of a training job: what decides the weights (not eval/generate/compute)."""
+        payload = self.model_dump(mode="json", include={"name", "seed", "model", "train"})
+        payload["train"].pop("resume", None)
+        payload["train"].pop("max_restarts", None)
+        payload["shards"] = shards_key
+        return stable_hash(payload)[:16]
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 of the canonical JSON of obj."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid config ({origin}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"].removeprefix("Value error, ")
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) or e["type"] == "missing" else f" (got {got!r})"
+        lines.append(f"  {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def _known_fields(
+    model: type[BaseModel], parts: list[str], override: str
+) -> type[BaseModel] | None:
+    """Walk `parts` through the model tree; raise ConfigError for an unknown key."""
+    current: type[BaseModel] | None = model
+    for depth, part in enumerate(parts):
+        if current is None:
+            raise ConfigError(f"override {override!r}: {'.'.join(parts[:depth])} is not a section")
+        fields = current.model_fields
+        if part not in fields:
+            where = ".".join(parts[:depth]) or "the top level"
+            hint = difflib.get_close_matches(part, list(fields), n=1)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(
+                f"override {override!r}: unknown key {part!r} in {where}{suggestion} "
+                f"(known: {', '.join(fields)})"
+            )
+        ann = fields[part].annotation
+        current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return current
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.path=value` overrides (values parsed as YAML) to a plain config dict."""
+    tree = json.loads(json.dumps(tree))  # deep copy of plain data
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected key.path=value, e.g. train.lr=3e-4")
+        parts = key.strip().split(".")
+        _known_fields(PipelineConfig, parts, item)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from e
+        node = tree
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return tree
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(tree).__name__}")
+    return tree
+
+
+def build_config(tree: dict[str, Any], origin: str = "config") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, origin)) from None
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> PipelineConfig:
+    """Read a YAML config (or the defaults when path is None), apply overrides, validate.
+
+    Raises:
+        ConfigError: naming the file, the dotted field and the allowed values.
+    """
+    tree = read_config_file(path) if path else {}
+    tree = apply_overrides(tree, overrides or [])
+    origin = str(path) if path else "defaults"
+    if overrides:
+        origin += " with " + " ".join(overrides)
+    return build_config(tree, origin)
+
+
+def dump_config(cfg: PipelineConfig) -> str:
+    """The config as YAML, in the same shape the files in configs/ have."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
