@@ -1,0 +1,106 @@
+"""Preprocessing as plain functions: one partition in, shards out; then the commit decision.
+
+The Prefect task owns the Dask cluster and maps `process_partition` over the partition specs;
+everything here is ordinary Python so it runs the same on a Dask worker, in a test, or in a
+loop. Output goes to a staging directory; `finish_shard_set` either commits it (renames it to
+its content address) or, when bad samples must fail the run, raises with the list of them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from genpar_models import shards
+from genpar_models.config import DataConfig
+from genpar_models.errors import DataError
+from genpar_models.sources import PartitionSpec, SourceInfo, load_partition
+
+MAX_BAD_IN_MESSAGE = 20
+
+
+def new_staging_dir(root: Path, key: str) -> Path:
+    """A fresh staging directory whose name carries our pid (for stale-dir cleanup)."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"{shards.STAGING_PREFIX}{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    return path
+
+
+def process_partition(spec: PartitionSpec, cfg: DataConfig, staging: str) -> dict[str, Any]:
+    """Decode, validate and normalise one partition, then write its shards into `staging`.
+
+    Returns a small summary (shard entries, pixel sums, bad samples): safe to send back
+    through Dask, never the pixels themselves.
+    """
+    part = load_partition(spec, cfg)
+    summary: dict[str, Any] = {"index": spec.index, "shards": {}, "max_label": -1}
+    if len(part.ids):
+        summary = shards.write_partition_shards(
+            index=spec.index,
+            ids=part.ids,
+            images=part.images,
+            labels=part.labels,
+            out_dir=Path(staging),
+            val_fraction=cfg.val_fraction,
+            test_fraction=cfg.test_fraction,
+        )
+    summary["bad"] = [list(b) for b in part.bad]
+    summary["count"] = len(part.ids)
+    return summary
+
+
+def format_bad(bad: list[tuple[str, str]], source: str) -> str:
+    lines = [f"{len(bad)} bad sample(s) in {source}:"]
+    lines += [f"  {sid}: {reason}" for sid, reason in bad[:MAX_BAD_IN_MESSAGE]]
+    if len(bad) > MAX_BAD_IN_MESSAGE:
+        lines.append(f"  … and {len(bad) - MAX_BAD_IN_MESSAGE} more")
+    lines.append("Fix or remove them, or set data.on_bad=skip to leave them out.")
+    return "\n".join(lines)
+
+
+def finish_shard_set(
+    *,
+    key: str,
+    info: SourceInfo,
+    cfg: DataConfig,
+    staging: Path,
+    final: Path,
+    parts: list[dict[str, Any]],
+) -> shards.Manifest:
+    """Decide fail/skip for bad samples, build the manifest and commit the staging dir.
+
+    Raises:
+        DataError: bad samples with on_bad=fail, or nothing usable left. The staging
+            directory is removed either way, so nothing half-written remains.
+    """
+    bad = [
+        (str(b[0]), str(b[1])) for p in sorted(parts, key=lambda p: p["index"]) for b in p["bad"]
+    ]
+    good = sum(p["count"] for p in parts)
+    try:
+        if bad and cfg.on_bad == "fail":
+            raise DataError(format_bad(bad, info.uri))
+        if good == 0:
+            raise DataError(f"{info.uri}: no usable samples ({len(bad)} bad)")
+        manifest = shards.build_manifest(
+            key=key,
+            source={"kind": info.kind, "uri": info.uri, "fingerprint": info.fingerprint},
+            data_cfg=cfg,
+            class_names=list(info.class_names),
+            parts=parts,
+            bad=bad,
+        )
+        if manifest.splits["train"].count == 0:
+            raise DataError(
+                f"{info.uri}: the train split is empty ({good} samples); lower "
+                "data.val_fraction/data.test_fraction or add data"
+            )
+        shards.commit_shard_set(staging, final, manifest)
+        return manifest
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

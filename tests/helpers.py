@@ -1,0 +1,43 @@
+"""Test helpers shared by unit and integration tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from genpar_models import shards
+from genpar_models.config import PipelineConfig
+
+
+def make_shard_set(directory: Path, cfg: PipelineConfig, n: int = 300, seed: int = 0) -> Path:
+    """A committed shard set of n random images shaped like cfg.data (for library tests)."""
+    rng = np.random.default_rng(seed)
+    c, s = cfg.data.channels, cfg.data.image_size
+    images = rng.integers(0, 256, size=(n, c, s, s), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=n)
+    ids = [f"synthetic[{i}]" for i in range(n)]
+    staging = directory.with_name(directory.name + ".staging")
+    staging.mkdir(parents=True)
+    half = n // 2
+    parts = []
+    for index, (lo, hi) in enumerate([(0, half), (half, n)]):
+        part = shards.write_partition_shards(
+            index=index,
+            ids=ids[lo:hi],
+            images=images[lo:hi],
+            labels=labels[lo:hi],
+            out_dir=staging,
+            val_fraction=cfg.data.val_fraction,
+            test_fraction=cfg.data.test_fraction,
+        )
+        parts.append(part)
+    manifest = shards.build_manifest(
+        key="synthetic",
+        source={"kind": "synthetic", "uri": "memory", "fingerprint": "0" * 64},
+        data_cfg=cfg.data,
+        class_names=[],
+        parts=parts,
+        bad=[],
+    )
+    return shards.commit_shard_set(staging, directory, manifest)
