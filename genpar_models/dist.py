@@ -1,0 +1,69 @@
+"""Process-group setup and teardown for torchrun (or a plain single process).
+
+torchrun exports RANK, LOCAL_RANK and WORLD_SIZE; without them we run as one process with no
+process group at all, so the same entry point works under `python -m`. nccl on CUDA, gloo on
+CPU (https://docs.pytorch.org/docs/stable/distributed.html, "Which backend to use?").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as tdist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(preference: str, local_rank: int) -> torch.device:
+    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("compute.device=cuda but torch sees no CUDA device")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def setup_distributed(device_preference: str = "auto") -> DistContext:
+    """Join the process group torchrun describes in the environment (or stay single)."""
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    device = pick_device(device_preference, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # before init_process_group, so nccl binds the right GPU
+    if world_size > 1:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        tdist.init_process_group(backend=backend, timeout=dt.timedelta(minutes=10))
+    return DistContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def cleanup_distributed() -> None:
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.distributed:
+        tdist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    if ctx.distributed:
+        tdist.all_reduce(tensor, op=tdist.ReduceOp.SUM)
+    return tensor

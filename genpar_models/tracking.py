@@ -1,0 +1,91 @@
+"""Metric sinks for the training ranks: rank 0 logs to MLflow in batches, the others do nothing.
+
+The only MLflow calls inside the library live here. Metrics are buffered and sent with one
+`log_batch` when the trainer commits a checkpoint (and at the end), so after an elastic
+restart the steps redone since that checkpoint are logged once, not twice: the charts stay
+monotone. If the tracking server is unreachable, the buffer is kept and retried at the next
+commit; training never stops because of tracking (see docs/RELIABILITY.md once it exists).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+MLFLOW_BATCH_LIMIT = 1000  # MLflow accepts at most 1000 metrics per log_batch call
+MAX_BUFFERED = 200_000
+
+
+class MetricSink(Protocol):
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+    def commit(self) -> bool: ...
+
+
+class NullSink:
+    """What every rank but 0 gets: accepts everything, records nothing."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        pass
+
+    def commit(self) -> bool:
+        return True
+
+
+class MlflowSink:
+    """Buffers metrics and flushes them to an existing MLflow run with `log_batch`."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        from mlflow import MlflowClient  # imported lazily: only rank 0 pays for it
+
+        self._client = MlflowClient(tracking_uri=uri)
+        self._run_id = run_id
+        self._metrics: list[Any] = []
+        self._tags: dict[str, str] = {}
+        self.unflushed = 0
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        for key, value in metrics.items():
+            self._metrics.append(Metric(key=key, value=float(value), timestamp=now, step=step))
+        if len(self._metrics) > MAX_BUFFERED:  # tracking down for very long: keep the newest
+            del self._metrics[: len(self._metrics) - MAX_BUFFERED]
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._tags.update({k: str(v) for k, v in tags.items()})
+
+    def commit(self) -> bool:
+        """Send everything buffered; on failure keep it for the next commit and return False."""
+        from mlflow.entities import RunTag
+
+        try:
+            if self._tags:
+                tags = [RunTag(k, v) for k, v in self._tags.items()]
+                self._client.log_batch(self._run_id, tags=tags)
+                self._tags.clear()
+            while self._metrics:
+                chunk = self._metrics[:MLFLOW_BATCH_LIMIT]
+                self._client.log_batch(self._run_id, metrics=chunk)
+                del self._metrics[: len(chunk)]
+        except Exception as e:  # noqa: BLE001 - any tracking failure must not stop training
+            log.warning(
+                "MLflow logging failed (%s); %d metrics kept for retry", e, len(self._metrics)
+            )
+            self.unflushed = len(self._metrics)
+            return False
+        self.unflushed = 0
+        return True
+
+
+def make_sink(is_main: bool, uri: str | None, run_id: str | None) -> MetricSink:
+    if is_main and uri and run_id:
+        return MlflowSink(uri, run_id)
+    return NullSink()

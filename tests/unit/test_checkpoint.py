@@ -1,0 +1,169 @@
+"""Checkpoints: tensors only, hash-checked, newest valid wins, exact resume, no pickles."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from genpar_models import checkpoint
+from genpar_models.config import PipelineConfig
+from genpar_models.dist import DistContext
+from genpar_models.errors import CheckpointError
+from genpar_models.loading import load_model
+from genpar_models.models import build_model
+from genpar_models.runspec import RunSpec
+from genpar_models.steps import make_steps
+from genpar_models.trainer import train
+from tests.helpers import make_shard_set
+
+CPU = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+
+
+def _steps(cfg: PipelineConfig):
+    torch.manual_seed(0)
+    model = build_model(cfg.model, (1, 8, 8))
+    return make_steps(model, cfg.model.name, cfg.train, CPU)
+
+
+@pytest.mark.parametrize("name", ["vae", "dcgan"])
+def test_save_restore_round_trip(tmp_path: Path, tiny: PipelineConfig, name: str) -> None:
+    cfg = tiny.model_copy(update={"model": tiny.model.model_copy(update={"name": name})})
+    a = _steps(cfg)
+    a.step(torch.rand(8, 1, 8, 8) * 2 - 1, torch.Generator().manual_seed(1))  # optimizer state
+    expect = {"model_spec": a.model.model_spec(), "train_key": "k"}
+    checkpoint.save_checkpoint(
+        tmp_path, step=5, modules=a.modules, optimizers=a.optimizers, meta=expect
+    )
+    b = _steps(cfg)
+    got = checkpoint.restore_latest(
+        tmp_path, modules=b.modules, optimizers=b.optimizers, expect=expect
+    )
+    assert got is not None and got.step == 5
+    for (ka, va), (kb, vb) in zip(
+        a.model.state_dict().items(), b.model.state_dict().items(), strict=True
+    ):
+        assert ka == kb and torch.equal(va, vb)
+    for opt_name, opt in a.optimizers.items():
+        sa, sb = opt.state_dict()["state"], b.optimizers[opt_name].state_dict()["state"]
+        assert sa.keys() == sb.keys()
+        assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+
+
+def test_corrupt_newest_is_skipped_for_previous(tmp_path: Path, tiny: PipelineConfig) -> None:
+    s = _steps(tiny)
+    expect = {"model_spec": s.model.model_spec(), "train_key": "k"}
+    for step in (10, 20):
+        checkpoint.save_checkpoint(
+            tmp_path, step=step, modules=s.modules, optimizers=s.optimizers, meta=expect
+        )
+    newest = checkpoint.checkpoint_path(tmp_path, 20)
+    blob = bytearray(newest.read_bytes())
+    blob[len(blob) // 2] ^= 0x01  # one flipped bit
+    newest.write_bytes(bytes(blob))
+    got = checkpoint.restore_latest(
+        tmp_path, modules=s.modules, optimizers=s.optimizers, expect=expect
+    )
+    assert got is not None and got.step == 10
+    assert "sha256 mismatch" in got.skipped[0] and newest.name in got.skipped[0]
+    # truncated file: same outcome
+    checkpoint.checkpoint_path(tmp_path, 10).write_bytes(b"")
+    assert (
+        checkpoint.restore_latest(
+            tmp_path, modules=s.modules, optimizers=s.optimizers, expect=expect
+        )
+        is None
+    )
+
+
+def test_checkpoint_of_other_model_is_refused(tmp_path: Path, tiny: PipelineConfig) -> None:
+    s = _steps(tiny)
+    checkpoint.save_checkpoint(
+        tmp_path,
+        step=1,
+        modules=s.modules,
+        optimizers=s.optimizers,
+        meta={"model_spec": s.model.model_spec(), "train_key": "k"},
+    )
+    with pytest.raises(CheckpointError, match="different train_key"):
+        checkpoint.restore_latest(
+            tmp_path,
+            modules=s.modules,
+            optimizers=s.optimizers,
+            expect={"model_spec": s.model.model_spec(), "train_key": "z"},
+        )
+
+
+def test_pickle_payload_is_never_loaded(tmp_path: Path) -> None:
+    class Boom:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "pwned",))
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "model.safetensors").write_bytes(pickle.dumps({"w": Boom()}))
+    import hashlib
+    import json
+
+    digest = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
+    (model_dir / "model.json").write_text(
+        json.dumps(
+            {
+                "sha256": digest,
+                "model_spec": {
+                    "name": "vae",
+                    "image_shape": [1, 8, 8],
+                    "latent_dim": 2,
+                    "base_channels": 4,
+                    "likelihood": "bernoulli",
+                },
+            }
+        )
+    )
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        load_model(model_dir)
+    assert not (tmp_path / "pwned").exists()
+
+
+def _spec(tmp_path: Path, cfg: PipelineConfig, shards_dir: Path, run: str, steps: int) -> RunSpec:
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": steps})})
+    return RunSpec(
+        config=cfg, shards_dir=str(shards_dir), run_dir=str(tmp_path / run), train_key="k"
+    )
+
+
+def test_resume_is_exact(tmp_path: Path, tiny: PipelineConfig) -> None:
+    """0->20 in one go equals 0->10 then a resumed 10->20, bit for bit."""
+    shards_dir = make_shard_set(tmp_path / "shards", tiny)
+    train(_spec(tmp_path, tiny, shards_dir, "straight", 20), CPU)
+    train(_spec(tmp_path, tiny, shards_dir, "resumed", 10), CPU)
+    result = train(_spec(tmp_path, tiny, shards_dir, "resumed", 20), CPU)
+    assert result["resumed_from_step"] == 10
+    a, _ = checkpoint.load_exported(tmp_path / "straight" / "model")
+    b, _ = checkpoint.load_exported(tmp_path / "resumed" / "model")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_stops_with_step_and_writes_no_newer_checkpoint(
+    tmp_path: Path, tiny: PipelineConfig
+) -> None:
+    """Weights that turn non-finite (here: planted in a valid checkpoint) stop training with the
+    step and the loss, and no checkpoint is written past the last one."""
+    shards_dir = make_shard_set(tmp_path / "shards", tiny)
+    spec = _spec(tmp_path, tiny, shards_dir, "nan", 30)
+    s = _steps(spec.config)
+    with torch.no_grad():
+        next(s.model.parameters()).fill_(float("inf"))
+    checkpoint.save_checkpoint(
+        spec.checkpoint_dir,
+        step=10,
+        modules=s.modules,
+        optimizers=s.optimizers,
+        meta={"model_spec": s.model.model_spec(), "train_key": "k"},
+    )
+    with pytest.raises(FloatingPointError, match=r"diverged at step 15: .*train/loss=nan") as exc:
+        train(spec, CPU)
+    assert "ckpt-00000010" in str(exc.value)
+    assert [step for step, _ in checkpoint.list_checkpoints(spec.checkpoint_dir)] == [10]
