@@ -1,0 +1,205 @@
+"""`genpar`: the command-line front door (run the pipeline, list runs, inspect configs, open UIs).
+
+Config errors are reported before Prefect, Dask or torch are even imported, so a typo costs
+milliseconds, not a cluster start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from genpar_models.config import dump_config, load_config
+from genpar_models.errors import GenparError
+from genpar_models.paths import HOME_ENV, genpar_home
+
+app = typer.Typer(
+    name="genpar",
+    help="Train, evaluate and sample generative models (VAEs, GANs) as a Prefect workflow "
+    "with Dask preprocessing, torchrun DDP training and MLflow tracking.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="Pipeline config YAML (see configs/).")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        help="Override a field: --set train.lr=3e-4 (repeatable; "
+        "values are YAML, so 3, 3.0, true, null and [1, 2] work).",
+    ),
+]
+UriOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the "
+        "SQLite store under the genpar home).",
+    ),
+]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _quiet_prefect_defaults() -> None:
+    # Offline hosts: Prefect's server telemetry only produces errors (shared/STACK.md §0).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@app.command()
+def run(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Run the pipeline once: preprocess -> train (torchrun) -> evaluate -> generate, in MLflow.
+
+    Uses Prefect's ephemeral mode unless PREFECT_API_URL points at a server. State (shards,
+    checkpoints, the default MLflow store) lives under $GENPAR_HOME (default ~/.genpar).
+    """
+    try:
+        cfg = load_config(config, set_ or [])
+    except GenparError as e:
+        _fail(str(e))
+    _quiet_prefect_defaults()
+    console.print(
+        f"[bold]genpar[/] running [cyan]{cfg.name}[/] ({cfg.model.name} on "
+        f"{cfg.data.source}), home {genpar_home()}"
+    )
+    from flows.pipeline import pipeline
+
+    try:
+        summary = pipeline(cfg)
+    except GenparError as e:
+        _fail(str(e), code=1)
+    _print_summary(summary)
+
+
+def _print_summary(summary: dict) -> None:
+    table = Table(title="metrics", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in sorted(summary["metrics"].items()):
+        table.add_row(key, f"{value:.5g}")
+    console.print(table)
+    console.print(
+        f"[bold green]done[/]  MLflow run [cyan]{summary['run_id']}[/] "
+        f"(experiment {summary['experiment_id']})"
+    )
+    console.print(f"  tracking:  {summary['tracking_uri']}")
+    console.print(f"  artifacts: {summary['artifact_uri']}")
+    console.print(f"  run dir:   {summary['run_dir']}")
+    console.print(
+        "  open the MLflow UI: [bold]genpar ui[/]  then "
+        f"http://127.0.0.1:5000/#/experiments/{summary['experiment_id']}/runs/"
+        f"{summary['run_id']}"
+    )
+
+
+@app.command()
+def runs(
+    experiment: Annotated[
+        str | None,
+        typer.Option(
+            "--experiment", "-e", help="Only this experiment (default: every genpar experiment)."
+        ),
+    ] = None,
+    sort: Annotated[
+        str | None,
+        typer.Option(
+            "--sort", help="Sort by this metric, e.g. eval/bits_per_dim (default: newest first)."
+        ),
+    ] = None,
+    desc: Annotated[bool, typer.Option("--desc", help="Sort the metric descending.")] = False,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option("--metric", "-m", help="Metric columns to show (repeatable)."),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Rows to show.")] = 20,
+    uri: UriOpt = None,
+) -> None:
+    """A table of recent runs with their key params and metrics, sortable by a metric."""
+    from flows.listing import list_runs
+
+    try:
+        rows, columns = list_runs(
+            uri=uri, experiment=experiment, sort=sort, desc=desc, metrics=metric, limit=limit
+        )
+    except GenparError as e:
+        _fail(str(e), code=1)
+    table = Table(show_header=True, header_style="bold")
+    for col in columns:
+        table.add_column(col, justify="right" if "/" in col else "left", no_wrap=True)
+    for row in rows:
+        table.add_row(*[row.get(c, "") for c in columns])
+    console.print(table if rows else "no runs yet: try `genpar run configs/tiny.yaml`")
+
+
+@app.command("config")
+def show_config(
+    config: Annotated[
+        Path | None, typer.Argument(help="Config YAML (default: the built-in defaults).")
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Validate a config (with overrides) and print it fully resolved, defaults included."""
+    try:
+        cfg = load_config(config, set_ or [])
+    except GenparError as e:
+        _fail(str(e))
+    console.print(dump_config(cfg), end="", highlight=False, markup=False)
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    uri: UriOpt = None,
+) -> None:
+    """Open the MLflow UI on the local store (127.0.0.1 only); Ctrl-C stops it."""
+    from genpar_models.config import PipelineConfig
+    from tasks.mlflow_store import resolve_uri
+
+    store_uri = resolve_uri(PipelineConfig(tracking={"uri": uri}))
+    mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    cmd = [
+        mlflow,
+        "ui",
+        "--backend-store-uri",
+        store_uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    if store_uri.startswith("sqlite:///"):
+        cmd += ["--default-artifact-root", str(Path(store_uri[10:]).parent / "artifacts")]
+    console.print(f"MLflow UI on http://127.0.0.1:{port} (store {store_uri}); Ctrl-C to stop")
+    raise typer.Exit(subprocess.call(cmd))
+
+
+@app.command()
+def home() -> None:
+    """Print the genpar home directory (set it with the GENPAR_HOME environment variable)."""
+    console.print(str(genpar_home()), highlight=False)
+    if HOME_ENV not in os.environ:
+        err.print(f"(default; set {HOME_ENV} to move it)")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

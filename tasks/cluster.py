@@ -1,0 +1,73 @@
+"""The Dask cluster a stage runs on: an existing scheduler by address, or a LocalCluster.
+
+The task owns the cluster for the length of one stage (`with dask_client(...)`), so no Dask
+worker runs during training on the same machine. Workers are processes with one thread each
+(decoding is Python-heavy and holds the GIL; shared/STACK.md section 4.1), sized to the cores.
+Per-partition functions are plain genpar_models functions, not Prefect tasks, so no worker
+ever starts a Prefect API server of its own (shared/STACK.md section 1.2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psutil
+from distributed import Client, LocalCluster, as_completed
+
+from genpar_models.config import ComputeConfig
+
+
+def local_workers(cfg: ComputeConfig) -> int:
+    return cfg.dask_workers or max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def dask_client(cfg: ComputeConfig) -> Iterator[Client]:
+    """A distributed.Client for one stage; a LocalCluster is closed when the stage ends."""
+    for name in ("distributed", "distributed.worker", "distributed.nanny", "bokeh", "tornado"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if cfg.dask_address:
+        with Client(cfg.dask_address, timeout="30s") as client:
+            yield client
+        return
+    n = local_workers(cfg)
+    memory = int(0.8 * psutil.virtual_memory().total / n)
+    with (
+        LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=memory,
+            dashboard_address=None,
+            silence_logs=logging.WARNING,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def map_with_progress(
+    client: Client,
+    fn: Callable[..., dict[str, Any]],
+    *iterables: list[Any],
+    label: str,
+    report: Callable[[str], None],
+    **kwargs: Any,
+) -> list[dict[str, Any]]:
+    """client.map(fn, *iterables, **kwargs), reporting progress about every 10%; results in
+    completion order (each carries its own index)."""
+    futures = client.map(fn, *iterables, pure=False, **kwargs)
+    total = len(futures)
+    results, step = [], max(1, total // 10)
+    try:
+        for i, fut in enumerate(as_completed(futures), start=1):
+            results.append(fut.result())
+            if i % step == 0 or i == total:
+                report(f"{label}: {i}/{total} done")
+    finally:
+        client.cancel(futures)
+    return results

@@ -1,0 +1,179 @@
+"""Launching `python -m torch.distributed.run` as a child process, and reading how it ended.
+
+The child runs in its own session so a cancelled or failed task can stop the whole tree:
+SIGTERM first (torchrun then stops its ranks cleanly), SIGKILL for anything left after a grace
+period; the ranks are collected with psutil *before* the parent is signalled, because a
+SIGKILLed torchrun orphans them (shared/STACK.md section 3.4). Its output is streamed line by
+line to a callback (the Prefect run log). On failure the rank error that happened *first*
+(earliest timestamp in torchelastic's error.json files) becomes the error message, since the
+other ranks only fail in reaction to it (section 3.3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from genpar_models.config import ComputeConfig
+from genpar_models.errors import ConfigError, GenparError
+
+GRACE_S = 30.0
+
+
+class TrainingFailed(GenparError, RuntimeError):
+    """The torchrun job exited non-zero; the message is the failing rank's own error."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    nproc: int
+    device: str
+    threads_per_proc: int
+
+
+def plan_processes(cfg: ComputeConfig, cuda_devices: int) -> Plan:
+    """How many ranks on which device, and torch threads per rank."""
+    cores = os.cpu_count() or 1
+    if cfg.device == "cuda" and cuda_devices == 0:
+        raise ConfigError("compute.device=cuda but no CUDA device is visible")
+    if cuda_devices and cfg.device in ("auto", "cuda"):
+        return Plan(cuda_devices, "cuda", cfg.threads_per_proc or max(1, cores // cuda_devices))
+    if cfg.cpu_procs > cores:
+        raise ConfigError(
+            f"compute.cpu_procs={cfg.cpu_procs} is more than this machine's {cores} cores; "
+            f"use at most {cores} (ranks beyond the cores collapse throughput)"
+        )
+    return Plan(cfg.cpu_procs, "cpu", cfg.threads_per_proc or max(1, cores // cfg.cpu_procs))
+
+
+def torchrun_command(
+    cfg: ComputeConfig, plan: Plan, *, max_restarts: int, spec: Path, log_dir: Path
+) -> list[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run"]
+    if cfg.nnodes > 1:
+        cmd += [
+            f"--nnodes={cfg.nnodes}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={cfg.rdzv_endpoint}",
+            f"--rdzv-id={cfg.rdzv_id or spec.parent.name}",
+        ]
+    else:
+        cmd += ["--standalone"]
+    return cmd + [
+        f"--nproc-per-node={plan.nproc}",
+        f"--max-restarts={max_restarts}",
+        f"--log-dir={log_dir}",
+        "--tee=3",
+        "-m",
+        "genpar_models.train",
+        "--spec",
+        str(spec),
+    ]
+
+
+def child_env(plan: Plan, tracking_uri: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = str(plan.threads_per_proc)  # torchrun would force 1 (section 3.5)
+    env["PYTHONUNBUFFERED"] = "1"
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    return env
+
+
+def stop_tree(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
+    """SIGTERM the launcher, wait, then SIGKILL it and every rank that is still alive."""
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    _, alive = psutil.wait_procs(children, timeout=5)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
+def first_rank_error(log_dir: Path) -> str | None:
+    """The message and traceback of the earliest failing rank, from torchelastic error.json."""
+    found = []
+    for path in log_dir.rglob("error.json"):
+        try:
+            info = json.loads(path.read_text())["message"]
+            extra = info.get("extraInfo", {})
+            found.append(
+                (
+                    int(extra.get("timestamp", 0)),
+                    path,
+                    info.get("message", ""),
+                    extra.get("py_callstack", ""),
+                )
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    if not found:
+        return None
+    _, path, message, stack = min(found, key=lambda t: t[0])
+    rank = path.parent.name
+    return f"rank {rank} failed: {message}\n{stack.strip()}"
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the process that launched it dies.
+
+    Without this, a SIGKILLed flow process (own session, no cleanup) would leave torchrun
+    training on, racing the re-run that resumes the same run directory. Linux only.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except OSError:
+        pass
+
+
+def run_torchrun(
+    cmd: list[str], env: dict[str, str], *, log_dir: Path, on_line: Callable[[str], None]
+) -> None:
+    """Run the torchrun command to completion, streaming its output.
+
+    Raises:
+        TrainingFailed: with the first failing rank's error when the job exits non-zero.
+    """
+    tail: list[str] = []
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            on_line(line)
+            tail = (tail + [line])[-30:]
+        rc = proc.wait()
+    finally:
+        stop_tree(proc)
+    if rc != 0:
+        detail = first_rank_error(log_dir) or "\n".join(tail)
+        raise TrainingFailed(f"torchrun exited with code {rc}; {detail}")

@@ -1,0 +1,171 @@
+"""MLflow bookkeeping for the pipeline (plain functions; the Prefect tasks call these).
+
+One MLflow run per pipeline run, in an experiment named after the pipeline. The default
+store is an absolute SQLite URI under the genpar home; it is created (and migrated) once here,
+in the parent, before torchrun ranks or Dask workers touch it (concurrent first opens corrupt
+it: shared/STACK.md section 2.2). With SQLite, each experiment's artifact location is pinned
+next to the database, because MLflow's default (`./mlartifacts`) depends on the cwd.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+
+from genpar_models.config import PipelineConfig
+from genpar_models.errors import ConfigError, GenparError
+from genpar_models.paths import default_tracking_uri, runs_root
+
+TAG_TRAIN_KEY = "genpar.train_key"
+TAG_RUN_DIR = "genpar.run_dir"
+TAG_FLOW_RUN = "prefect.flow_run_id"
+PARAM_VALUE_LIMIT = 6000
+
+
+class TrackingError(GenparError):
+    """The tracking store is unreachable or refused an operation."""
+
+
+def redact(uri: str) -> str:
+    """Hide credentials in a URI (user:password@host -> ***@host) before it is shown or logged."""
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", uri)
+
+
+def resolve_uri(cfg: PipelineConfig) -> str:
+    """tracking.uri, else $MLFLOW_TRACKING_URI, else SQLite under the genpar home; absolute."""
+    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+    elif "://" not in uri and not uri.startswith("databricks"):
+        raise ConfigError(
+            f"tracking.uri={redact(uri)!r}: use an absolute sqlite:////path/mlflow.db, "
+            "an http(s):// tracking server, or leave it empty for the genpar default"
+        )
+    return uri
+
+
+def _check_http(uri: str) -> None:
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
+            if r.status != 200:
+                raise TrackingError(f"MLflow server {redact(uri)} answered /health with {r.status}")
+    except (urllib.error.URLError, OSError) as e:
+        raise TrackingError(f"MLflow tracking server {redact(uri)} is unreachable: {e}") from None
+
+
+def connect(uri: str) -> MlflowClient:
+    """Open (and for SQLite create and migrate) the store once; fail clearly if unreachable."""
+    if uri.startswith(("http://", "https://")):
+        _check_http(uri)
+    elif uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.search_experiments(max_results=1)
+    except MlflowException as e:
+        raise TrackingError(f"MLflow store {redact(uri)} is not usable: {e}") from None
+    return client
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        return (db.parent / "artifacts" / experiment).as_uri()
+    return None  # a tracking server decides (its --default-artifact-root)
+
+
+def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise TrackingError(f"MLflow experiment {name!r} is deleted; restore it or rename")
+        return exp.experiment_id
+    try:
+        return client.create_experiment(
+            name, artifact_location=artifact_location(uri, name), tags={"genpar": "1"}
+        )
+    except MlflowException:  # created concurrently by another run: use theirs
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def run_dir_for(experiment: str, run_id: str) -> Path:
+    return runs_root() / experiment / run_id
+
+
+def resumable_runs(
+    client: MlflowClient, experiment_id: str, train_key: str
+) -> list[tuple[str, Path]]:
+    """Unfinished runs of the same training job that left checkpoints, newest first."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_TRAIN_KEY}` = '{train_key}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=20,
+    )
+    out = []
+    for r in runs:
+        run_dir = Path(r.data.tags.get(TAG_RUN_DIR, ""))
+        if r.info.status != "FINISHED" and any((run_dir / "checkpoints").glob("ckpt-*.json")):
+            out.append((r.info.run_id, run_dir))
+    return out
+
+
+def create_run(client: MlflowClient, experiment_id: str, *, name: str, tags: dict[str, str]) -> str:
+    return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> list[str]:
+    """Log params not yet on the run; return keys whose existing value differs (not re-logged)."""
+    existing = client.get_run(run_id).data.params
+    new, changed = [], []
+    for key, value in params.items():
+        text = "None" if value is None else str(value)
+        text = text[:PARAM_VALUE_LIMIT]
+        if key not in existing:
+            new.append(Param(key, text))
+        elif existing[key] != text:
+            changed.append(key)
+    for i in range(0, len(new), 100):
+        client.log_batch(run_id, params=new[i : i + 100])
+    return changed
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
+    client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+
+def log_metrics(
+    client: MlflowClient, run_id: str, metrics: dict[str, float], step: int = 0
+) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    for i in range(0, len(batch), 1000):
+        client.log_batch(run_id, metrics=batch[i : i + 1000])
+
+
+def finish(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None:
+    client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
+
+
+def runs_of_flow_run(client: MlflowClient, flow_run_id: str) -> list[str]:
+    """MLflow runs tagged with a Prefect flow run id, across genpar experiments."""
+    exps = [e.experiment_id for e in client.search_experiments(filter_string="tags.genpar = '1'")]
+    if not exps:
+        return []
+    runs = client.search_runs(exps, filter_string=f"tags.`{TAG_FLOW_RUN}` = '{flow_run_id}'")
+    return [r.info.run_id for r in runs]

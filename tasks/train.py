@@ -1,0 +1,64 @@
+"""Prefect task: train with torchrun as a subprocess (DDP over GPUs or CPU gloo ranks)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from genpar_models.config import PipelineConfig
+from genpar_models.runspec import RunSpec, TrackingTarget, write_spec
+from tasks.common import run_logger
+from tasks.launcher import child_env, plan_processes, run_torchrun, torchrun_command
+from tasks.tracking import RunHandle
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+# retries=0: torchrun's --max-restarts handles rank failures; a re-run of the flow resumes.
+@task(
+    name="train",
+    task_run_name="train-{config.model.name}-{config.data.source}",
+    retries=0,
+    cache_policy=NO_CACHE,
+)
+def train_model(config: PipelineConfig, shards_dir: str, run: RunHandle) -> dict[str, Any]:
+    """Launch torchrun on the run spec; return result.json (checkpoint, model path, metrics)."""
+    log = run_logger()
+    plan = plan_processes(config.compute, _cuda_devices())
+    run_dir = Path(run.run_dir)
+    spec = RunSpec(
+        config=config,
+        shards_dir=shards_dir,
+        run_dir=str(run_dir),
+        train_key=run.train_key,
+        threads_per_proc=plan.threads_per_proc,
+        tracking=TrackingTarget(uri=run.uri, run_id=run.run_id),
+    )
+    spec_path = write_spec(spec, run_dir / "spec.json")
+    spec.result_path.unlink(missing_ok=True)
+    log_dir = run_dir / "torchrun" / time.strftime("launch-%Y%m%d-%H%M%S")
+    cmd = torchrun_command(
+        config.compute,
+        plan,
+        max_restarts=config.train.max_restarts,
+        spec=spec_path,
+        log_dir=log_dir,
+    )
+    log.info(
+        "launching %d %s rank(s), %d thread(s) each: %s",
+        plan.nproc,
+        plan.device,
+        plan.threads_per_proc,
+        " ".join(cmd[1:]),
+    )
+    run_torchrun(cmd, child_env(plan, run.uri), log_dir=log_dir, on_line=log.info)
+    return json.loads(spec.result_path.read_text())

@@ -1,0 +1,38 @@
+"""Integration fixtures: one real Prefect test server per session, a pre-migrated MLflow store."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from genpar_models.paths import default_tracking_uri
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real (temporary) Prefect API for flows run in this process (shared/STACK.md 1.2)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, fully migrated SQLite tracking DB, created once (fresh init costs ~1.5 s)."""
+    from mlflow import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def tracked_home(home: Path, mlflow_template: Path) -> Path:
+    """GENPAR_HOME with the default MLflow store already migrated."""
+    target = Path(default_tracking_uri()[len("sqlite:///") :])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(mlflow_template, target)
+    return home
