@@ -39,6 +39,30 @@ def pick_device(preference: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+TIMEOUT = dt.timedelta(minutes=10)
+
+
+def _attempt_store(rank: int, world_size: int) -> tdist.Store:
+    """The rendezvous store, namespaced by torchelastic's restart count.
+
+    Under torchrun every attempt's ranks connect to the *same* agent-hosted TCPStore, and
+    torch 2.13's default process group uses un-prefixed keys there. After an elastic restart
+    the new ranks can then read the previous attempt's gloo addresses and fail with
+    "connectFullMesh failed ... Connection refused" (measured here: rank 1 SIGKILLed, the
+    restart died this way). A prefix per attempt keeps every attempt's keys apart.
+    """
+    agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    base = tdist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=rank == 0 and not agent_hosts_store,
+        timeout=TIMEOUT,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return tdist.PrefixStore(f"genpar/attempt-{attempt}", base)
+
+
 def setup_distributed(device_preference: str = "auto") -> DistContext:
     """Join the process group torchrun describes in the environment (or stay single)."""
     rank = int(os.environ.get("RANK", 0))
@@ -49,7 +73,13 @@ def setup_distributed(device_preference: str = "auto") -> DistContext:
         torch.cuda.set_device(device)  # before init_process_group, so nccl binds the right GPU
     if world_size > 1:
         backend = "nccl" if device.type == "cuda" else "gloo"
-        tdist.init_process_group(backend=backend, timeout=dt.timedelta(minutes=10))
+        tdist.init_process_group(
+            backend=backend,
+            store=_attempt_store(rank, world_size),
+            rank=rank,
+            world_size=world_size,
+            timeout=TIMEOUT,
+        )
     return DistContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 

@@ -47,6 +47,7 @@ class RunSpec(BaseModel):
 
 
 def write_spec(spec: RunSpec, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_json(path, spec.model_dump(mode="json"))
     return path
 

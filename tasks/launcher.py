@@ -109,16 +109,29 @@ def stop_tree(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
             p.kill()
 
 
+def _attempt_number(path: Path) -> int:
+    for part in reversed(path.parts):
+        if part.startswith("attempt_") and part[8:].isdigit():
+            return int(part[8:])
+    return -1
+
+
 def first_rank_error(log_dir: Path) -> str | None:
-    """The message and traceback of the earliest failing rank, from torchelastic error.json."""
+    """The earliest rank error of the *last* attempt, from torchelastic's error.json files.
+
+    Earlier attempts were followed by an elastic restart, so their errors are not why the
+    job ended; within the last attempt the other ranks only fail in reaction to the first.
+    """
     found = []
     for path in log_dir.rglob("error.json"):
         try:
             info = json.loads(path.read_text())["message"]
             extra = info.get("extraInfo", {})
+            stamp = int(extra.get("timestamp", 0))
             found.append(
                 (
-                    int(extra.get("timestamp", 0)),
+                    _attempt_number(path),
+                    -stamp,
                     path,
                     info.get("message", ""),
                     extra.get("py_callstack", ""),
@@ -128,9 +141,8 @@ def first_rank_error(log_dir: Path) -> str | None:
             continue
     if not found:
         return None
-    _, path, message, stack = min(found, key=lambda t: t[0])
-    rank = path.parent.name
-    return f"rank {rank} failed: {message}\n{stack.strip()}"
+    _, _, path, message, stack = max(found, key=lambda t: (t[0], t[1]))
+    return f"rank {path.parent.name} failed: {message}\n{stack.strip()}"
 
 
 def _die_with_parent() -> None:

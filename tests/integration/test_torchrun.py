@@ -1,0 +1,132 @@
+"""Real 2-rank gloo torchrun jobs: an elastic restart after SIGKILL, and rank errors surfacing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow import MlflowClient
+
+from genpar_models.config import PipelineConfig
+from genpar_models.runspec import RunSpec, TrackingTarget, write_spec
+from tasks.launcher import (
+    TrainingFailed,
+    child_env,
+    plan_processes,
+    run_torchrun,
+    torchrun_command,
+)
+from tests.helpers import make_shard_set
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _launch(spec: RunSpec, lines: list[str]) -> None:
+    plan = plan_processes(spec.config.compute, cuda_devices=0)
+    run_dir = Path(spec.run_dir)
+    spec_path = write_spec(spec, run_dir / "spec.json")
+    cmd = torchrun_command(
+        spec.config.compute,
+        plan,
+        max_restarts=spec.config.train.max_restarts,
+        spec=spec_path,
+        log_dir=run_dir / "torchrun",
+    )
+    uri = spec.tracking.uri if spec.tracking else None
+    run_torchrun(cmd, child_env(plan, uri), log_dir=run_dir / "torchrun", on_line=lines.append)
+
+
+def _rank_processes(root_pid: int) -> dict[int, psutil.Process]:
+    ranks = {}
+    for p in psutil.Process(root_pid).children(recursive=True):
+        try:
+            if "genpar_models.train" in " ".join(p.cmdline()):
+                ranks[int(p.environ().get("RANK", -1))] = p
+        except psutil.NoSuchProcess:
+            continue
+    return ranks
+
+
+def test_sigkilled_worker_restarts_and_resumes_from_checkpoint(
+    tmp_path: Path, tiny: PipelineConfig, mlflow_template: Path
+) -> None:
+    cfg = tiny.model_copy(
+        update={
+            "train": tiny.train.model_copy(
+                update={
+                    "max_steps": 600,
+                    "checkpoint_every_steps": 25,
+                    "log_every_steps": 5,
+                    "val_every_steps": 100,
+                    "max_restarts": 1,
+                }
+            )
+        }
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (tmp_path / "mlflow.db").write_bytes(mlflow_template.read_bytes())
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("kill")).info.run_id
+    spec = RunSpec(
+        config=cfg,
+        shards_dir=str(make_shard_set(tmp_path / "shards", cfg, n=1000)),
+        run_dir=str(tmp_path / "run"),
+        train_key="k",
+        tracking=TrackingTarget(uri=uri, run_id=run_id),
+    )
+    killed: dict[str, int] = {}
+
+    def kill_rank1_after_first_checkpoint() -> None:
+        deadline = time.time() + 120
+        ckpt = tmp_path / "run" / "checkpoints" / "ckpt-00000025.json"
+        while time.time() < deadline and not ckpt.exists():
+            time.sleep(0.02)
+        me = psutil.Process(os.getpid())
+        for child in me.children():
+            ranks = _rank_processes(child.pid)
+            if 1 in ranks:
+                killed["pid"] = ranks[1].pid
+                ranks[1].send_signal(signal.SIGKILL)
+                return
+
+    killer = threading.Thread(target=kill_rank1_after_first_checkpoint, daemon=True)
+    killer.start()
+    lines: list[str] = []
+    _launch(spec, lines)
+    killer.join(timeout=5)
+
+    assert "pid" in killed, "the test did not manage to kill rank 1 mid-training"
+    result = json.loads(spec.result_path.read_text())
+    assert result["step"] == 600
+    assert result["elastic_restarts"] == 1
+    assert result["resumed_from_step"] >= 25 and result["resumed_from_step"] % 25 == 0
+    # Metrics are committed with checkpoints, so the redone steps appear exactly once.
+    steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+    assert steps == list(range(5, 601, 5))
+
+
+def test_failing_rank_error_becomes_the_error_message(tmp_path: Path, tiny: PipelineConfig) -> None:
+    cfg = tiny.model_copy(
+        update={
+            "train": tiny.train.model_copy(update={"batch_size_per_rank": 4096, "max_restarts": 0})
+        }
+    )
+    spec = RunSpec(
+        config=cfg,
+        shards_dir=str(make_shard_set(tmp_path / "shards", cfg)),
+        run_dir=str(tmp_path / "run"),
+        train_key="k",
+    )
+    with pytest.raises(TrainingFailed) as exc:
+        _launch(spec, [])
+    message = str(exc.value)
+    assert "rank" in message and "train.batch_size_per_rank=4096" in message
+    assert "ConfigError" in message  # the rank's own exception type, from its error.json
+    # nothing left running
+    assert not _rank_processes(os.getpid())
