@@ -6,6 +6,8 @@ milliseconds, not a cluster start.
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import shutil
 import subprocess
@@ -57,9 +59,13 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _quiet_prefect_defaults() -> None:
+def _prefect_defaults() -> None:
+    """Environment defaults for Prefect (a user's own settings win)."""
     # Offline hosts: Prefect's server telemetry only produces errors (shared/STACK.md §0).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The first ephemeral start creates and migrates Prefect's database: measured 21 s on
+    # 2 cores against Prefect's default 20 s limit, so a fresh machine would fail at random.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 @app.command()
@@ -73,7 +79,7 @@ def run(config: ConfigArg, set_: SetOpt = None) -> None:
         cfg = load_config(config, set_ or [])
     except GenparError as e:
         _fail(str(e))
-    _quiet_prefect_defaults()
+    _prefect_defaults()
     console.print(
         f"[bold]genpar[/] running [cyan]{cfg.name}[/] ({cfg.model.name} on "
         f"{cfg.data.source}), home {genpar_home()}"
@@ -112,9 +118,7 @@ def _print_summary(summary: dict) -> None:
 def runs(
     experiment: Annotated[
         str | None,
-        typer.Option(
-            "--experiment", "-e", help="Only this experiment (default: every genpar experiment)."
-        ),
+        typer.Option("--experiment", "-e", help="Only this experiment (default: all of genpar's)."),
     ] = None,
     sort: Annotated[
         str | None,
@@ -124,27 +128,39 @@ def runs(
     ] = None,
     desc: Annotated[bool, typer.Option("--desc", help="Sort the metric descending.")] = False,
     metric: Annotated[
-        list[str] | None,
-        typer.Option("--metric", "-m", help="Metric columns to show (repeatable)."),
+        list[str] | None, typer.Option("--metric", "-m", help="Metric column (repeatable).")
     ] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="Rows to show.")] = 20,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
     uri: UriOpt = None,
 ) -> None:
     """A table of recent runs with their key params and metrics, sortable by a metric."""
     from flows.listing import list_runs
 
+    if fmt not in ("table", "csv", "json"):
+        _fail(f"--format must be table, csv or json, got {fmt!r}")
     try:
         rows, columns = list_runs(
             uri=uri, experiment=experiment, sort=sort, desc=desc, metrics=metric, limit=limit
         )
     except GenparError as e:
         _fail(str(e), code=1)
-    table = Table(show_header=True, header_style="bold")
-    for col in columns:
-        table.add_column(col, justify="right" if "/" in col else "left", no_wrap=True)
-    for row in rows:
-        table.add_row(*[row.get(c, "") for c in columns])
-    console.print(table if rows else "no runs yet: try `genpar run configs/tiny.yaml`")
+    if fmt == "json":
+        print(json.dumps(rows, indent=2))
+    elif fmt == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    elif not rows:
+        console.print("no runs yet: try `genpar run configs/tiny.yaml`")
+    else:
+        table = Table(show_header=True, header_style="bold")
+        for col in columns:
+            table.add_column(col, justify="right" if "/" in col else "left", no_wrap=True)
+        for row in rows:
+            table.add_row(*[row.get(c, "") for c in columns])
+        wide = console if console.is_terminal else Console(width=250)
+        wide.print(table)
 
 
 @app.command("config")

@@ -61,7 +61,7 @@ def list_runs(
     )
     wanted = metrics or ([sort] if sort and sort not in DEFAULT_METRICS else []) + DEFAULT_METRICS
     present = [m for m in wanted if any(m in r.data.metrics for r in runs)] or wanted[:1]
-    columns = ["run", "experiment", "name", "status", "started", "min", *PARAMS, *present]
+    columns = ["run", "experiment", "status", "started", "min", *PARAMS, *present]
     rows = []
     for r in runs:
         start = dt.datetime.fromtimestamp(r.info.start_time / 1000)
@@ -69,7 +69,6 @@ def list_runs(
         row = {
             "run": r.info.run_id[:12],
             "experiment": exps[r.info.experiment_id],
-            "name": r.info.run_name or "",
             "status": r.info.status,
             "started": start.strftime("%Y-%m-%d %H:%M"),
             "min": _fmt((end - start.timestamp()) / 60) if end else "",

@@ -3,8 +3,10 @@
 The only MLflow calls inside the library live here. Metrics are buffered and sent with one
 `log_batch` when the trainer commits a checkpoint (and at the end), so after an elastic
 restart the steps redone since that checkpoint are logged once, not twice: the charts stay
-monotone. If the tracking server is unreachable, the buffer is kept and retried at the next
-commit; training never stops because of tracking (see docs/RELIABILITY.md once it exists).
+monotone. The batch is also saved in the checkpoint's sidecar and replayed on resume, which
+closes the window between writing a checkpoint and committing its metrics. If the tracking
+server is unreachable, the buffer is kept and retried at the next commit; training never
+stops because of tracking.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ MAX_BUFFERED = 200_000
 class MetricSink(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def set_tags(self, tags: dict[str, Any]) -> None: ...
+    def pending(self) -> list[list[Any]]: ...
+    def replay(self, pending: list[list[Any]]) -> None: ...
     def commit(self) -> bool: ...
 
 
@@ -32,6 +36,12 @@ class NullSink:
         pass
 
     def set_tags(self, tags: dict[str, Any]) -> None:
+        pass
+
+    def pending(self) -> list[list[Any]]:
+        return []
+
+    def replay(self, pending: list[list[Any]]) -> None:
         pass
 
     def commit(self) -> bool:
@@ -61,6 +71,18 @@ class MlflowSink:
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self._tags.update({k: str(v) for k, v in tags.items()})
+
+    def pending(self) -> list[list[Any]]:
+        """The buffered metrics as [key, value, timestamp, step] rows (for the checkpoint)."""
+        return [[m.key, m.value, m.timestamp, m.step] for m in self._metrics]
+
+    def replay(self, pending: list[list[Any]]) -> None:
+        """Re-buffer metrics saved with a checkpoint. The process may have died after the
+        checkpoint but before its commit; re-logging an identical metric (same key, step,
+        timestamp and value) is a no-op in MLflow's SQL stores, so this is exactly-once."""
+        from mlflow.entities import Metric
+
+        self._metrics[:0] = [Metric(key=k, value=v, timestamp=t, step=s) for k, v, t, s in pending]
 
     def commit(self) -> bool:
         """Send everything buffered; on failure keep it for the next commit and return False."""

@@ -186,6 +186,9 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
         )
         for msg in resumed.skipped if resumed else []:
             log.warning("skipped corrupt checkpoint: %s", msg)
+        if resumed:
+            sink.replay(resumed.meta.get("pending_metrics", []))
+            sink.commit()
     state = _loop(steps, feed, val_images, spec, ctx, sink, start, expect, resumed)
     barrier(ctx)
     if not ctx.is_main:
@@ -227,10 +230,10 @@ def _loop(steps, feed, val_images, spec, ctx, sink, start, expect, resumed) -> d
                         modules=steps.modules,
                         optimizers=steps.optimizers,
                         keep=cfg.keep_checkpoints,
-                        meta={**expect, "metrics": last},
+                        meta={**expect, "metrics": last, "pending_metrics": sink.pending()},
                     )
                 )
-                sink.commit()  # metrics up to this step are now durable, exactly once
+                sink.commit()  # a crash before this line is healed by replay on resume
             barrier(ctx)
     elapsed = time.perf_counter() - t0
     samples = (cfg.max_steps - start) * cfg.batch_size_per_rank * ctx.world_size
