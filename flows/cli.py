@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from genpar_models.config import dump_config, load_config
+from genpar_models.config import config_reference, dump_config, load_config
 from genpar_models.errors import GenparError
 from genpar_models.paths import HOME_ENV, genpar_home
 
@@ -169,8 +169,14 @@ def show_config(
         Path | None, typer.Argument(help="Config YAML (default: the built-in defaults).")
     ] = None,
     set_: SetOpt = None,
+    reference: Annotated[
+        bool, typer.Option("--reference", help="Print every field as a Markdown table instead.")
+    ] = False,
 ) -> None:
     """Validate a config (with overrides) and print it fully resolved, defaults included."""
+    if reference:
+        print(config_reference(), end="")
+        return
     try:
         cfg = load_config(config, set_ or [])
     except GenparError as e:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -370,3 +371,34 @@ def load_config(
 def dump_config(cfg: PipelineConfig) -> str:
     """The config as YAML, in the same shape the files in configs/ have."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def _type_name(annotation: Any) -> str:
+    """Readable type for the reference table: Literal values, `X or None`."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Literal:
+        return " / ".join(json.dumps(a) for a in args)
+    if args and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return " or ".join(_type_name(a) for a in rest) + " or null"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def config_reference() -> str:
+    """A Markdown table of every config field: dotted key, type, default, description."""
+    lines = ["| key | type | default | description |", "|---|---|---|---|"]
+    for section, field in PipelineConfig.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            for name, sub in ann.model_fields.items():
+                default = json.dumps(sub.default)
+                desc = (sub.description or "").replace("|", "\\|")
+                lines.append(
+                    f"| `{section}.{name}` | {_type_name(sub.annotation)} | `{default}` | {desc} |"
+                )
+        else:
+            lines.append(
+                f"| `{section}` | {_type_name(ann)} | `{json.dumps(field.default)}` | "
+                f"{field.description or ''} |"
+            )
+    return "\n".join(lines) + "\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -11,20 +12,30 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_curves(histories: dict[str, list[tuple[int, float]]], path: Path, title: str) -> Path:
-    """One panel per metric group (train/…, val/…), step on x; saved as PNG."""
-    groups: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    """Small multiples: one panel per metric name, train/… and val/… of that name overlaid."""
+    panels: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for key, points in sorted(histories.items()):
-        if points and not key.endswith("samples_per_s"):
-            groups.setdefault(key.split("/", 1)[0], {})[key] = sorted(points)
-    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(6 * max(len(groups), 1), 4))
-    axes = axes if hasattr(axes, "__len__") else [axes]
-    for ax, (group, series) in zip(axes, groups.items(), strict=False):
+        if len(points) > 1 and not key.endswith("samples_per_s"):
+            panels.setdefault(key.split("/", 1)[-1], {})[key] = sorted(points)
+    n = max(len(panels), 1)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    for ax, (name, series) in zip(axes.flat, panels.items(), strict=False):
         for key, points in series.items():
-            ax.plot([s for s, _ in points], [v for _, v in points], label=key)
+            ax.plot(
+                [s for s, _ in points],
+                [v for _, v in points],
+                label=key.split("/")[0],
+                marker="o" if len(points) < 20 else None,
+                markersize=3,
+            )
+        ax.set_title(name)
         ax.set_xlabel("step")
-        ax.set_title(group)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

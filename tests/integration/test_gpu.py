@@ -1,0 +1,51 @@
+"""The CUDA paths: nccl process group, bf16 autocast, data resident on the GPU. Skipped without
+CUDA; run on a GPU machine with `python -m pytest -m gpu`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from genpar_models.config import PipelineConfig
+from genpar_models.runspec import RunSpec, write_spec
+from tasks.launcher import child_env, plan_processes, run_torchrun, torchrun_command
+from tests.helpers import make_shard_set
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.integration,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
+
+
+@pytest.mark.parametrize("model", ["vae", "dcgan"])
+def test_torchrun_on_every_gpu_with_bf16(tmp_path: Path, tiny: PipelineConfig, model: str) -> None:
+    cfg = tiny.model_copy(
+        update={
+            "model": tiny.model.model_copy(update={"name": model}),
+            "compute": tiny.compute.model_copy(update={"device": "cuda"}),
+            "train": tiny.train.model_copy(update={"precision": "bf16"}),
+        }
+    )
+    plan = plan_processes(cfg.compute, torch.cuda.device_count())
+    assert plan.device == "cuda" and plan.nproc == torch.cuda.device_count()
+    spec = RunSpec(
+        config=cfg,
+        shards_dir=str(make_shard_set(tmp_path / "shards", cfg)),
+        run_dir=str(tmp_path / "run"),
+        train_key="k",
+    )
+    spec_path = write_spec(spec, tmp_path / "run" / "spec.json")
+    lines: list[str] = []
+    cmd = torchrun_command(
+        cfg.compute, plan, max_restarts=0, spec=spec_path, log_dir=tmp_path / "run" / "torchrun"
+    )
+    run_torchrun(
+        cmd, child_env(plan, None), log_dir=tmp_path / "run" / "torchrun", on_line=lines.append
+    )
+    result = json.loads(spec.result_path.read_text())
+    assert result["step"] == cfg.train.max_steps
+    assert any("cuda rank(s)" in line for line in lines)
