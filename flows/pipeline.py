@@ -15,9 +15,9 @@ from prefect import flow
 from genpar_models.config import PipelineConfig
 from tasks.evaluate import evaluate
 from tasks.generate import generate
+from tasks.preflight import preflight
 from tasks.preprocess import preprocess
 from tasks.tracking import (
-    connect_tracking,
     finish_run,
     mark_failed,
     plot_training_curves,
@@ -36,7 +36,7 @@ from tasks.train import train_model
 )
 def pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:  # noqa: B008
     """Preprocess, train, evaluate and sample one generative model; track it all in MLflow."""
-    uri = connect_tracking(config)
+    uri = preflight(config)
     shards_dir = preprocess(config)
     run = start_run(config, uri, shards_dir)
     record_dataset(run, shards_dir)

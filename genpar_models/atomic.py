@@ -9,6 +9,7 @@ worker, an elastic restart) simply write the same file again.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from genpar_models.errors import StorageError
 
 TMP_MARK = ".tmp-"
 
@@ -33,9 +36,16 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success rename it onto `path`, else delete it."""
+    """Yield a temporary path next to `path`; on success rename it onto `path`, else delete it.
+
+    Raises:
+        StorageError: the disk or quota is full (naming `path`); nothing is left behind.
+    """
     path = Path(path)
     tmp = path.with_name(f"{path.name}{TMP_MARK}{uuid.uuid4().hex[:12]}")
     try:
@@ -44,6 +54,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as e:
+        if e.errno in _NO_SPACE:
+            raise StorageError(
+                f"{path}: {os.strerror(e.errno)} while writing; free space or move "
+                "GENPAR_HOME (nothing partial was left)"
+            ) from e
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -247,8 +248,17 @@ class PipelineConfig(_Section):
         return self.tracking.experiment or self.name
 
     def flat(self) -> dict[str, Any]:
-        """The config as {dotted.key: value}, the form MLflow logs as params."""
-        return flatten(self.model_dump(mode="json"))
+        """The config as {dotted.key: value}, the form MLflow logs as params (no secrets)."""
+        return flatten(self.redacted().model_dump(mode="json"))
+
+    def redacted(self) -> PipelineConfig:
+        """A copy safe to log or store as an artifact: credentials in URIs masked."""
+        uri = self.tracking.uri
+        if uri is None or redact_uri(uri) == uri:
+            return self
+        return self.model_copy(
+            update={"tracking": self.tracking.model_copy(update={"uri": redact_uri(uri)})}
+        )
 
     def train_key(self, shards_key: str) -> str:
         """Identity of a training job: what decides the weights (not eval/generate/compute)."""
@@ -257,6 +267,11 @@ class PipelineConfig(_Section):
         payload["train"].pop("max_restarts", None)
         payload["shards"] = shards_key
         return stable_hash(payload)[:16]
+
+
+def redact_uri(uri: str) -> str:
+    """Hide credentials in a URI (scheme://user:password@host -> scheme://***@host)."""
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", uri)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

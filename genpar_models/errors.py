@@ -19,3 +19,7 @@ class ShardError(GenparError, ValueError):
 
 class CheckpointError(GenparError, ValueError):
     """A checkpoint is missing, corrupt, or belongs to another model or config."""
+
+
+class StorageError(GenparError, OSError):
+    """A write failed for lack of space or quota; names the file being written."""

@@ -11,8 +11,12 @@ CSV partitions read their row range with ``skiprows``/``nrows`` (the header is k
 
 from __future__ import annotations
 
+import csv
+import gzip
 import logging
 import math
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +78,14 @@ def pixel_geometry(path: Path, count: int) -> tuple[int, int]:
     )
 
 
-def table_layout(path: Path, columns: list[str], cfg: DataConfig) -> TableLayout:
+def table_layout(
+    path: Path,
+    columns: list[str],
+    cfg: DataConfig,
+    check_pixels: Callable[[tuple[str, ...], str | None], None] | None = None,
+) -> TableLayout:
+    """Label and pixel columns; `check_pixels` (column types) runs before the count check,
+    because a stray text column is the likelier mistake than a wrong image size."""
     label = cfg.label_column
     if label is not None and label not in columns:
         if label != "label" or cfg.num_classes is not None:
@@ -84,6 +95,8 @@ def table_layout(path: Path, columns: list[str], cfg: DataConfig) -> TableLayout
             )
         label = None
     pixels = tuple(c for c in columns if c != label)
+    if check_pixels is not None:
+        check_pixels(pixels, label)
     side, channels = pixel_geometry(path, len(pixels))
     return TableLayout(label, pixels, side, channels)
 
@@ -105,8 +118,10 @@ def table_labels(series: pd.Series, path: Path, cfg: DataConfig) -> np.ndarray:
     return labels
 
 
-def _non_numeric(path: Path, frame: pd.DataFrame, layout: TableLayout, first_row: int) -> None:
-    for name in layout.pixels:
+def _non_numeric(
+    path: Path, frame: pd.DataFrame, pixels: tuple[str, ...], label: str | None, first_row: int
+) -> None:
+    for name in pixels:
         column = frame[name]
         if pd.api.types.is_numeric_dtype(column.dtype):
             continue
@@ -119,18 +134,57 @@ def _non_numeric(path: Path, frame: pd.DataFrame, layout: TableLayout, first_row
         )
         raise DataError(
             f"{path}: column {name!r} is not numeric{detail}; every column except the label "
-            f"column ({layout.label!r}) must be a pixel value"
+            f"column ({label!r}) must be a pixel value"
         )
+
+
+def _read_csv(path: Path, **kwargs: object) -> pd.DataFrame:
+    """pandas.read_csv that never guesses an index column: a row with more fields than the
+    header is an error (pandas would otherwise take the first column as the index)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        try:
+            return pd.read_csv(path, index_col=False, **kwargs)
+        except (pd.errors.ParserError, pd.errors.ParserWarning) as e:
+            raise DataError(
+                f"{path}: ragged or malformed CSV: {_first_ragged_line(path) or e}"
+            ) from e
+
+
+def _csv_chunks(path: Path) -> Iterator[pd.DataFrame]:
+    """Chunks of CSV_CHUNK_ROWS rows, with the same strictness as `_read_csv`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        try:
+            yield from pd.read_csv(path, index_col=False, chunksize=CSV_CHUNK_ROWS)
+        except (pd.errors.ParserError, pd.errors.ParserWarning) as e:
+            raise DataError(
+                f"{path}: ragged or malformed CSV: {_first_ragged_line(path) or e}"
+            ) from e
+
+
+def _first_ragged_line(path: Path) -> str | None:
+    """'line N has F fields, the header has H' for the first row of the wrong width."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, [])
+        for line, row in enumerate(reader, start=2):
+            if row and len(row) != len(header):
+                return f"line {line} has {len(row)} fields, the header has {len(header)}"
+    return None
 
 
 def survey_csv(path: Path, cfg: DataConfig) -> tuple[int, TableLayout, float, np.ndarray | None]:
     """One chunked pass: (rows, layout, default pixel_max, labels or None)."""
     try:
-        columns = list(pd.read_csv(path, nrows=0).columns)
-        layout = table_layout(path, columns, cfg)
+        head = _read_csv(path, nrows=CSV_CHUNK_ROWS)
+        layout = table_layout(
+            path, list(head.columns), cfg, lambda px, label: _non_numeric(path, head, px, label, 0)
+        )
         rows, fractional, labels = 0, False, []
-        for chunk in pd.read_csv(path, chunksize=CSV_CHUNK_ROWS):
-            _non_numeric(path, chunk, layout, rows)
+        for chunk in _csv_chunks(path):
+            _non_numeric(path, chunk, layout.pixels, layout.label, rows)
             values = chunk[list(layout.pixels)].to_numpy(dtype=np.float64, na_value=np.nan)
             finite = values[np.isfinite(values)]
             fractional = fractional or bool((finite != np.floor(finite)).any())
@@ -167,16 +221,20 @@ def survey_parquet(
 ) -> tuple[int, TableLayout, float, np.ndarray | None]:
     pf = open_parquet(path)
     schema = pf.schema_arrow
-    layout = table_layout(path, parquet_columns(pf), cfg)
+
+    def numeric_only(pixels: tuple[str, ...], label: str | None) -> None:
+        for name in pixels:
+            kind = schema.field(name).type
+            if not (
+                pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+            ):
+                raise DataError(
+                    f"{path}: column {name!r} is not numeric (Arrow type {kind}); every column "
+                    f"except the label column ({label!r}) must be a pixel value"
+                )
+
+    layout = table_layout(path, parquet_columns(pf), cfg, numeric_only)
     types = {name: schema.field(name).type for name in layout.pixels}
-    for name, kind in types.items():
-        if not (
-            pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
-        ):
-            raise DataError(
-                f"{path}: column {name!r} is not numeric (Arrow type {kind}); every column "
-                f"except the label column ({layout.label!r}) must be a pixel value"
-            )
     labels = None
     if layout.label is not None:
         series = pf.read(columns=[layout.label]).column(0).to_pandas().rename(layout.label)
@@ -208,7 +266,7 @@ def read_rows(path: Path, layout_columns: list[str], start: int, stop: int) -> p
     """Rows [start, stop) of the table (0-based data rows)."""
     if table_format(path) == "csv":
         try:
-            return pd.read_csv(path, skiprows=range(1, start + 1), nrows=stop - start)
+            return _read_csv(path, skiprows=range(1, start + 1), nrows=stop - start)
         except pd.errors.ParserError as e:
             raise DataError(f"{path}: ragged or malformed CSV: {e}") from e
     pf = open_parquet(path)
@@ -224,7 +282,7 @@ def load_table(spec: PartitionSpec, cfg: DataConfig) -> Partition:
     """Rows [start, stop): missing or out-of-range pixels make a sample bad, never raise."""
     path = Path(spec.uri)
     columns = (
-        list(pd.read_csv(path, nrows=0).columns)
+        list(_read_csv(path, nrows=0).columns)
         if table_format(path) == "csv"
         else parquet_columns(open_parquet(path))
     )
@@ -232,7 +290,7 @@ def load_table(spec: PartitionSpec, cfg: DataConfig) -> Partition:
     frame = read_rows(path, columns, spec.start, spec.stop)
     if len(frame) != spec.stop - spec.start:
         raise DataError(f"{path}: rows {spec.start}..{spec.stop - 1} are gone since planning")
-    _non_numeric(path, frame, layout, spec.start)
+    _non_numeric(path, frame, layout.pixels, layout.label, spec.start)
     ids = [f"{path.name}:row{row}" for row in range(spec.start, spec.stop)]
     pixels, kept, bad = pixel_rows(frame, layout, ids, spec.pixel_max or 255.0)
     # (n, P) -> (n, side, side) or, channels last, (n, side, side, 3)

@@ -26,7 +26,7 @@ class MetricSink(Protocol):
     def set_tags(self, tags: dict[str, Any]) -> None: ...
     def pending(self) -> list[list[Any]]: ...
     def replay(self, pending: list[list[Any]]) -> None: ...
-    def commit(self) -> bool: ...
+    def commit(self, *, force: bool = False) -> bool: ...
 
 
 class NullSink:
@@ -44,7 +44,7 @@ class NullSink:
     def replay(self, pending: list[list[Any]]) -> None:
         pass
 
-    def commit(self) -> bool:
+    def commit(self, *, force: bool = False) -> bool:
         return True
 
 
@@ -59,6 +59,8 @@ class MlflowSink:
         self._metrics: list[Any] = []
         self._tags: dict[str, str] = {}
         self.unflushed = 0
+        self._retry_at = 0.0  # monotonic time before which a failed server is not retried
+        self._backoff_s = 0.0
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -84,10 +86,17 @@ class MlflowSink:
 
         self._metrics[:0] = [Metric(key=k, value=v, timestamp=t, step=s) for k, v, t, s in pending]
 
-    def commit(self) -> bool:
-        """Send everything buffered; on failure keep it for the next commit and return False."""
+    def commit(self, *, force: bool = False) -> bool:
+        """Send everything buffered; on failure keep it for a later commit and return False.
+
+        After a failure the server is left alone for a growing interval (10 s doubling to
+        5 min), so a dead server costs training one timeout per interval, not per checkpoint.
+        """
         from mlflow.entities import RunTag
 
+        if not force and time.monotonic() < self._retry_at:
+            self.unflushed = len(self._metrics)
+            return False
         try:
             if self._tags:
                 tags = [RunTag(k, v) for k, v in self._tags.items()]
@@ -102,8 +111,10 @@ class MlflowSink:
                 "MLflow logging failed (%s); %d metrics kept for retry", e, len(self._metrics)
             )
             self.unflushed = len(self._metrics)
+            self._backoff_s = min(max(2 * self._backoff_s, 10.0), 300.0)
+            self._retry_at = time.monotonic() + self._backoff_s
             return False
-        self.unflushed = 0
+        self.unflushed, self._backoff_s, self._retry_at = 0, 0.0, 0.0
         return True
 
 

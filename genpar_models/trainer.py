@@ -157,6 +157,9 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
             spec.checkpoint_dir, modules=steps.modules, optimizers=steps.optimizers, expect=expect
         )
     start = resumed.step if resumed else 0
+    if ctx.is_main:  # leftovers of a writer killed mid-write (never visible to readers)
+        for directory in (spec.checkpoint_dir, spec.model_dir):
+            atomic.remove_stale_temps(directory)
     steps.wrap()
     feed = BatchFeed(train_images, cfg.train.batch_size_per_rank, ctx, cfg.seed)
     sink = make_sink(
@@ -186,6 +189,8 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
         )
         for msg in resumed.skipped if resumed else []:
             log.warning("skipped corrupt checkpoint: %s", msg)
+        if resumed and resumed.skipped:
+            sink.set_tags({"genpar.skipped_checkpoints": " | ".join(resumed.skipped)[:4000]})
         if resumed:
             sink.replay(resumed.meta.get("pending_metrics", []))
             sink.commit()
@@ -259,7 +264,7 @@ def _finish(steps, model, spec, sink, state, start, restarts, expect) -> dict[st
             "image_shape": list(spec_dict["image_shape"]),
         },
     )
-    flushed = sink.commit()
+    flushed = sink.commit(force=True)
     result = {
         "step": cfg.train.max_steps,
         "resumed_from_step": start,
@@ -271,6 +276,8 @@ def _finish(steps, model, spec, sink, state, start, restarts, expect) -> dict[st
         "wall_s": state["wall_s"],
         "num_parameters": count_parameters(model),
         "metrics_flushed": flushed,
+        # Tracking unreachable at the end: the task retries these (never lost, never twice).
+        "pending_metrics": [] if flushed else sink.pending(),
     }
     atomic.write_json(spec.result_path, result)
     return result

@@ -41,6 +41,12 @@ class Plan:
     threads_per_proc: int
 
 
+def cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def plan_processes(cfg: ComputeConfig, cuda_devices: int) -> Plan:
     """How many ranks on which device, and torch threads per rank."""
     cores = os.cpu_count() or 1
@@ -87,6 +93,10 @@ def child_env(plan: Plan, tracking_uri: str | None) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
+    # Fail fast on a dead tracking server: rank 0 keeps the metrics and retries later itself,
+    # while MLflow's default (7 retries with backoff) would stall every rank for minutes.
+    env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     return env
 
 

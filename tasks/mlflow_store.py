@@ -10,7 +10,7 @@ next to the database, because MLflow's default (`./mlartifacts`) depends on the 
 from __future__ import annotations
 
 import os
-import re
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,9 +20,15 @@ from mlflow import MlflowClient
 from mlflow.entities import Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
-from genpar_models.config import PipelineConfig
+from genpar_models.config import PipelineConfig, redact_uri
 from genpar_models.errors import ConfigError, GenparError
 from genpar_models.paths import default_tracking_uri, runs_root
+
+# MLflow's HTTP client retries each call 7 times with exponential backoff (minutes per call
+# against a dead server). genpar retries at the task level (Prefect retries, rank 0's backoff,
+# log_pending), so each call should fail fast. A user's own settings win.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 TAG_TRAIN_KEY = "genpar.train_key"
 TAG_RUN_DIR = "genpar.run_dir"
@@ -34,9 +40,7 @@ class TrackingError(GenparError):
     """The tracking store is unreachable or refused an operation."""
 
 
-def redact(uri: str) -> str:
-    """Hide credentials in a URI (user:password@host -> ***@host) before it is shown or logged."""
-    return re.sub(r"(?<=://)[^/@\s]+@", "***@", uri)
+redact = redact_uri  # credentials never reach logs, params or artifacts
 
 
 def resolve_uri(cfg: PipelineConfig) -> str:
@@ -148,8 +152,6 @@ def set_tags(client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
 def log_metrics(
     client: MlflowClient, run_id: str, metrics: dict[str, float], step: int = 0
 ) -> None:
-    import time
-
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
@@ -169,3 +171,36 @@ def runs_of_flow_run(client: MlflowClient, flow_run_id: str) -> list[str]:
         return []
     runs = client.search_runs(exps, filter_string=f"tags.`{TAG_FLOW_RUN}` = '{flow_run_id}'")
     return [r.info.run_id for r in runs]
+
+
+def log_pending(
+    uri: str,
+    run_id: str,
+    pending: list[list[Any]],
+    *,
+    where: Path,
+    delays_s: tuple[float, ...] = (2, 5, 10, 20, 30),
+) -> None:
+    """Send metrics that training could not deliver, retrying with backoff.
+
+    Raises:
+        TrackingError: still unreachable; names the server and the file holding the metrics.
+    """
+    from mlflow.entities import Metric
+
+    batch = [Metric(k, float(v), int(t), int(s)) for k, v, t, s in pending]
+    error: Exception | None = None
+    for delay in (0.0, *delays_s):
+        time.sleep(delay)
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            for i in range(0, len(batch), 1000):
+                client.log_batch(run_id, metrics=batch[i : i + 1000])
+            return
+        except Exception as e:  # noqa: BLE001 - any failure here means: try again later
+            error = e
+    raise TrackingError(
+        f"training finished and its checkpoint is kept, but {len(batch)} metrics could not "
+        f"reach MLflow at {redact(uri)} ({error}); they are saved in {where}. Run the same "
+        "command again once the server is back: the run resumes and records them."
+    )

@@ -32,21 +32,6 @@ class RunHandle(BaseModel):
     resumed: bool = False
 
 
-@task(
-    name="connect-tracking",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=retry_unless_user_error,
-    cache_policy=NO_CACHE,
-)
-def connect_tracking(config: PipelineConfig) -> str:
-    """Check the tracking store answers (creating the SQLite store once) before any work."""
-    uri = store.resolve_uri(config)
-    store.ensure_experiment(store.connect(uri), uri, config.experiment_name)
-    run_logger().info("tracking: %s, experiment %r", store.redact(uri), config.experiment_name)
-    return uri
-
-
 def _flow_run_tags() -> dict[str, str]:
     tags = {}
     if runtime.flow_run.id:
@@ -101,7 +86,7 @@ def start_run(config: PipelineConfig, uri: str, shards_dir: str) -> RunHandle:
     )
     if resumed:
         client.update_run(run_id, status="RUNNING")
-    (run_dir / "config.yaml").write_text(dump_config(config))
+    (run_dir / "config.yaml").write_text(dump_config(config.redacted()))
     log = run_logger()
     log.info("%s MLflow run %s (run dir %s)", "resuming" if resumed else "started", run_id, run_dir)
     return RunHandle(

@@ -12,15 +12,16 @@ from prefect.cache_policies import NO_CACHE
 
 from genpar_models.config import PipelineConfig
 from genpar_models.runspec import RunSpec, TrackingTarget, write_spec
+from tasks import mlflow_store as store
 from tasks.common import run_logger
-from tasks.launcher import child_env, plan_processes, run_torchrun, torchrun_command
+from tasks.launcher import (
+    child_env,
+    cuda_device_count,
+    plan_processes,
+    run_torchrun,
+    torchrun_command,
+)
 from tasks.tracking import RunHandle
-
-
-def _cuda_devices() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 # retries=0: torchrun's --max-restarts handles rank failures; a re-run of the flow resumes.
@@ -33,7 +34,7 @@ def _cuda_devices() -> int:
 def train_model(config: PipelineConfig, shards_dir: str, run: RunHandle) -> dict[str, Any]:
     """Launch torchrun on the run spec; return result.json (checkpoint, model path, metrics)."""
     log = run_logger()
-    plan = plan_processes(config.compute, _cuda_devices())
+    plan = plan_processes(config.compute, cuda_device_count())
     run_dir = Path(run.run_dir)
     spec = RunSpec(
         config=config,
@@ -61,4 +62,11 @@ def train_model(config: PipelineConfig, shards_dir: str, run: RunHandle) -> dict
         " ".join(cmd[1:]),
     )
     run_torchrun(cmd, child_env(plan, run.uri), log_dir=log_dir, on_line=log.info)
-    return json.loads(spec.result_path.read_text())
+    result = json.loads(spec.result_path.read_text())
+    pending = result.pop("pending_metrics", [])
+    if pending:
+        log.warning(
+            "MLflow was unreachable at the end of training; retrying %d metrics", len(pending)
+        )
+        store.log_pending(run.uri, run.run_id, pending, where=spec.result_path)
+    return result

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from genpar_models import shards
 from genpar_models.config import PipelineConfig
+from genpar_models.dist import DistContext
 
 
 def make_shard_set(directory: Path, cfg: PipelineConfig, n: int = 300, seed: int = 0) -> Path:
@@ -41,3 +43,6 @@ def make_shard_set(directory: Path, cfg: PipelineConfig, n: int = 300, seed: int
         bad=[],
     )
     return shards.commit_shard_set(staging, directory, manifest)
+
+
+CPU = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))

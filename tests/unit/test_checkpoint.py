@@ -10,16 +10,13 @@ import torch
 
 from genpar_models import checkpoint
 from genpar_models.config import PipelineConfig
-from genpar_models.dist import DistContext
 from genpar_models.errors import CheckpointError
 from genpar_models.loading import load_model
 from genpar_models.models import build_model
 from genpar_models.runspec import RunSpec
 from genpar_models.steps import make_steps
 from genpar_models.trainer import train
-from tests.helpers import make_shard_set
-
-CPU = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+from tests.helpers import CPU, make_shard_set
 
 
 def _steps(cfg: PipelineConfig):

@@ -1,0 +1,45 @@
+"""Prefect task: everything that can be checked before any work starts.
+
+Bad values are caught by the config model itself; this adds what depends on the machine and
+the outside world: the process plan fits this machine (cpu_procs within the cores, CUDA
+present when asked for), the data path exists, and the tracking store answers (the SQLite
+store is created and migrated here, once, before any rank or worker touches it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from genpar_models.config import BUILTIN_SOURCES, PipelineConfig
+from genpar_models.errors import DataError
+from tasks import mlflow_store as store
+from tasks.common import retry_unless_user_error, run_logger
+from tasks.launcher import cuda_device_count, plan_processes
+
+
+@task(
+    name="preflight",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=retry_unless_user_error,
+    cache_policy=NO_CACHE,
+)
+def preflight(config: PipelineConfig) -> str:
+    """Check machine, data path and tracking store; return the resolved tracking URI."""
+    log = run_logger()
+    plan = plan_processes(config.compute, cuda_device_count())
+    if config.data.source not in BUILTIN_SOURCES and not Path(config.data.path).exists():
+        raise DataError(f"data.path={config.data.path!r} does not exist")
+    uri = store.resolve_uri(config)
+    store.ensure_experiment(store.connect(uri), uri, config.experiment_name)
+    log.info(
+        "plan: %d %s training rank(s); tracking: %s, experiment %r",
+        plan.nproc,
+        plan.device,
+        store.redact(uri),
+        config.experiment_name,
+    )
+    return uri
