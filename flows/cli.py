@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows.cli_common import ConfigArg, SetOpt, UriOpt, console, err, fail, prefect_defaults
 from genpar_models.config import config_reference, dump_config, load_config
 from genpar_models.errors import GenparError
 from genpar_models.paths import HOME_ENV, genpar_home
@@ -31,41 +32,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(soft_wrap=True)
-err = Console(stderr=True)
-
-ConfigArg = Annotated[Path, typer.Argument(help="Pipeline config YAML (see configs/).")]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set",
-        "-s",
-        help="Override a field: --set train.lr=3e-4 (repeatable; "
-        "values are YAML, so 3, 3.0, true, null and [1, 2] work).",
-    ),
-]
-UriOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--uri",
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the "
-        "SQLite store under the genpar home).",
-    ),
-]
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
-def _prefect_defaults() -> None:
-    """Environment defaults for Prefect (a user's own settings win)."""
-    # Offline hosts: Prefect's server telemetry only produces errors (shared/STACK.md §0).
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # The first ephemeral start creates and migrates Prefect's database: measured 21 s on
-    # 2 cores against Prefect's default 20 s limit, so a fresh machine would fail at random.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 @app.command()
@@ -78,8 +44,8 @@ def run(config: ConfigArg, set_: SetOpt = None) -> None:
     try:
         cfg = load_config(config, set_ or [])
     except GenparError as e:
-        _fail(str(e))
-    _prefect_defaults()
+        fail(str(e))
+    prefect_defaults()
     console.print(
         f"[bold]genpar[/] running [cyan]{cfg.name}[/] ({cfg.model.name} on "
         f"{cfg.data.source}), home {genpar_home()}"
@@ -89,7 +55,7 @@ def run(config: ConfigArg, set_: SetOpt = None) -> None:
     try:
         summary = pipeline(cfg)
     except GenparError as e:
-        _fail(str(e), code=1)
+        fail(str(e), code=1)
     _print_summary(summary)
 
 
@@ -138,13 +104,13 @@ def runs(
     from flows.listing import list_runs
 
     if fmt not in ("table", "csv", "json"):
-        _fail(f"--format must be table, csv or json, got {fmt!r}")
+        fail(f"--format must be table, csv or json, got {fmt!r}")
     try:
         rows, columns = list_runs(
             uri=uri, experiment=experiment, sort=sort, desc=desc, metrics=metric, limit=limit
         )
     except GenparError as e:
-        _fail(str(e), code=1)
+        fail(str(e), code=1)
     if fmt == "json":
         print(json.dumps(rows, indent=2))
     elif fmt == "csv":
@@ -180,7 +146,7 @@ def show_config(
     try:
         cfg = load_config(config, set_ or [])
     except GenparError as e:
-        _fail(str(e))
+        fail(str(e))
     console.print(dump_config(cfg), end="", highlight=False, markup=False)
 
 
@@ -217,6 +183,16 @@ def home() -> None:
     console.print(str(genpar_home()), highlight=False)
     if HOME_ENV not in os.environ:
         err.print(f"(default; set {HOME_ENV} to move it)")
+
+
+def _register_commands() -> None:
+    from flows import cli_eval, cli_ops
+
+    cli_eval.register(app)
+    cli_ops.register(app)
+
+
+_register_commands()
 
 
 def main() -> None:

@@ -19,9 +19,11 @@ from tasks.preflight import preflight
 from tasks.preprocess import preprocess
 from tasks.tracking import (
     finish_run,
+    log_artifacts,
     mark_failed,
     plot_training_curves,
     record_dataset,
+    register_model,
     start_run,
 )
 from tasks.train import train_model
@@ -42,7 +44,7 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:  # no
     record_dataset(run, shards_dir)
     trained = train_model(config, shards_dir, run)
     model_dir = str(Path(trained["model_path"]).parent)
-    scores = evaluate(config, shards_dir, model_dir, run)
+    scores = evaluate(config, shards_dir, model_dir, str(Path(run.run_dir) / "eval"))
     samples = generate(config, model_dir, run.run_dir)
     curves = plot_training_curves(run, config)
     artifacts = {
@@ -58,4 +60,6 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:  # no
         **scores,
         **samples,
     }
-    return finish_run(config, run, artifacts, final)
+    log_artifacts(config, run, artifacts, final)
+    version = register_model(config, run, final)
+    return finish_run(run, final, version)

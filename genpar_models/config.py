@@ -186,6 +186,35 @@ class GenerateConfig(_Section):
     seed: int | None = Field(None, ge=0, description="Generation seed (default: the run seed).")
 
 
+class CompressConfig(_Section):
+    """Inference compression of the decoder/generator (`genpar compress`)."""
+
+    finetune_steps: int = Field(
+        0, ge=0, description="Fine-tune steps after magnitude pruning (0 = none)."
+    )
+    max_fid_increase: float = Field(
+        1.0,
+        ge=0,
+        description="Quality budget: the best variant may raise eval/fid by at most "
+        "this much over fp32.",
+    )
+
+
+class RetrainConfig(_Section):
+    """The scheduled retrain and its promotion rule (`nightly-retrain` deployment)."""
+
+    cron: str = Field("0 2 * * *", description="When the nightly retrain runs (cron syntax).")
+    timezone: str = Field("UTC", description="IANA timezone of the cron schedule.")
+    primary_metric: str = Field(
+        "eval/frechet_pca", description="Metric that decides promotion to the champion alias."
+    )
+    higher_is_better: bool = Field(False, description="Direction of the primary metric.")
+    min_improvement: float = Field(
+        0.0, ge=0, description="A challenger must beat the champion by more than this margin."
+    )
+    warm_start: bool = Field(False, description="Start the challenger from the champion's weights.")
+
+
 class TrackingConfig(_Section):
     """Where runs are recorded."""
 
@@ -196,6 +225,11 @@ class TrackingConfig(_Section):
     )
     experiment: str | None = Field(
         None, description="MLflow experiment (default: the pipeline name)."
+    )
+    registered_model: str | None = Field(
+        None,
+        description="MLflow registered model that every run's model is added to as a "
+        "version (default: the pipeline name).",
     )
 
 
@@ -242,10 +276,16 @@ class PipelineConfig(_Section):
     generate: GenerateConfig = GenerateConfig()
     tracking: TrackingConfig = TrackingConfig()
     compute: ComputeConfig = ComputeConfig()
+    compress: CompressConfig = CompressConfig()
+    retrain: RetrainConfig = RetrainConfig()
 
     @property
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.name
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.tracking.registered_model or self.name
 
     def flat(self) -> dict[str, Any]:
         """The config as {dotted.key: value}, the form MLflow logs as params (no secrets)."""
@@ -263,6 +303,7 @@ class PipelineConfig(_Section):
     def train_key(self, shards_key: str) -> str:
         """Identity of a training job: what decides the weights (not eval/generate/compute)."""
         payload = self.model_dump(mode="json", include={"name", "seed", "model", "train"})
+        payload["retrain"] = {"warm_start": self.retrain.warm_start}
         payload["train"].pop("resume", None)
         payload["train"].pop("max_restarts", None)
         payload["shards"] = shards_key

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from genpar_models.config import PipelineConfig, dump_config
 from genpar_models.shards import read_manifest
 from tasks import mlflow_store as store
-from tasks import runlock
+from tasks import registry, runlock
 from tasks.common import retry_unless_user_error, run_logger
 
 
@@ -137,11 +137,11 @@ def record_dataset(run: RunHandle, shards_dir: str) -> None:
     client.log_artifact(run.run_id, str(Path(shards_dir) / "manifest.json"), "data")
 
 
-@task(name="finish-run", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
-def finish_run(
+@task(name="log-artifacts", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def log_artifacts(
     config: PipelineConfig, run: RunHandle, artifacts: dict[str, str], metrics: dict[str, float]
-) -> dict[str, Any]:
-    """Log final metrics and artifacts, mark the run FINISHED, release the run lock."""
+) -> None:
+    """Log the final metrics and every artifact (local file or directory -> artifact path)."""
     client = store.connect(run.uri)
     store.log_metrics(client, run.run_id, metrics, step=config.train.max_steps)
     client.log_artifact(run.run_id, str(Path(run.run_dir) / "config.yaml"))
@@ -151,6 +151,35 @@ def finish_run(
             client.log_artifacts(run.run_id, str(path), artifact_path)
         elif path.exists():
             client.log_artifact(run.run_id, str(path), artifact_path or None)
+
+
+@task(name="register-model", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def register_model(config: PipelineConfig, run: RunHandle, metrics: dict[str, float]) -> str:
+    """Register the run's model as a new version (tagged with its eval metrics)."""
+    client = store.connect(run.uri)
+    tags = {k: f"{v:.6g}" for k, v in metrics.items() if k.startswith("eval/")}
+    version = registry.register(
+        client,
+        run.run_id,
+        name=config.registered_model_name,
+        tags=tags,
+        description=f"{config.model.name} on {config.data.source}, run {run.run_id}",
+    )
+    store.set_tags(
+        client,
+        run.run_id,
+        {"genpar.registered_model": config.registered_model_name, "genpar.model_version": version},
+    )
+    run_logger().info("registered %s version %s", config.registered_model_name, version)
+    return version
+
+
+@task(name="finish-run", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def finish_run(
+    run: RunHandle, metrics: dict[str, float], version: str | None = None
+) -> dict[str, Any]:
+    """Mark the run FINISHED, release the run lock, and write the run's summary.json."""
+    client = store.connect(run.uri)
     store.finish(client, run.run_id, "FINISHED")
     runlock.release(Path(run.run_dir))
     summary = {
@@ -159,6 +188,7 @@ def finish_run(
         "run_dir": run.run_dir,
         "tracking_uri": store.redact(run.uri),
         "artifact_uri": client.get_run(run.run_id).info.artifact_uri,
+        "model_version": version,
         "metrics": metrics,
     }
     (Path(run.run_dir) / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from flows.evaluate import evaluate_flow
 from flows.listing import list_runs
 from flows.pipeline import pipeline
 from genpar_models.config import PipelineConfig
+from genpar_models.loading import load_model
 from genpar_models.paths import default_tracking_uri, shards_root
+from tasks import registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -91,6 +94,25 @@ def test_vae_pipeline_records_everything_and_second_run_reuses_shards(
     assert again["run_id"] != summary["run_id"]  # the first run finished: a new run
     assert _shard_dirs() == [shard_dir]
     assert (shard_dir / "manifest.json").stat().st_mtime_ns == stamp  # reused, not rewritten
+    # every run's model is registered; a reference resolves back to loadable weights
+    assert run.data.tags["genpar.registered_model"] == "tiny"
+    versions = client.search_model_versions("name='tiny'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+    assert {v.run_id for v in versions} == {summary["run_id"], again["run_id"]}
+    cache = tracked_home / "resolve"
+    by_version = registry.resolve(client, "models:/tiny/1", default_name=None, cache=cache)
+    assert by_version.run_id == summary["run_id"]
+    load_model(by_version.model_dir)
+    with pytest.raises(registry.ModelNotFound, match="has no alias 'champion'"):
+        registry.resolve(client, "champion", default_name="tiny", cache=cache)
+    with pytest.raises(registry.ModelNotFound, match="expected a run id"):
+        registry.resolve(client, "no such thing", default_name="tiny", cache=cache)
+
+    # evaluate a logged model again, without retraining: recorded on its own run
+    result = evaluate_flow(summary["run_id"])
+    assert result["metrics"]["eval/elbo"] == pytest.approx(run.data.metrics["eval/elbo"])
+    assert len(client.get_metric_history(summary["run_id"], "eval/elbo")) == 2
+
     rows, columns = list_runs(
         uri=None, experiment=None, sort="eval/bits_per_dim", desc=False, metrics=None, limit=10
     )

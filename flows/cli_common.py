@@ -1,0 +1,55 @@
+"""What every `genpar` command module shares: consoles, option types, error exit, env defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="Pipeline config YAML (see configs/).")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        help="Override a field: --set train.lr=3e-4 (repeatable; "
+        "values are YAML, so 3, 3.0, true, null and [1, 2] work).",
+    ),
+]
+UriOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the "
+        "SQLite store under the genpar home).",
+    ),
+]
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def prefect_defaults() -> None:
+    """Environment defaults for Prefect (a user's own settings win)."""
+    # Offline hosts: Prefect's server telemetry only produces errors (shared/STACK.md §0).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The first ephemeral start creates and migrates Prefect's database: measured 21 s on
+    # 2 cores against Prefect's default 20 s limit, so a fresh machine would fail at random.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        help="Model reference: a run id, models:/NAME/VERSION, models:/NAME@ALIAS, NAME@ALIAS, "
+        "champion, or a model directory."
+    ),
+]

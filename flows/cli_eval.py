@@ -1,0 +1,43 @@
+"""`genpar evaluate` (and later `genpar compress`): commands that work on logged models."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from flows.cli_common import ModelArg, SetOpt, console, fail, prefect_defaults
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the `genpar` app."""
+
+    @app.command()
+    def evaluate(
+        model: ModelArg,
+        config: Annotated[
+            str | None,
+            typer.Option(
+                "--config", "-c", help="Config YAML to evaluate with (default: the run's own)."
+            ),
+        ] = None,
+        set_: SetOpt = None,
+    ) -> None:
+        """Evaluate a logged model on its test split without retraining; log into its run."""
+        from genpar_models.config import load_config
+        from genpar_models.errors import GenparError
+
+        try:
+            cfg = load_config(config, set_ or []) if config or set_ else None
+        except GenparError as e:
+            fail(str(e))
+        prefect_defaults()
+        from flows.evaluate import evaluate_flow
+
+        try:
+            result = evaluate_flow(model, cfg)
+        except GenparError as e:
+            fail(str(e), code=1)
+        for key, value in sorted(result["metrics"].items()):
+            console.print(f"{key:32s} {value:12.5g}")
+        console.print(f"report: {result['report']}")

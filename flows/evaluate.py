@@ -1,0 +1,40 @@
+"""The evaluate flow: score any logged model without retraining, recorded on its own run.
+
+`model` is a model reference (a run id, `models:/name@alias`, `champion`, or a model
+directory; see tasks/registry.py). The run's own config decides the data: its shard set is
+reused when present, rebuilt from the same source otherwise.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from genpar_models.config import PipelineConfig, load_config
+from tasks.evaluate import evaluate, log_evaluation, resolve_model
+from tasks.preflight import preflight
+from tasks.preprocess import preprocess
+
+
+@flow(name="genpar-evaluate", flow_run_name="evaluate-{model}")
+def evaluate_flow(model: str, config: PipelineConfig | None = None) -> dict[str, Any]:
+    """Evaluate `model` on the test split of its data; log eval/… metrics on its run."""
+    base = config or PipelineConfig()
+    uri = preflight(base)
+    found = resolve_model(model, uri, base.registered_model_name)
+    cfg = config or (load_config(found["config_yaml"]) if found["config_yaml"] else base)
+    cfg = cfg.model_copy(update={"tracking": base.tracking})
+    shards_dir = preprocess(cfg)
+    out_dir = tempfile.mkdtemp(prefix="genpar-eval-")
+    metrics = evaluate(cfg, shards_dir, found["model_dir"], out_dir)
+    if found["run_id"]:
+        log_evaluation(uri, found["run_id"], metrics, out_dir)
+    return {
+        "model": model,
+        "run_id": found["run_id"],
+        "metrics": metrics,
+        "report": str(Path(out_dir) / "report.md"),
+    }

@@ -1,0 +1,122 @@
+"""The MLflow model registry: every pipeline run's model becomes a version; references resolve.
+
+A version's source is the run's `model/` artifact directory (safetensors + model.json), not an
+MLflow flavor: `mlflow.pytorch`/pyfunc models are pickled or executed code, while genpar
+rebuilds the network from JSON and loads tensors only. Versions carry the run's key metrics as
+tags; aliases (`champion`) move between versions.
+
+A model reference, wherever the CLI takes one, is any of:
+    <run id>                       that run's model
+    models:/<name>/<version>       a registered version
+    models:/<name>@<alias>         a registered alias
+    <name>@<alias>, @<alias>       the same (`@champion` uses the default registered name)
+    champion                       shorthand for @champion
+    /path/to/model_dir             an exported model directory on disk
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from genpar_models.errors import GenparError
+
+MODEL_ARTIFACT = "model"
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))$")
+_NAME_ALIAS = re.compile(r"^(?P<name>[^/@\s]*)@(?P<alias>[\w.-]+)$")
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class ModelNotFound(GenparError, LookupError):
+    """A model reference matches no run, version, alias or directory."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    model_dir: Path  # local directory with model.safetensors + model.json
+    run_id: str | None
+    name: str | None = None
+    version: str | None = None
+
+
+def register(
+    client: MlflowClient, run_id: str, *, name: str, tags: dict[str, str], description: str = ""
+) -> str:
+    """Register `runs:/<run_id>/model` as a new version of `name`; return the version."""
+    try:
+        client.create_registered_model(
+            name, tags={"genpar": "1"}, description="genpar models of this pipeline"
+        )
+    except MlflowException as e:
+        if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+            raise
+    source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
+    version = client.create_model_version(
+        name, source, run_id=run_id, tags=tags, description=description
+    )
+    return str(version.version)
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def _download(client: MlflowClient, run_id: str, dst: Path) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        local = client.download_artifacts(run_id, MODEL_ARTIFACT, str(dst))
+    except (MlflowException, OSError) as e:
+        raise ModelNotFound(f"run {run_id} has no '{MODEL_ARTIFACT}' artifact: {e}") from None
+    return Path(local)
+
+
+def _version(client: MlflowClient, name: str, version: str | None, alias: str | None):
+    try:
+        if alias is not None:
+            return client.get_model_version_by_alias(name, alias)
+        return client.get_model_version(name, str(version))
+    except MlflowException:
+        what = f"alias {alias!r}" if alias is not None else f"version {version}"
+        raise ModelNotFound(f"registered model {name!r} has no {what}") from None
+
+
+def resolve(
+    client: MlflowClient, ref: str, *, default_name: str | None, cache: Path
+) -> ResolvedModel:
+    """Turn a model reference (see the module docstring) into a local model directory.
+
+    Raises:
+        ModelNotFound: naming the reference and what was looked for.
+    """
+    ref = ref.strip()
+    if ref == "champion":
+        ref = "@champion"
+    path = Path(ref).expanduser()
+    if (path / "model.json").is_file():
+        return ResolvedModel(model_dir=path.resolve(), run_id=None)
+    if _RUN_ID.match(ref):
+        try:
+            client.get_run(ref)
+        except MlflowException:
+            raise ModelNotFound(f"no MLflow run {ref}") from None
+        return ResolvedModel(model_dir=_download(client, ref, cache / ref), run_id=ref)
+    m = _MODELS_URI.match(ref) or _NAME_ALIAS.match(ref)
+    if m is None:
+        raise ModelNotFound(
+            f"model reference {ref!r}: expected a run id, models:/<name>/<version>, "
+            "models:/<name>@<alias>, <name>@<alias>, champion, or a model directory"
+        )
+    groups = m.groupdict()
+    name = groups.get("name") or default_name
+    if not name:
+        raise ModelNotFound(f"model reference {ref!r} names no registered model")
+    mv = _version(client, name, groups.get("version"), groups.get("alias"))
+    model_dir = _download(client, mv.run_id, cache / mv.run_id)
+    return ResolvedModel(model_dir=model_dir, run_id=mv.run_id, name=name, version=str(mv.version))
