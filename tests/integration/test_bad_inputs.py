@@ -149,19 +149,19 @@ def _only_image(cfg: PipelineConfig) -> np.ndarray:
     return images
 
 
-@pytest.mark.parametrize(
-    ("name", "make", "expect"),
-    [
-        ("16-bit", lambda p: Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(p), 255),
-        ("palette", lambda p: Image.new("P", (8, 8), 3).save(p), None),
-        (
-            "cmyk",
-            lambda p: Image.new("CMYK", (8, 8), (0, 0, 0, 0)).save(p.with_suffix(".jpg")),
-            255,
-        ),
-        ("alpha", lambda p: Image.new("RGBA", (8, 8), (255, 255, 255, 0)).save(p), 0),
-    ],
-)
+AWKWARD = [
+    ("16-bit", lambda p: Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(p), 255),
+    ("palette", lambda p: Image.new("P", (8, 8), 3).save(p), None),
+    (
+        "cmyk",
+        lambda p: Image.new("CMYK", (8, 8), (0, 0, 0, 0)).save(p.with_suffix(".jpg")),
+        255,
+    ),
+    ("alpha", lambda p: Image.new("RGBA", (8, 8), (255, 255, 255, 0)).save(p), 0),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "expect"), AWKWARD, ids=[c[0] for c in AWKWARD])
 def test_awkward_modes_are_converted(
     name: str, make: Callable, expect: int | None, home: Path, tmp_path: Path, dask_address: str
 ) -> None:
@@ -217,62 +217,62 @@ def _npz(path: Path, **arrays: np.ndarray) -> Path:
     return path
 
 
-@pytest.mark.parametrize(
-    ("name", "make", "needles"),
-    [
-        (
-            "nan",
-            lambda d: _npz(
-                d / "x.npz",
-                images=np.where(np.arange(64 * 20).reshape(20, 8, 8) == 70, np.nan, 0.5),
-            ),
-            ["x.npz[1]", "nan"],
+ARRAYS = [
+    (
+        "nan",
+        lambda d: _npz(
+            d / "x.npz",
+            images=np.where(np.arange(64 * 20).reshape(20, 8, 8) == 70, np.nan, 0.5),
         ),
-        (
-            "inf",
-            lambda d: _npz(d / "x.npz", images=np.full((20, 8, 8), np.inf)),
-            ["x.npz[0]", "inf"],
+        ["x.npz[1]", "nan"],
+    ),
+    (
+        "inf",
+        lambda d: _npz(d / "x.npz", images=np.full((20, 8, 8), np.inf)),
+        ["x.npz[0]", "inf"],
+    ),
+    (
+        "complex dtype",
+        lambda d: _npz(d / "x.npz", images=np.zeros((20, 8, 8), complex)),
+        ["x.npz", "complex"],
+    ),
+    ("strings", lambda d: _npz(d / "x.npz", images=np.full((20, 8, 8), "a")), ["x.npz"]),
+    (
+        "2-D npy",
+        lambda d: np.save(d / "x.npy", np.zeros((20, 64), np.uint8)) or d / "x.npy",
+        ["x.npy", "(20, 64)"],
+    ),
+    (
+        "no images key",
+        lambda d: _npz(d / "x.npz", pixels=np.zeros((4, 8, 8))),
+        ["x.npz", "pixels"],
+    ),
+    (
+        "label out of range",
+        lambda d: _npz(
+            d / "x.npz",
+            images=np.zeros((20, 8, 8), np.uint8),
+            labels=np.r_[np.zeros(19, int), 12],
         ),
-        (
-            "complex dtype",
-            lambda d: _npz(d / "x.npz", images=np.zeros((20, 8, 8), complex)),
-            ["x.npz", "complex"],
+        ["x.npz", "row 19", "12"],
+    ),
+    (
+        "pickled objects",
+        lambda d: (
+            (d / "x.npy").write_bytes(
+                b"\x93NUMPY\x01\x00v\x00"
+                + b"{'descr': '|O', 'fortran_order': False, 'shape': (2,), }".ljust(117)
+                + b"\n"
+                + pickle.dumps([1, 2])
+            )
+            and d / "x.npy"
         ),
-        ("strings", lambda d: _npz(d / "x.npz", images=np.full((20, 8, 8), "a")), ["x.npz"]),
-        (
-            "2-D npy",
-            lambda d: np.save(d / "x.npy", np.zeros((20, 64), np.uint8)) or d / "x.npy",
-            ["x.npy", "(20, 64)"],
-        ),
-        (
-            "no images key",
-            lambda d: _npz(d / "x.npz", pixels=np.zeros((4, 8, 8))),
-            ["x.npz", "pixels"],
-        ),
-        (
-            "label out of range",
-            lambda d: _npz(
-                d / "x.npz",
-                images=np.zeros((20, 8, 8), np.uint8),
-                labels=np.r_[np.zeros(19, int), 12],
-            ),
-            ["x.npz", "row 19", "12"],
-        ),
-        (
-            "pickled objects",
-            lambda d: (
-                (d / "x.npy").write_bytes(
-                    b"\x93NUMPY\x01\x00v\x00"
-                    + b"{'descr': '|O', 'fortran_order': False, 'shape': (2,), }".ljust(117)
-                    + b"\n"
-                    + pickle.dumps([1, 2])
-                )
-                and d / "x.npy"
-            ),
-            ["x.npy", "pickle"],
-        ),
-    ],
-)
+        ["x.npy", "pickle"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "needles"), ARRAYS, ids=[c[0] for c in ARRAYS])
 def test_bad_arrays(
     name: str, make: Callable, needles: list[str], home: Path, tmp_path: Path, dask_address: str
 ) -> None:
@@ -293,44 +293,46 @@ def _pixels(n: int = 20, p: int = 64) -> pd.DataFrame:
     return pd.DataFrame(np.zeros((n, p), np.uint8), columns=[f"px{i}" for i in range(p)])
 
 
+TABLES = [
+    (
+        "parquet missing label column",
+        lambda d: _table(d / "t.parquet", _pixels()),
+        {"label_column": "digit"},
+        ["t.parquet", "digit"],
+    ),
+    (
+        "parquet extra text column",
+        lambda d: _table(d / "t.parquet", _pixels().assign(note="hello")),
+        {},
+        ["t.parquet", "note"],
+    ),
+    (
+        "pixel count not square",
+        lambda d: _table(d / "t.parquet", _pixels(p=60)),
+        {},
+        ["t.parquet", "60"],
+    ),
+    (
+        "ragged csv",
+        lambda d: (
+            (d / "t.csv").write_text(
+                ",".join(f"px{i}" for i in range(64))
+                + "\n"
+                + ",".join(["0"] * 64)
+                + "\n"
+                + ",".join(["0"] * 70)
+                + "\n"
+            )
+            and d / "t.csv"
+        ),
+        {},
+        ["t.csv", "line 3"],
+    ),
+]
+
+
 @pytest.mark.parametrize(
-    ("name", "make", "overrides", "needles"),
-    [
-        (
-            "parquet missing label column",
-            lambda d: _table(d / "t.parquet", _pixels()),
-            {"label_column": "digit"},
-            ["t.parquet", "digit"],
-        ),
-        (
-            "parquet extra text column",
-            lambda d: _table(d / "t.parquet", _pixels().assign(note="hello")),
-            {},
-            ["t.parquet", "note"],
-        ),
-        (
-            "pixel count not square",
-            lambda d: _table(d / "t.parquet", _pixels(p=60)),
-            {},
-            ["t.parquet", "60"],
-        ),
-        (
-            "ragged csv",
-            lambda d: (
-                (d / "t.csv").write_text(
-                    ",".join(f"px{i}" for i in range(64))
-                    + "\n"
-                    + ",".join(["0"] * 64)
-                    + "\n"
-                    + ",".join(["0"] * 70)
-                    + "\n"
-                )
-                and d / "t.csv"
-            ),
-            {},
-            ["t.csv", "line 3"],
-        ),
-    ],
+    ("name", "make", "overrides", "needles"), TABLES, ids=[c[0] for c in TABLES]
 )
 def test_bad_tables(
     name: str,
@@ -348,16 +350,16 @@ def test_bad_tables(
 # --------------------------------------------------------------------------- config
 
 
-@pytest.mark.parametrize(
-    ("overrides", "needles"),
-    [
-        (["train.max_stepz=3"], ["unknown key 'max_stepz'"]),
-        (["train.max_steps=ten"], ["train.max_steps", "valid integer"]),
-        (["data.image_size=-8"], ["data.image_size", "-8"]),
-        (["train.batch_size_per_rank=0"], ["train.batch_size_per_rank", "greater than or equal"]),
-        (["model.latent_dim=0"], ["model.latent_dim"]),
-    ],
-)
+CONFIGS = [
+    (["train.max_stepz=3"], ["unknown key 'max_stepz'"]),
+    (["train.max_steps=ten"], ["train.max_steps", "valid integer"]),
+    (["data.image_size=-8"], ["data.image_size", "-8"]),
+    (["train.batch_size_per_rank=0"], ["train.batch_size_per_rank", "greater than or equal"]),
+    (["model.latent_dim=0"], ["model.latent_dim"]),
+]
+
+
+@pytest.mark.parametrize(("overrides", "needles"), CONFIGS, ids=[c[0][0] for c in CONFIGS])
 def test_bad_config(overrides: list[str], needles: list[str]) -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(TINY, overrides)

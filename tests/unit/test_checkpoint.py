@@ -164,3 +164,29 @@ def test_nan_loss_stops_with_step_and_writes_no_newer_checkpoint(
         train(spec, CPU)
     assert "ckpt-00000010" in str(exc.value)
     assert [step for step, _ in checkpoint.list_checkpoints(spec.checkpoint_dir)] == [10]
+
+
+def test_skipped_corrupt_checkpoint_is_reported_on_the_run(
+    tmp_path: Path, tiny: PipelineConfig
+) -> None:
+    from mlflow import MlflowClient
+
+    from genpar_models.runspec import TrackingTarget
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("corrupt")).info.run_id
+    shards_dir = make_shard_set(tmp_path / "shards", tiny)
+    spec = _spec(tmp_path, tiny, shards_dir, "run", 20).model_copy(
+        update={"tracking": TrackingTarget(uri=uri, run_id=run_id)}
+    )
+    train(spec, CPU)
+    newest = checkpoint.checkpoint_path(spec.checkpoint_dir, 20)
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated on disk
+    longer = spec.config.model_copy(
+        update={"train": spec.config.train.model_copy(update={"max_steps": 30})}
+    )
+    result = train(spec.model_copy(update={"config": longer}), CPU)
+    assert result["resumed_from_step"] == 10
+    tag = client.get_run(run_id).data.tags["genpar.skipped_checkpoints"]
+    assert "ckpt-00000020.safetensors" in tag and "sha256 mismatch" in tag

@@ -95,3 +95,11 @@ def test_flat_params_and_train_key() -> None:
     assert cfg.train_key("s") == other_eval.train_key("s")  # eval/compute do not change weights
     assert cfg.train_key("s") != other_train.train_key("s")
     assert cfg.train_key("s") != cfg.train_key("t")  # other data
+
+
+def test_credentials_never_reach_params_or_dumps() -> None:
+    uri = "postgresql://alice:s3cret@db.internal:5432/mlflow"
+    cfg = load_config(REPO / "configs/tiny.yaml", [f"tracking.uri={uri}"])
+    assert cfg.tracking.uri == uri  # the real value stays usable
+    assert cfg.flat()["tracking.uri"] == "postgresql://***@db.internal:5432/mlflow"
+    assert "s3cret" not in dump_config(cfg.redacted())
