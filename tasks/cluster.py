@@ -3,6 +3,7 @@
 The task owns the cluster for the length of one stage (`with dask_client(...)`), so no Dask
 worker runs during training on the same machine. Workers are processes with one thread each
 (decoding is Python-heavy and holds the GIL; shared/STACK.md section 4.1), sized to the cores.
+Everything a LocalCluster opens (scheduler, workers, its HTTP server) binds to 127.0.0.1.
 Per-partition functions are plain genpar_models functions, not Prefect tasks, so no worker
 ever starts a Prefect API server of its own (shared/STACK.md section 1.2).
 """
@@ -42,7 +43,8 @@ def dask_client(cfg: ComputeConfig) -> Iterator[Client]:
             threads_per_worker=1,
             processes=True,
             memory_limit=memory,
-            dashboard_address=None,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
             silence_logs=logging.WARNING,
         ) as cluster,
         Client(cluster) as client,

@@ -112,3 +112,22 @@ def test_one_and_two_workers_give_identical_samples(tmp_path: Path, tiny: Pipeli
     first = np.load(tmp_path / "gen1" / "samples-00000.npy")
     assert first.shape == (16, 1, 8, 8) and first.std() > 0  # real, varied images
     assert (tmp_path / "gen1" / "grid.png").stat().st_size > 0
+
+
+def test_local_cluster_listens_on_loopback_only(tiny: PipelineConfig) -> None:
+    import os
+
+    import psutil
+
+    from tasks.cluster import dask_client
+
+    with dask_client(tiny.compute) as client:
+        assert client.scheduler_info()["address"].startswith("tcp://127.0.0.1:")
+        me = psutil.Process(os.getpid())
+        listening = {
+            c.laddr.ip
+            for p in [me, *me.children(recursive=True)]
+            for c in p.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN
+        }
+    assert listening and listening <= {"127.0.0.1"}

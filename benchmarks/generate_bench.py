@@ -1,0 +1,108 @@
+"""Generation throughput: a naive per-sample loop, one batched process, and genpar's Dask stage
+with 1 and 2 workers (model loaded once per worker, clusters started before timing)."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import Result, interleaved, median, stopwatch
+from genpar_models.loading import load_model
+from genpar_models.sampling import sample_uint8, torch_threads
+
+
+def naive(model: torch.nn.Module, n: int) -> float:
+    """One sample per call, as tutorial code does."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad(), stopwatch() as t:
+        for _ in range(n):
+            model.sample(1, generator=gen)
+    return n / t["s"]
+
+
+def batched(model: torch.nn.Module, n: int, threads: int) -> float:
+    with torch_threads(threads), stopwatch() as t:
+        sample_uint8(model, n, seed=0, batch=256)
+    return n / t["s"]
+
+
+def dask_stage(cfg, model_dir: str, address: str) -> float:
+    from tasks.generate import generate_to_dir
+
+    compute = cfg.compute.model_copy(update={"dask_address": address})
+    with tempfile.TemporaryDirectory() as out:
+        metrics = generate_to_dir(cfg.model_copy(update={"compute": compute}), model_dir, Path(out))
+    return metrics["gen/samples_per_s"]
+
+
+def run(model_dir: Path, cfg, quick: bool) -> list[Result]:
+    from distributed import LocalCluster
+
+    n = 500 if quick else 20000
+    cfg = cfg.model_copy(
+        update={"generate": cfg.generate.model_copy(update={"num_samples": n, "chunk_size": 1000})}
+    )
+    model, _ = load_model(model_dir)
+    repeats = 1 if quick else 3
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0"
+        ) as c1,
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0"
+        ) as c2,
+    ):
+        fns = {
+            "naive": lambda: naive(model, 100 if quick else 1000),
+            "batched1": lambda: batched(model, n, 1),
+            "batched2": lambda: batched(model, n, 2),
+            "dask1": lambda: dask_stage(cfg, str(model_dir), c1.scheduler_address),
+            "dask2": lambda: dask_stage(cfg, str(model_dir), c2.scheduler_address),
+        }
+        time.sleep(0.5)
+        m = {k: median(v) for k, v in interleaved(fns, repeats).items()}
+    sec = f"generation ({cfg.model.name}, {n} samples, chunks of 1000)"
+    best_single = max(m["batched1"], m["batched2"])
+    return [
+        Result(sec, "naive per-sample loop", m["naive"], "samples/s"),
+        Result(
+            sec,
+            "batched, 1 process x 1 thread",
+            m["batched1"],
+            "samples/s",
+            baseline="naive",
+            ratio=m["batched1"] / m["naive"],
+            target=50,
+        ),
+        Result(sec, "batched, 1 process x 2 threads", m["batched2"], "samples/s"),
+        Result(sec, "genpar Dask, 1 worker", m["dask1"], "samples/s"),
+        Result(
+            sec,
+            "genpar Dask, 2 workers",
+            m["dask2"],
+            "samples/s",
+            baseline="batched, 1 process x 1 thread",
+            ratio=m["dask2"] / m["batched1"],
+            target=1.8,
+        ),
+        Result(
+            sec,
+            "genpar Dask 2 workers vs best single process",
+            m["dask2"],
+            "samples/s",
+            baseline="best of 1 and 2 threads",
+            ratio=m["dask2"] / best_single,
+        ),
+        Result(
+            sec,
+            "genpar Dask 2 workers vs naive",
+            m["dask2"],
+            "samples/s",
+            baseline="naive",
+            ratio=m["dask2"] / m["naive"],
+            target=50,
+        ),
+    ]

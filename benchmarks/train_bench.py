@@ -1,0 +1,191 @@
+"""Training throughput: genpar's step against the plain loop, 1 vs 2 DDP processes, FLOP/s.
+
+Throughput is taken by difference: two runs of S1 and S2 steps, (S2 - S1) * batch / (t2 - t1),
+so start-up, warm-up and the final validation/checkpoint cancel out and what remains is the
+steady-state step. Model: the mnist-vae config's conv VAE on mnist5k (28x28), batch 64 per rank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import Result, interleaved, median
+from benchmarks.plain_train import load_train_images, plain_loop
+from genpar_models.config import PipelineConfig, load_config
+from genpar_models.dist import DistContext
+from genpar_models.runspec import RunSpec, write_spec
+from genpar_models.trainer import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bench_config(steps: int) -> PipelineConfig:
+    return load_config(
+        REPO / "configs" / "mnist-vae.yaml",
+        [
+            f"train.max_steps={steps}",
+            f"train.checkpoint_every_steps={steps}",
+            f"train.val_every_steps={steps}",
+            f"train.log_every_steps={steps}",
+            "evaluate.batch_size=512",
+            "train.resume=false",
+        ],
+    )
+
+
+def _spec(shards: Path, work: Path, steps: int, threads: int) -> RunSpec:
+    run_dir = work / f"run-{steps}-{time.monotonic_ns()}"
+    return RunSpec(
+        config=bench_config(steps),
+        shards_dir=str(shards),
+        run_dir=str(run_dir),
+        train_key="bench",
+        threads_per_proc=threads,
+    )
+
+
+def genpar_in_process(shards: Path, work: Path, steps: int, threads: int) -> float:
+    """Loop wall time of genpar's trainer in this process (world size 1)."""
+    torch.set_num_threads(threads)
+    spec = _spec(shards, work, steps, threads)
+    result = train(spec, DistContext(0, 0, 1, torch.device("cpu")))
+    shutil.rmtree(spec.run_dir, ignore_errors=True)
+    return result["wall_s"]
+
+
+def genpar_torchrun(shards: Path, work: Path, steps: int, procs: int, threads: int) -> float:
+    spec = _spec(shards, work, steps, threads)
+    path = write_spec(spec, Path(spec.run_dir) / "spec.json")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={procs}",
+            "-m",
+            "genpar_models.train",
+            "--spec",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+        cwd=REPO,
+    )
+    wall = json.loads(spec.result_path.read_text())["wall_s"]
+    shutil.rmtree(spec.run_dir, ignore_errors=True)
+    return wall
+
+
+def by_difference(timer, s1: int, s2: int, samples_per_step: int) -> float:
+    return (s2 - s1) * samples_per_step / max(timer(s2) - timer(s1), 1e-9)
+
+
+def matmul_peak(threads: int, n: int = 1024, reps: int = 20) -> float:
+    """fp32 matmul FLOP/s on this machine with `threads` torch threads (the practical peak)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def flops_per_sample(images) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from genpar_models.models import build_model
+
+    cfg = bench_config(1)
+    model = build_model(cfg.model, images.shape[1:])
+    x = torch.from_numpy(images[:64]).float() / 255.0
+    with FlopCounterMode(display=False) as counter:
+        out = model(x)
+        (out["recon"] + out["kl"]).mean().backward()
+    return counter.get_total_flops() / 64
+
+
+def run(shards: Path, work: Path, quick: bool) -> list[Result]:
+    s1, s2 = (10, 30) if quick else (100, 400)
+    repeats = 1 if quick else 3
+    batch = bench_config(1).train.batch_size_per_rank
+    images = load_train_images(shards)
+    model_cfg = bench_config(1).model
+    work.mkdir(parents=True, exist_ok=True)
+
+    def plain(threads: int) -> float:
+        torch.set_num_threads(threads)
+        return plain_loop(images, model_cfg, steps=s2 - s1, batch=batch)
+
+    fns = {
+        "plain2": lambda: plain(2),
+        "genpar2": lambda: by_difference(
+            lambda s: genpar_in_process(shards, work, s, 2), s1, s2, batch
+        ),
+        "ddp1x1": lambda: by_difference(
+            lambda s: genpar_torchrun(shards, work, s, 1, 1), s1, s2, batch
+        ),
+        "ddp1x2": lambda: by_difference(
+            lambda s: genpar_torchrun(shards, work, s, 1, 2), s1, s2, batch
+        ),
+        "ddp2x1": lambda: by_difference(
+            lambda s: genpar_torchrun(shards, work, s, 2, 1), s1, s2, 2 * batch
+        ),
+    }
+    m = {k: median(v) for k, v in interleaved(fns, repeats).items()}
+    sec = "training (conv VAE, mnist5k 28x28, batch 64/rank)"
+    flops = flops_per_sample(images)
+    peak = matmul_peak(2)
+    best_single = max(m["ddp1x1"], m["ddp1x2"])
+    return [
+        Result(sec, "plain PyTorch loop, 1 process x 2 threads", m["plain2"], "samples/s"),
+        Result(
+            sec,
+            "genpar step, 1 process x 2 threads",
+            m["genpar2"],
+            "samples/s",
+            baseline="plain loop",
+            ratio=m["genpar2"] / m["plain2"],
+            target=0.95,
+        ),
+        Result(sec, "torchrun 1 process x 1 thread", m["ddp1x1"], "samples/s"),
+        Result(sec, "torchrun 1 process x 2 threads", m["ddp1x2"], "samples/s"),
+        Result(
+            sec,
+            "torchrun 2 processes x 1 thread (DDP, gloo)",
+            m["ddp2x1"],
+            "samples/s",
+            baseline="1 process x 1 thread",
+            ratio=m["ddp2x1"] / m["ddp1x1"],
+            target=1.6,
+        ),
+        Result(
+            sec,
+            "2 DDP processes vs best single process",
+            m["ddp2x1"],
+            "samples/s",
+            baseline="best of 1x1, 1x2",
+            ratio=m["ddp2x1"] / best_single,
+        ),
+        Result(
+            sec,
+            "achieved FLOP/s (2 DDP processes)",
+            m["ddp2x1"] * flops / 1e9,
+            "GFLOP/s",
+            baseline="fp32 matmul peak, 2 threads",
+            ratio=m["ddp2x1"] * flops / peak,
+            note=f"{flops / 1e6:.1f} MFLOP per sample (fwd+bwd); peak {peak / 1e9:.1f} GFLOP/s",
+        ),
+    ]
