@@ -8,16 +8,19 @@ its content address) or, when bad samples must fail the run, raises with the lis
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from genpar_models import shards
 from genpar_models.config import DataConfig
-from genpar_models.errors import DataError
-from genpar_models.sources import PartitionSpec, SourceInfo, load_partition
+from genpar_models.errors import DataError, ShardError
+from genpar_models.sources import PartitionSpec, SourceInfo, load_partition, plan_partitions
 
 MAX_BAD_IN_MESSAGE = 20
 
@@ -104,3 +107,78 @@ def finish_shard_set(
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+RunPartitions = Callable[[list[PartitionSpec], str], list[dict[str, Any]]]
+
+
+def _reusable(final: Path, info: SourceInfo, log: logging.Logger) -> bool:
+    """A committed set with this key that still verifies (a damaged one is removed)."""
+    if not (final / shards.MANIFEST).exists():
+        return False
+    try:
+        manifest = shards.open_shard_set(final).manifest
+    except ShardError as e:  # damaged on disk: rebuild rather than train on it
+        log.warning("shard set %s failed verification, rebuilding: %s", final, e)
+        shutil.rmtree(final)
+        return False
+    log.info(
+        "reusing shards %s (%d samples, unchanged input %s)",
+        final,
+        manifest.total,
+        info.fingerprint[:12],
+    )
+    return True
+
+
+def build_shard_set(
+    cfg: DataConfig,
+    root: Path,
+    run_partitions: RunPartitions,
+    log: logging.Logger | logging.LoggerAdapter,
+) -> Path:
+    """The committed shard set for `cfg`: reused when its key exists, else built.
+
+    `run_partitions(specs, staging_dir)` runs `process_partition` over every spec (the caller
+    decides where: a Dask cluster, a loop) and returns their summaries.
+    """
+    info, specs = plan_partitions(cfg)
+    key = shards.shard_set_key(info.fingerprint, cfg)
+    final = root / key
+    if _reusable(final, info, log):
+        return final
+    shards.remove_dead_staging(root)
+    staging = new_staging_dir(root, key)
+    log.info(
+        "preprocessing %s: %d samples in %d partitions -> %s",
+        info.uri,
+        info.num_items,
+        len(specs),
+        final,
+    )
+    if info.ignored_files:
+        log.warning(
+            "ignored %d non-image file(s), e.g. %s",
+            len(info.ignored_files),
+            ", ".join(info.ignored_files[:3]),
+        )
+    t0 = time.perf_counter()
+    try:
+        parts = run_partitions(specs, str(staging))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    manifest = finish_shard_set(
+        key=key, info=info, cfg=cfg, staging=staging, final=final, parts=parts
+    )
+    split = {s: e.count for s, e in manifest.splits.items()}
+    log.info(
+        "wrote %d samples (train %d / val %d / test %d, %d skipped) in %.1f s",
+        manifest.total,
+        split["train"],
+        split["val"],
+        split["test"],
+        manifest.skipped["count"],
+        time.perf_counter() - t0,
+    )
+    return final
