@@ -26,6 +26,7 @@ import psutil
 
 from genpar_models.config import ComputeConfig
 from genpar_models.errors import ConfigError, GenparError
+from genpar_models.runspec import RunSpec, write_spec
 
 GRACE_S = 30.0
 
@@ -199,3 +200,19 @@ def run_torchrun(
     if rc != 0:
         detail = first_rank_error(log_dir) or "\n".join(tail)
         raise TrainingFailed(f"torchrun exited with code {rc}; {detail}")
+
+
+def launch_training(
+    spec: RunSpec, plan: Plan, *, log_dir: Path, on_line: Callable[[str], None]
+) -> None:
+    """Write the run spec and run torchrun on it to completion (see `run_torchrun`)."""
+    spec_path = write_spec(spec, Path(spec.run_dir) / "spec.json")
+    cmd = torchrun_command(
+        spec.config.compute,
+        plan,
+        max_restarts=spec.config.train.max_restarts,
+        spec=spec_path,
+        log_dir=log_dir,
+    )
+    uri = spec.tracking.uri if spec.tracking else None
+    run_torchrun(cmd, child_env(plan, uri), log_dir=log_dir, on_line=on_line)

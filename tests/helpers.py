@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ import torch
 from genpar_models import shards
 from genpar_models.config import PipelineConfig
 from genpar_models.dist import DistContext
+from genpar_models.runspec import RunSpec
+from tasks.launcher import launch_training, plan_processes
 
 
 def make_shard_set(directory: Path, cfg: PipelineConfig, n: int = 300, seed: int = 0) -> Path:
@@ -46,3 +49,11 @@ def make_shard_set(directory: Path, cfg: PipelineConfig, n: int = 300, seed: int
 
 
 CPU = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+
+
+def launch(
+    spec: RunSpec, on_line: Callable[[str], None] = lambda _: None, cuda_devices: int = 0
+) -> None:
+    """Run a real torchrun job on `spec` (logs under <run_dir>/torchrun), as the task does."""
+    plan = plan_processes(spec.config.compute, cuda_devices=cuda_devices)
+    launch_training(spec, plan, log_dir=Path(spec.run_dir) / "torchrun", on_line=on_line)

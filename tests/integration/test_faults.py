@@ -28,19 +28,13 @@ from genpar_models import checkpoint
 from genpar_models.config import PipelineConfig, load_config
 from genpar_models.errors import StorageError
 from genpar_models.paths import shards_root
-from genpar_models.runspec import RunSpec, TrackingTarget, write_spec
+from genpar_models.runspec import RunSpec, TrackingTarget
 from genpar_models.shards import STAGING_PREFIX
 from tasks import mlflow_store as store
-from tasks.launcher import (
-    TrainingFailed,
-    child_env,
-    plan_processes,
-    run_torchrun,
-    torchrun_command,
-)
+from tasks.launcher import TrainingFailed
 from tasks.preprocess import preprocess
 from tests.conftest import TINY
-from tests.helpers import make_shard_set
+from tests.helpers import launch, make_shard_set
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -123,21 +117,6 @@ def _long_tiny(steps: int = 300) -> PipelineConfig:
     )
 
 
-def _launch(spec: RunSpec) -> None:
-    plan = plan_processes(spec.config.compute, cuda_devices=0)
-    spec_path = write_spec(spec, Path(spec.run_dir) / "spec.json")
-    log_dir = Path(spec.run_dir) / "torchrun"
-    cmd = torchrun_command(
-        spec.config.compute,
-        plan,
-        max_restarts=spec.config.train.max_restarts,
-        spec=spec_path,
-        log_dir=log_dir,
-    )
-    uri = spec.tracking.uri if spec.tracking else None
-    run_torchrun(cmd, child_env(plan, uri), log_dir=log_dir, on_line=lambda _: None)
-
-
 def _when(path_glob: Path, then, timeout: float = 180) -> threading.Thread:
     def watch() -> None:
         deadline = time.time() + timeout
@@ -195,7 +174,7 @@ def test_tracking_server_away_mid_run_then_back(
 
     ckpts = tmp_path / "run" / "checkpoints"
     watcher = _when(ckpts / "ckpt-00000025.json", bounce)
-    _launch(spec)
+    launch(spec)
     watcher.join(timeout=120)
     result = json.loads(spec.result_path.read_text())
     assert result["step"] == 1500 and result["metrics_flushed"] is True
@@ -225,7 +204,7 @@ def test_tracking_server_gone_at_the_end_keeps_everything(
         tracking=TrackingTarget(uri=mlflow_server.uri, run_id=run_id),
     )
     _when(tmp_path / "run" / "checkpoints" / "ckpt-00000025.json", mlflow_server.stop)
-    _launch(spec)  # training itself succeeds
+    launch(spec)  # training itself succeeds
     result = json.loads(spec.result_path.read_text())
     assert result["step"] == 200 and result["metrics_flushed"] is False
     assert checkpoint.list_checkpoints(spec.checkpoint_dir)[0][0] == 200
@@ -391,7 +370,7 @@ def test_disk_full_while_checkpointing(
         train_key="k",
     )
     with pytest.raises(TrainingFailed) as exc:
-        _launch(spec)
+        launch(spec)
     assert "No space left on device" in str(exc.value) and "ckpt-" in str(exc.value)
     listed = checkpoint.list_checkpoints(spec.checkpoint_dir)
     assert listed, "the checkpoints that fitted are kept"

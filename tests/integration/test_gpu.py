@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from genpar_models.config import PipelineConfig
-from genpar_models.runspec import RunSpec, write_spec
-from tasks.launcher import child_env, plan_processes, run_torchrun, torchrun_command
-from tests.helpers import make_shard_set
+from genpar_models.runspec import RunSpec
+from tasks.launcher import plan_processes
+from tests.helpers import launch, make_shard_set
 
 pytestmark = [
     pytest.mark.gpu,
@@ -38,14 +38,8 @@ def test_torchrun_on_every_gpu_with_bf16(tmp_path: Path, tiny: PipelineConfig, m
         run_dir=str(tmp_path / "run"),
         train_key="k",
     )
-    spec_path = write_spec(spec, tmp_path / "run" / "spec.json")
     lines: list[str] = []
-    cmd = torchrun_command(
-        cfg.compute, plan, max_restarts=0, spec=spec_path, log_dir=tmp_path / "run" / "torchrun"
-    )
-    run_torchrun(
-        cmd, child_env(plan, None), log_dir=tmp_path / "run" / "torchrun", on_line=lines.append
-    )
+    launch(spec, lines.append, cuda_devices=torch.cuda.device_count())
     result = json.loads(spec.result_path.read_text())
     assert result["step"] == cfg.train.max_steps
     assert any("cuda rank(s)" in line for line in lines)

@@ -15,32 +15,11 @@ import pytest
 from mlflow import MlflowClient
 
 from genpar_models.config import PipelineConfig
-from genpar_models.runspec import RunSpec, TrackingTarget, write_spec
-from tasks.launcher import (
-    TrainingFailed,
-    child_env,
-    plan_processes,
-    run_torchrun,
-    torchrun_command,
-)
-from tests.helpers import make_shard_set
+from genpar_models.runspec import RunSpec, TrackingTarget
+from tasks.launcher import TrainingFailed
+from tests.helpers import launch, make_shard_set
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _launch(spec: RunSpec, lines: list[str]) -> None:
-    plan = plan_processes(spec.config.compute, cuda_devices=0)
-    run_dir = Path(spec.run_dir)
-    spec_path = write_spec(spec, run_dir / "spec.json")
-    cmd = torchrun_command(
-        spec.config.compute,
-        plan,
-        max_restarts=spec.config.train.max_restarts,
-        spec=spec_path,
-        log_dir=run_dir / "torchrun",
-    )
-    uri = spec.tracking.uri if spec.tracking else None
-    run_torchrun(cmd, child_env(plan, uri), log_dir=run_dir / "torchrun", on_line=lines.append)
 
 
 def _rank_processes(root_pid: int) -> dict[int, psutil.Process]:
@@ -102,7 +81,7 @@ def test_sigkilled_worker_restarts_and_resumes_from_checkpoint(
     killer = threading.Thread(target=kill_rank1_at_a_random_step, daemon=True)
     killer.start()
     lines: list[str] = []
-    _launch(spec, lines)
+    launch(spec, lines.append)
     killer.join(timeout=5)
 
     assert "pid" in killed, "the test did not manage to kill rank 1 mid-training"
@@ -131,7 +110,7 @@ def test_failing_rank_error_becomes_the_error_message(tmp_path: Path, tiny: Pipe
         train_key="k",
     )
     with pytest.raises(TrainingFailed) as exc:
-        _launch(spec, [])
+        launch(spec)
     message = str(exc.value)
     assert "rank" in message and "train.batch_size_per_rank=4096" in message
     assert "ConfigError" in message  # the rank's own exception type, from its error.json
