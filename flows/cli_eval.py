@@ -23,7 +23,12 @@ def register(app: typer.Typer) -> None:
         ] = None,
         set_: SetOpt = None,
     ) -> None:
-        """Evaluate a logged model on its test split without retraining; log into its run."""
+        """Score a logged model without retraining: the scorecard, recorded in MLflow.
+
+        FID/KID (with bootstrap intervals), precision/recall, density/coverage and a classifier
+        inception score for every model; ELBO, bits/dim and the IWAE bound for VAEs. Recorded on
+        the model's run, or a child run when that run holds another protocol's scorecard.
+        """
         from genpar_models.config import load_config
         from genpar_models.errors import GenparError
 
@@ -40,4 +45,11 @@ def register(app: typer.Typer) -> None:
             fail(str(e), code=1)
         for key, value in sorted(result["metrics"].items()):
             console.print(f"{key:32s} {value:12.5g}")
+        ids = ", ".join(f"{k} {v}" for k, v in result["protocol_ids"].items())
+        console.print(
+            f"protocols: {ids}; cache: {result['cache']['extractor']} extractor, "
+            f"{result['cache']['reference']} reference statistics"
+        )
+        if result["logged_to"]:
+            console.print(f"recorded on MLflow run {result['logged_to']}")
         console.print(f"report: {result['report']}")
