@@ -101,9 +101,11 @@ def prdc(real: np.ndarray, fake: np.ndarray, *, nearest_k: int) -> dict[str, flo
 
 def inception_score(logits: np.ndarray, *, splits: int = 10, seed: int = 0) -> tuple[float, float]:
     """exp(E_x KL(p(y|x) || p(y))) from class logits (N, K): mean and std over splits."""
-    metric = InceptionScore(feature=_Given(logits.shape[1]), splits=splits)
-    metric.update(_t64(logits))
-    with torch.random.fork_rng(devices=[]):  # compute() shuffles with the global RNG
-        torch.manual_seed(seed)
-        mean, std = metric.compute()
+    with warnings.catch_warnings():  # "keeps features in memory"; std of one split is NaN
+        warnings.simplefilter("ignore", UserWarning)
+        metric = InceptionScore(feature=_Given(logits.shape[1]), splits=splits)
+        metric.update(_t64(logits))
+        with torch.random.fork_rng(devices=[]):  # compute() shuffles with the global RNG
+            torch.manual_seed(seed)
+            mean, std = metric.compute()
     return float(mean), float(std)
