@@ -1,4 +1,4 @@
-"""`genpar evaluate` (and later `genpar compress`): commands that work on logged models."""
+"""`genpar evaluate` and `genpar compress`: commands that work on logged models."""
 
 from __future__ import annotations
 
@@ -53,3 +53,43 @@ def register(app: typer.Typer) -> None:
         if result["logged_to"]:
             console.print(f"recorded on MLflow run {result['logged_to']}")
         console.print(f"report: {result['report']}")
+
+    @app.command()
+    def compress(
+        model: ModelArg,
+        config: Annotated[
+            str | None,
+            typer.Option("--config", "-c", help="Config YAML to use (default: the run's own)."),
+        ] = None,
+        set_: SetOpt = None,
+    ) -> None:
+        """Build and measure inference variants of a logged model's decoder/generator.
+
+        fp32, bf16, fp16 (GPU), torch.compile, dynamic int8 and 30/50/70% magnitude pruning
+        (`compress.*` settings): samples/s at batch 1 and 256, latency p50/p95, size, and
+        ΔFID/ΔKID/ΔELBO against fp32 on the same seeds. The fastest variant within
+        compress.max_fid_increase is saved and registered as NAME-compressed.
+        """
+        from genpar_models.config import load_config
+        from genpar_models.errors import GenparError
+
+        try:
+            cfg = load_config(config, set_ or []) if config or set_ else None
+        except GenparError as e:
+            fail(str(e))
+        prefect_defaults()
+        from flows.compress import compress_flow
+        from genpar_models.compress_report import table_markdown
+
+        try:
+            result = compress_flow(model, cfg)
+        except GenparError as e:
+            fail(str(e), code=1)
+        console.print(table_markdown(result), markup=False)
+        if result["logged"]:
+            logged = result["logged"]
+            console.print(
+                f"best: {result['best']}, registered as {logged['registered_model']} "
+                f"version {logged['version']} (MLflow run {logged['run_id']})"
+            )
+        console.print(f"table, plot and model: {result['out_dir']}")

@@ -21,14 +21,21 @@ from tasks.preflight import preflight
 from tasks.preprocess import preprocess
 
 
+def config_of(
+    found: dict[str, Any], config: PipelineConfig | None, base: PipelineConfig
+) -> PipelineConfig:
+    """The config to score with: the given one, else the model run's own, with base's tracking."""
+    cfg = config or (load_config(found["config_yaml"]) if found["config_yaml"] else base)
+    return cfg.model_copy(update={"tracking": base.tracking})
+
+
 @flow(name="genpar-evaluate", flow_run_name="evaluate-{model}")
 def evaluate_flow(model: str, config: PipelineConfig | None = None) -> dict[str, Any]:
     """Evaluate `model` on its data's held-out split; record the scorecard in MLflow."""
     base = config or PipelineConfig()
     uri = preflight(base)
     found = resolve_model(model, uri, base.registered_model_name)
-    cfg = config or (load_config(found["config_yaml"]) if found["config_yaml"] else base)
-    cfg = cfg.model_copy(update={"tracking": base.tracking})
+    cfg = config_of(found, config, base)
     shards_dir = preprocess(cfg)
     out_dir = tempfile.mkdtemp(prefix="genpar-eval-")
     report = evaluate(cfg, shards_dir, found["model_dir"], out_dir)
