@@ -1,9 +1,9 @@
 """Prefect tasks of `genpar compress`: measure the variants, then record and register the best.
 
 The measurements land on a child run of the model's run (`compress-<variant>`): per-variant
-`compress/<variant>/<column>` metrics, the table (Markdown and JSON), the quality-versus-speed
-plot and the chosen variant's model directory. The chosen variant becomes a new version of the
-registered model `<registered name>-compressed`, tagged with its measurements; like every genpar
+`compress/<variant>/<column>` metrics, the table (Markdown and JSON) and the quality-versus-
+speed plot under `compress/`, and the chosen variant as its `model` artifact, registered as a
+new version of `<registered name>-compressed` tagged with its measurements. Like every genpar
 model it is safetensors + JSON, never a pickled flavor.
 """
 
@@ -29,6 +29,7 @@ from genpar_models.protocol import QUALITY, TAG_PREFIX, protocol_id
 from tasks import mlflow_store as store
 from tasks.common import retry_unless_user_error, run_logger
 from tasks.evaluate import eval_device
+from tasks.registry import MODEL_ARTIFACT
 from tasks.scorecard import TAG_PARENT
 
 
@@ -86,11 +87,14 @@ def log_compression(
             f"{TAG_PREFIX}{QUALITY}.json": json.dumps(result["protocol"], sort_keys=True),
         },
     )
-    client.log_artifacts(child, out_dir, "compress")
+    for name in ("table.md", "table.json", "quality_vs_speed.png"):
+        client.log_artifact(child, str(Path(out_dir) / name), "compress")
+    # The child run's `model` artifact is the chosen variant, so registry references resolve.
+    client.log_artifacts(child, str(Path(out_dir) / "model" / best), MODEL_ARTIFACT)
     row = next(r for r in result["rows"] if r["variant"] == best)
     tags = {k: f"{v:.6g}" for k, v in row.items() if isinstance(v, int | float)}
     name = f"{config.registered_model_name}-compressed"
-    source = f"{client.get_run(child).info.artifact_uri}/compress/model/{best}"
+    source = f"{client.get_run(child).info.artifact_uri}/{MODEL_ARTIFACT}"
     version = _register(client, name, source, child, {**tags, "variant": best, "base_run": run_id})
     store.finish(client, child)
     run_logger().info("best variant %s registered as %s version %s", best, name, version)
