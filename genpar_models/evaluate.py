@@ -71,12 +71,16 @@ def _block(model, net, index: int, size: int, seed: int, batch_size: int, device
 
 
 def generated_block(
-    index: int, size: int, *, model_dir: str, extractor_dir: str, seed: int, batch_size: int
+    index: int, size: int, *, model_dir: str, extractor_dir: str, seed: int, feature_batch: int
 ) -> dict[str, Any]:
-    """One sample block on a Dask worker (model and extractor loaded once per process)."""
+    """One sample block on a Dask worker (model and extractor loaded once per process).
+
+    `feature_batch`, not `batch_size`: Client.map takes a batch_size of its own.
+    """
     with torch_threads(1):
         net, _ = features.load_extractor(extractor_dir)
-        f, lg, seconds = _block(cached_model(model_dir), net, index, size, seed, batch_size, "cpu")
+        model = cached_model(model_dir)
+        f, lg, seconds = _block(model, net, index, size, seed, feature_batch, "cpu")
     return {"index": index, "features": f, "logits": lg, "seconds": seconds}
 
 

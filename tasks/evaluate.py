@@ -58,7 +58,7 @@ def _generate_on_dask(config: PipelineConfig, model_dir: str, extractor_dir: str
             model_dir=model_dir,
             extractor_dir=extractor_dir,
             seed=derive_eval_seed(config.evaluate.seed),
-            batch_size=config.evaluate.batch_size,
+            feature_batch=config.evaluate.batch_size,
             label="evaluate: sample blocks",
             report=run_logger().info,
         )

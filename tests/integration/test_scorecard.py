@@ -83,3 +83,43 @@ def test_genpar_runs_refuses_and_says_why(tmp_path: Path, mlflow_template: Path)
     )
     assert ok.returncode == 0, ok.stderr
     assert protocol_id(P2) in ok.stdout and protocol_id(P1) not in ok.stdout
+
+
+@pytest.mark.slow
+def test_dask_blocks_give_the_local_features(tmp_path: Path, tiny) -> None:
+    """Samples drawn and featurised on Dask workers equal those drawn here (same seeds)."""
+    import numpy as np
+    import torch
+
+    from genpar_models.checkpoint import export_model
+    from genpar_models.evaluate import generate_features, prepare
+    from genpar_models.loading import load_model
+    from genpar_models.models import build_model
+    from genpar_models.sampling import derive_eval_seed
+    from tasks.evaluate import _generate_on_dask
+    from tests.helpers import make_shard_set
+
+    cfg = load_config_with(tiny, num_samples=600, extractor_steps=10)
+    shards = make_shard_set(tmp_path / "shards", cfg, n=300)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, (1, 8, 8))
+    export_model(tmp_path / "m", module=model, spec=model.model_spec(), meta={})
+    extractor, _ = prepare(shards, cfg.evaluate, root=tmp_path / "cache")
+    on_dask = _generate_on_dask(cfg, str(tmp_path / "m"), str(extractor.directory))
+    here = generate_features(
+        load_model(tmp_path / "m")[0],
+        extractor,
+        600,
+        seed=derive_eval_seed(cfg.evaluate.seed),
+        batch_size=64,
+        device="cpu",
+    )
+    assert on_dask.features.shape == (600, cfg.evaluate.feature_dim)
+    np.testing.assert_allclose(on_dask.features, here.features, rtol=1e-4, atol=1e-4)
+
+
+def load_config_with(tiny, **evaluate):
+    compute = tiny.compute.model_copy(update={"dask_workers": 2})
+    return tiny.model_copy(
+        update={"evaluate": tiny.evaluate.model_copy(update=evaluate), "compute": compute}
+    )
