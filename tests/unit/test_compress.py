@@ -76,3 +76,13 @@ def test_best_variant_respects_the_budget() -> None:
     assert compress.choose_best(rows, 1.0)["variant"] == "int8"
     assert compress.choose_best(rows, 10.0)["variant"] == "prune70"
     assert compress.choose_best(rows, 0.0)["variant"] == "fp32"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["fp16", "bf16"])
+def test_half_precision_variants_on_the_gpu(model: torch.nn.Module, name: str) -> None:
+    variant = compress.build_variant(model, name, device="cuda")
+    x = _sample(variant)  # the latents come from a CPU generator: the same as on CPU
+    assert x.device.type == "cuda" and x.dtype == torch.float32
+    assert float((x.cpu() - _sample(model)).abs().mean()) < 0.02
