@@ -261,6 +261,11 @@ def evaluate_model(
         scores, protocols[LIKELIHOOD] = likelihood_scorecard(model, shardset, ecfg, seed)
         metrics_.update(scores)
     metrics_["eval/seconds"] = time.perf_counter() - t0
+    timings = {"prepare_s": t1 - t0, "generate_s": gen.seconds, "total_s": metrics_["eval/seconds"]}
+    return _report(meta, protocols, metrics_, extractor, ref, timings)
+
+
+def _report(meta, protocols, metrics_, extractor: Extractor, ref: Reference, timings) -> dict:
     return {
         "model": meta["model_spec"],
         "protocols": protocols,
@@ -277,7 +282,7 @@ def evaluate_model(
             "reference": "computed" if ref.computed else "cached",
         },
         "reference_dir": str(ref.directory),
-        "timings": {"prepare_s": t1 - t0, "generate_s": gen.seconds},
+        "timings": timings,
     }
 
 

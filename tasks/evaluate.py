@@ -77,6 +77,7 @@ def evaluate(
     """Score the model; write <out_dir>/report.json and report.md; return the report."""
     log, device, t0 = run_logger(), eval_device(config), time.perf_counter()
     prepared = prepare(shards_dir, config.evaluate, device=device)
+    prepare_s = time.perf_counter() - t0
     generated = (
         _generate_on_dask(config, model_dir, str(prepared[0].directory))
         if use_dask(config)
@@ -87,6 +88,7 @@ def evaluate(
     )
     # The whole stage, including training the extractor when this dataset has none yet.
     report["metrics"]["eval/seconds"] = time.perf_counter() - t0
+    report["timings"].update(prepare_s=prepare_s, total_s=report["metrics"]["eval/seconds"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2))
