@@ -18,7 +18,10 @@ def register(app: typer.Typer) -> None:
         config: Annotated[
             str | None,
             typer.Option(
-                "--config", "-c", help="Config YAML to evaluate with (default: the run's own)."
+                "--config",
+                "-c",
+                help="Config YAML to evaluate with (default: the run's own; --set applies "
+                "to whichever is used).",
             ),
         ] = None,
         set_: SetOpt = None,
@@ -33,14 +36,16 @@ def register(app: typer.Typer) -> None:
         from genpar_models.errors import GenparError
 
         try:
-            cfg = load_config(config, set_ or []) if config or set_ else None
+            cfg = load_config(config, set_ or []) if config else None
+            if cfg is None and set_:
+                load_config(None, set_)  # typos fail here, before any work
         except GenparError as e:
             fail(str(e))
         prefect_defaults()
         from flows.evaluate import evaluate_flow
 
         try:
-            result = evaluate_flow(model, cfg)
+            result = evaluate_flow(model, cfg, set_)
         except GenparError as e:
             fail(str(e), code=1)
         for key, value in sorted(result["metrics"].items()):
@@ -74,7 +79,9 @@ def register(app: typer.Typer) -> None:
         from genpar_models.errors import GenparError
 
         try:
-            cfg = load_config(config, set_ or []) if config or set_ else None
+            cfg = load_config(config, set_ or []) if config else None
+            if cfg is None and set_:
+                load_config(None, set_)  # typos fail here, before any work
         except GenparError as e:
             fail(str(e))
         prefect_defaults()
@@ -82,7 +89,7 @@ def register(app: typer.Typer) -> None:
         from genpar_models.compress_report import table_markdown
 
         try:
-            result = compress_flow(model, cfg)
+            result = compress_flow(model, cfg, set_)
         except GenparError as e:
             fail(str(e), code=1)
         console.print(table_markdown(result), markup=False)

@@ -21,12 +21,17 @@ from tasks.preprocess import preprocess
 
 
 @flow(name="genpar-compress", flow_run_name="compress-{model}")
-def compress_flow(model: str, config: PipelineConfig | None = None) -> dict[str, Any]:
-    """Measure fp32/bf16/fp16/compile/int8/pruned variants; register the best within budget."""
+def compress_flow(
+    model: str, config: PipelineConfig | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """Measure fp32/bf16/fp16/compile/int8/pruned variants; register the best within budget.
+
+    Without `config`, the model run's own config is used, with `overrides` applied.
+    """
     base = config or PipelineConfig()
     uri = preflight(base)
     found = resolve_model(model, uri, base.registered_model_name)
-    cfg = config_of(found, config, base)
+    cfg = config_of(found, config, base, overrides)
     shards_dir = preprocess(cfg)
     out_dir = tempfile.mkdtemp(prefix="genpar-compress-")
     result = compress_model(cfg, shards_dir, found["model_dir"], out_dir)

@@ -22,20 +22,34 @@ from tasks.preprocess import preprocess
 
 
 def config_of(
-    found: dict[str, Any], config: PipelineConfig | None, base: PipelineConfig
+    found: dict[str, Any],
+    config: PipelineConfig | None,
+    base: PipelineConfig,
+    overrides: list[str] | None = None,
 ) -> PipelineConfig:
-    """The config to score with: the given one, else the model run's own, with base's tracking."""
-    cfg = config or (load_config(found["config_yaml"]) if found["config_yaml"] else base)
+    """The config to score with: the given one, else the model run's own with `overrides`
+    (dotted key=value) applied; tracking always from `base`."""
+    if config is not None:
+        cfg = config
+    elif found["config_yaml"]:
+        cfg = load_config(found["config_yaml"], overrides or [])
+    else:
+        cfg = load_config(None, overrides or [])
     return cfg.model_copy(update={"tracking": base.tracking})
 
 
 @flow(name="genpar-evaluate", flow_run_name="evaluate-{model}")
-def evaluate_flow(model: str, config: PipelineConfig | None = None) -> dict[str, Any]:
-    """Evaluate `model` on its data's held-out split; record the scorecard in MLflow."""
+def evaluate_flow(
+    model: str, config: PipelineConfig | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """Evaluate `model` on its data's held-out split; record the scorecard in MLflow.
+
+    Without `config`, the model run's own config is used, with `overrides` applied.
+    """
     base = config or PipelineConfig()
     uri = preflight(base)
     found = resolve_model(model, uri, base.registered_model_name)
-    cfg = config_of(found, config, base)
+    cfg = config_of(found, config, base, overrides)
     shards_dir = preprocess(cfg)
     out_dir = tempfile.mkdtemp(prefix="genpar-eval-")
     report = evaluate(cfg, shards_dir, found["model_dir"], out_dir)

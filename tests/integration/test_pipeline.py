@@ -13,12 +13,11 @@ from flows.compress import compress_flow
 from flows.evaluate import evaluate_flow
 from flows.listing import list_runs
 from flows.pipeline import pipeline
-from genpar_models.config import PipelineConfig, load_config
+from genpar_models.config import PipelineConfig
 from genpar_models.loading import load_model
 from genpar_models.paths import default_tracking_uri, shards_root
 from tasks import registry
 from tasks.scorecard import EXTRACTOR_EXPERIMENT
-from tests.conftest import TINY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -140,8 +139,7 @@ def test_vae_pipeline_records_everything_and_second_run_reuses_shards(
     assert result["metrics"]["eval/fid"] == pytest.approx(run.data.metrics["eval/fid"])
     assert len(client.get_metric_history(summary["run_id"], "eval/elbo")) == 2
     # another protocol -> a child run, so the run's metrics and protocol tags stay together
-    other = load_config(TINY, ["evaluate.num_samples=150"])
-    child = evaluate_flow(summary["run_id"], other)
+    child = evaluate_flow(summary["run_id"], overrides=["evaluate.num_samples=150"])
     assert child["logged_to"] != summary["run_id"]
     child_run = client.get_run(child["logged_to"])
     assert child_run.data.tags["mlflow.parentRunId"] == summary["run_id"]
@@ -149,8 +147,8 @@ def test_vae_pipeline_records_everything_and_second_run_reuses_shards(
     assert child["protocol_ids"]["quality"] != run.data.tags["genpar.protocol.quality"]
 
     # compress the logged model: measured variants on a child run, the best one registered
-    small = load_config(TINY, ["compress.variants=[int8, prune50]", "compress.latency_repeats=5"])
-    squeezed = compress_flow(summary["run_id"], small)
+    small = ["compress.variants=[int8, prune50]", "compress.latency_repeats=5"]
+    squeezed = compress_flow(summary["run_id"], overrides=small)
     assert [r["variant"] for r in squeezed["rows"]] == ["fp32", "int8", "prune50"]
     compress_run = client.get_run(squeezed["logged"]["run_id"])
     assert compress_run.data.tags["mlflow.parentRunId"] == summary["run_id"]
