@@ -28,6 +28,7 @@ import torch
 from genpar_models import atomic, features
 from genpar_models.config import EvaluateConfig, stable_hash
 from genpar_models.paths import genpar_home
+from genpar_models.sampling import torch_threads
 from genpar_models.shards import ShardSet
 
 EXTRACTOR_SEED = 0  # fixed: the evaluation seed must not change the feature space
@@ -104,9 +105,13 @@ def ensure_extractor(shardset: ShardSet, cfg: EvaluateConfig, root: Path) -> Ext
     if spec["kind"] == "inception":
         return _inception_entry(final)
     val = shardset.load("val") if shardset.count("val") else shardset.load("test")
-    net, summary = features.train_extractor(
-        shardset.load("train"), val, spec, steps=cfg.extractor_steps, seed=EXTRACTOR_SEED
-    )
+    # One thread: the same weights (so the same fingerprint and protocol) on any core count,
+    # and no oversubscription beside other work (measured 7x slower with 2 threads on a
+    # loaded 2-core machine).
+    with torch_threads(1):
+        net, summary = features.train_extractor(
+            shardset.load("train"), val, spec, steps=cfg.extractor_steps, seed=EXTRACTOR_SEED
+        )
     staging = _staging(final)
     meta = {"summary": {**summary, "steps": cfg.extractor_steps}, "dataset": shardset.manifest.key}
     features.save_extractor(staging, net, spec, meta)
