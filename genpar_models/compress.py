@@ -197,32 +197,41 @@ def size_bytes(net: nn.Module) -> tuple[int, int]:
     return len(blob), len(gzip.compress(blob, compresslevel=6))
 
 
+def _timed(model: nn.Module, n: int, gen: torch.Generator) -> float:
+    t0 = time.perf_counter()
+    model.sample(n, generator=gen)
+    return time.perf_counter() - t0
+
+
 @torch.no_grad()
 def time_sampling(
-    model: nn.Module, *, latency_repeats: int, throughput_batches: int, seed: int
-) -> dict[str, float]:
-    """Batch-1 latency p50/p95 and samples/s at batch 1 and 256, on identical seeds; warmup_s
-    is the first call at each size (for `compile`, mostly compilation)."""
+    variants: dict[str, nn.Module], *, latency_repeats: int, throughput_batches: int, seed: int
+) -> dict[str, dict[str, float]]:
+    """Per variant: batch-1 latency p50/p95, samples/s at batch 1 and 256, warm-up seconds.
+
+    The variants are timed in interleaved rounds (one call of each per round) and summarised
+    by medians, so a change in machine load hits every variant alike instead of whichever was
+    being timed. warmup_s is the first call at each size (for `compile`: the compilations).
+    """
     gen = torch.Generator().manual_seed(chunk_seed(seed, 0))
-    t0 = time.perf_counter()
-    for n in (1, 256):  # warm-up (and, for compile, the compilations)
-        model.sample(n, generator=gen)
-    warmup = time.perf_counter() - t0
-    lat = []
-    for _ in range(latency_repeats):
-        t0 = time.perf_counter()
-        model.sample(1, generator=gen)
-        lat.append(time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    for _ in range(throughput_batches):
-        model.sample(256, generator=gen)
-    big = time.perf_counter() - t0
+    warmup = {name: _timed(m, 1, gen) + _timed(m, 256, gen) for name, m in variants.items()}
+    lat: dict[str, list[float]] = {name: [] for name in variants}
+    big: dict[str, list[float]] = {name: [] for name in variants}
+    for i in range(max(latency_repeats, throughput_batches)):
+        for name, m in variants.items():
+            if i < latency_repeats:
+                lat[name].append(_timed(m, 1, gen))
+            if i < throughput_batches:
+                big[name].append(_timed(m, 256, gen))
     return {
-        "latency_ms_p50": 1000 * float(np.percentile(lat, 50)),
-        "latency_ms_p95": 1000 * float(np.percentile(lat, 95)),
-        "samples_per_s_b1": len(lat) / float(np.sum(lat)),
-        "samples_per_s_b256": 256 * throughput_batches / big,
-        "warmup_s": warmup,
+        name: {
+            "latency_ms_p50": 1000 * float(np.percentile(lat[name], 50)),
+            "latency_ms_p95": 1000 * float(np.percentile(lat[name], 95)),
+            "samples_per_s_b1": 1.0 / float(np.median(lat[name])),
+            "samples_per_s_b256": 256.0 / float(np.median(big[name])),
+            "warmup_s": warmup[name],
+        }
+        for name in variants
     }
 
 

@@ -258,7 +258,11 @@ class CompressConfig(_Section):
         "this much over fp32.",
     )
     latency_repeats: int = Field(
-        50, ge=5, le=100_000, description="Timed batch-1 calls per variant (p50/p95 latency)."
+        50,
+        ge=5,
+        le=100_000,
+        description="Timed batch-1 calls per variant (p50/p95 latency); variants are timed "
+        "in interleaved rounds so load changes hit all alike.",
     )
     throughput_batches: int = Field(
         5, ge=1, le=10_000, description="Timed batch-256 calls per variant (throughput)."

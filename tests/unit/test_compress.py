@@ -86,3 +86,12 @@ def test_half_precision_variants_on_the_gpu(model: torch.nn.Module, name: str) -
     x = _sample(variant)  # the latents come from a CPU generator: the same as on CPU
     assert x.device.type == "cuda" and x.dtype == torch.float32
     assert float((x.cpu() - _sample(model)).abs().mean()) < 0.02
+
+
+def test_interleaved_timing_reports_every_variant(model: torch.nn.Module) -> None:
+    variants = {name: compress.build_variant(model, name) for name in ("fp32", "int8")}
+    timings = compress.time_sampling(variants, latency_repeats=5, throughput_batches=2, seed=0)
+    assert set(timings) == {"fp32", "int8"}
+    for t in timings.values():
+        assert 0 < t["latency_ms_p50"] <= t["latency_ms_p95"]
+        assert t["samples_per_s_b1"] > 0 and t["samples_per_s_b256"] > 0 and t["warmup_s"] > 0
