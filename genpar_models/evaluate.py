@@ -44,6 +44,7 @@ from genpar_models.sampling import (
     chunk_plan,
     chunk_seed,
     derive_eval_seed,
+    one_thread,
     sample_uint8,
     torch_threads,
 )
@@ -237,6 +238,11 @@ def evaluate_model(
     `prepared` and `generated` let a caller that ran those steps elsewhere (Dask) pass them in;
     whatever is missing is computed here, on `device`.
     """
+    with one_thread(device):
+        return _evaluate(model_dir, shards_dir, cfg, prepared, generated, device, root)
+
+
+def _evaluate(model_dir, shards_dir, cfg, prepared, generated, device, root) -> dict[str, Any]:
     t0, ecfg = time.perf_counter(), cfg.evaluate
     model, meta = load_model(model_dir, device)
     shardset = open_shard_set(shards_dir)
