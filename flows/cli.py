@@ -99,15 +99,30 @@ def runs(
     limit: Annotated[int, typer.Option("--limit", "-n", help="Rows to show.")] = 20,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
     uri: UriOpt = None,
+    protocol: Annotated[
+        str | None,
+        typer.Option(
+            "--protocol", help="Only runs evaluated under this protocol id (or its prefix)."
+        ),
+    ] = None,
 ) -> None:
-    """A table of recent runs with their key params and metrics, sortable by a metric."""
+    """A table of recent runs with their key params and metrics, sortable by a metric.
+
+    Sorting by an eval/ metric refuses runs evaluated under different protocols.
+    """
     from flows.listing import list_runs
 
     if fmt not in ("table", "csv", "json"):
         fail(f"--format must be table, csv or json, got {fmt!r}")
     try:
         rows, columns = list_runs(
-            uri=uri, experiment=experiment, sort=sort, desc=desc, metrics=metric, limit=limit
+            uri=uri,
+            experiment=experiment,
+            sort=sort,
+            desc=desc,
+            metrics=metric,
+            limit=limit,
+            protocol=protocol,
         )
     except GenparError as e:
         fail(str(e), code=1)

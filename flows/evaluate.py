@@ -1,8 +1,10 @@
-"""The evaluate flow: score any logged model without retraining, recorded on its own run.
+"""The evaluate flow: score any logged model without retraining, and record the scorecard.
 
 `model` is a model reference (a run id, `models:/name@alias`, `champion`, or a model
 directory; see tasks/registry.py). The run's own config decides the data: its shard set is
-reused when present, rebuilt from the same source otherwise.
+reused when present, rebuilt from the same source otherwise. The scorecard goes to the model's
+run, or to a child run when that run already holds a scorecard of another protocol
+(`evaluate.log_to`; see tasks/scorecard.py). The pipeline runs the same two tasks.
 """
 
 from __future__ import annotations
@@ -19,22 +21,47 @@ from tasks.preflight import preflight
 from tasks.preprocess import preprocess
 
 
+def config_of(
+    found: dict[str, Any],
+    config: PipelineConfig | None,
+    base: PipelineConfig,
+    overrides: list[str] | None = None,
+) -> PipelineConfig:
+    """The config to score with: the given one, else the model run's own with `overrides`
+    (dotted key=value) applied; tracking always from `base`."""
+    if config is not None:
+        cfg = config
+    elif found["config_yaml"]:
+        cfg = load_config(found["config_yaml"], overrides or [])
+    else:
+        cfg = load_config(None, overrides or [])
+    return cfg.model_copy(update={"tracking": base.tracking})
+
+
 @flow(name="genpar-evaluate", flow_run_name="evaluate-{model}")
-def evaluate_flow(model: str, config: PipelineConfig | None = None) -> dict[str, Any]:
-    """Evaluate `model` on the test split of its data; log eval/… metrics on its run."""
+def evaluate_flow(
+    model: str, config: PipelineConfig | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """Evaluate `model` on its data's held-out split; record the scorecard in MLflow.
+
+    Without `config`, the model run's own config is used, with `overrides` applied.
+    """
     base = config or PipelineConfig()
     uri = preflight(base)
     found = resolve_model(model, uri, base.registered_model_name)
-    cfg = config or (load_config(found["config_yaml"]) if found["config_yaml"] else base)
-    cfg = cfg.model_copy(update={"tracking": base.tracking})
+    cfg = config_of(found, config, base, overrides)
     shards_dir = preprocess(cfg)
     out_dir = tempfile.mkdtemp(prefix="genpar-eval-")
-    metrics = evaluate(cfg, shards_dir, found["model_dir"], out_dir)
+    report = evaluate(cfg, shards_dir, found["model_dir"], out_dir)
+    logged_to = None
     if found["run_id"]:
-        log_evaluation(uri, found["run_id"], metrics, out_dir)
+        logged_to = log_evaluation(uri, found["run_id"], report, out_dir, cfg.evaluate.log_to)
     return {
         "model": model,
         "run_id": found["run_id"],
-        "metrics": metrics,
+        "logged_to": logged_to,
+        "metrics": report["metrics"],
+        "protocol_ids": report["protocol_ids"],
+        "cache": report["cache"],
         "report": str(Path(out_dir) / "report.md"),
     }

@@ -13,7 +13,7 @@ from typing import Any
 from prefect import flow
 
 from genpar_models.config import PipelineConfig
-from tasks.evaluate import evaluate
+from tasks.evaluate import evaluate, log_evaluation
 from tasks.generate import generate
 from tasks.preflight import preflight
 from tasks.preprocess import preprocess
@@ -44,22 +44,23 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:  # no
     record_dataset(run, shards_dir)
     trained = train_model(config, shards_dir, run)
     model_dir = str(Path(trained["model_path"]).parent)
-    scores = evaluate(config, shards_dir, model_dir, str(Path(run.run_dir) / "eval"))
+    eval_dir = str(Path(run.run_dir) / "eval")
+    report = evaluate(config, shards_dir, model_dir, eval_dir)
+    log_evaluation(run.uri, run.run_id, report, eval_dir)
     samples = generate(config, model_dir, run.run_dir)
     curves = plot_training_curves(run, config)
     artifacts = {
         "model": model_dir,
         "samples": str(Path(run.run_dir) / "samples" / "grid.png"),
         "plots": curves,
-        "eval": str(Path(run.run_dir) / "eval"),
         "train": str(Path(run.run_dir) / "result.json"),
     }
     final = {
         "train/final_step": float(trained["step"]),
         "train/wall_s": trained["wall_s"],
-        **scores,
         **samples,
     }
     log_artifacts(config, run, artifacts, final)
-    version = register_model(config, run, final)
-    return finish_run(run, final, version)
+    scored = {**final, **report["metrics"]}  # eval/ metrics were logged by log_evaluation
+    version = register_model(config, run, scored)
+    return finish_run(run, scored, version)

@@ -1,58 +1,111 @@
-"""Distribution metrics between real and generated images, in a fixed feature space.
+"""Sample-quality metrics between real and generated feature sets, from maintained libraries.
 
-The Fréchet distance (https://arxiv.org/abs/1706.08500) between Gaussians fitted to two
-feature sets: d² = |mu1 - mu2|² + Tr(S1 + S2 - 2 (S1 S2)^½). Until the classifier-feature
-scorecard lands, the feature space is the top principal components of the *training* images:
-fixed per dataset, independent of the discriminator, and cheap.
+Every function takes features (N, D) that an extractor (genpar_models/features.py) computed, so
+the metric itself never sees pixels, resizing or batch sizes.
+
+- FID, Heusel et al. 2017 (https://arxiv.org/abs/1706.08500): torchmetrics'
+  FrechetInceptionDistance fed with precomputed features; d^2 = |mu1 - mu2|^2 +
+  Tr(S1 + S2 - 2 (S1 S2)^1/2), accumulated in float64.
+- KID, Bińkowski et al. 2018 (https://arxiv.org/abs/1801.01401): the unbiased MMD^2 with the
+  cubic polynomial kernel, torchmetrics' `poly_mmd`, averaged over seeded random subsets.
+- Precision and recall, Kynkäänniemi et al. 2019 (https://arxiv.org/abs/1904.06991), and
+  density and coverage, Naeem et al. 2020 (https://arxiv.org/abs/2002.09797): the `prdc`
+  package, the reference code of Naeem et al.
+- Inception score (Salimans et al. 2016, https://arxiv.org/abs/1606.03498) with genpar's own
+  classifier in place of Inception: torchmetrics' InceptionScore fed with logits.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import io
+import warnings
 
 import numpy as np
-from scipy import linalg
+import torch
+from torch import Tensor, nn
+
+with warnings.catch_warnings():  # torchmetrics warns about optional packages it does not need
+    warnings.simplefilter("ignore")
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.inception import InceptionScore
+    from torchmetrics.image.kid import poly_mmd
 
 
-def frechet_distance(
-    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
-) -> float:
-    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (float64 throughout)."""
-    mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
-    s1, s2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
-    covmean = linalg.sqrtm(s1 @ s2)
-    if not np.isfinite(covmean).all():
-        # Near-singular product: regularise as in the reference TTUR implementation.
-        eps = np.eye(s1.shape[0]) * 1e-6
-        covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
-    covmean = np.real(covmean)  # tiny imaginary parts come from numerical error
-    diff = mu1 - mu2
-    return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean), 0.0))
+class _Given(nn.Module):
+    """A 'feature extractor' that returns its input: lets torchmetrics score features we already
+    computed (and cached) instead of images."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+def _t64(x: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
 
 
 def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    features = np.asarray(features, dtype=np.float64)
-    return features.mean(axis=0), np.cov(features, rowvar=False)
+    """Mean (D,) and unbiased covariance (D, D) of features (N, D), in float64."""
+    f = np.asarray(features, dtype=np.float64)
+    return f.mean(axis=0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
 
 
-@dataclass(frozen=True)
-class PcaFeatures:
-    """Projection onto the top-k principal components of a reference image set."""
-
-    mean: np.ndarray  # (D,)
-    components: np.ndarray  # (k, D)
-
-    @classmethod
-    def fit(cls, images01: np.ndarray, k: int = 32) -> PcaFeatures:
-        x = images01.reshape(len(images01), -1).astype(np.float64)  # (N, C*H*W)
-        mean = x.mean(axis=0)
-        _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-        return cls(mean=mean, components=vt[: min(k, vt.shape[0])])
-
-    def __call__(self, images01: np.ndarray) -> np.ndarray:
-        x = images01.reshape(len(images01), -1).astype(np.float64)
-        return (x - self.mean) @ self.components.T  # (N, k)
+def fid(real: np.ndarray, fake: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (>= 2 rows each)."""
+    metric = FrechetInceptionDistance(feature=_Given(real.shape[1]))
+    metric.update(_t64(real), real=True)
+    metric.update(_t64(fake), real=False)
+    return max(float(metric.compute()), 0.0)  # tiny negatives are round-off
 
 
-def frechet_pca(reference: PcaFeatures, a01: np.ndarray, b01: np.ndarray) -> float:
-    return frechet_distance(*gaussian_stats(reference(a01)), *gaussian_stats(reference(b01)))
+def kid(
+    real: np.ndarray, fake: np.ndarray, *, subsets: int, subset_size: int, seed: int
+) -> tuple[float, float, int]:
+    """KID: mean and std of unbiased MMD^2 over `subsets` seeded random subsets.
+
+    Returns:
+        (mean, std, subset size used): the size is capped at the smaller set.
+    """
+    m = min(subset_size, len(real), len(fake))
+    if m < 2:
+        raise ValueError(f"KID needs at least 2 samples per set, got {len(real)}, {len(fake)}")
+    rng = np.random.default_rng(seed)
+    r, f = _t64(real), _t64(fake)
+    scores = []
+    for _ in range(subsets):
+        ir = torch.from_numpy(rng.choice(len(real), m, replace=False))
+        jf = torch.from_numpy(rng.choice(len(fake), m, replace=False))
+        scores.append(float(poly_mmd(r[ir], f[jf])))
+    return float(np.mean(scores)), float(np.std(scores)), m
+
+
+def prdc(real: np.ndarray, fake: np.ndarray, *, nearest_k: int) -> dict[str, float]:
+    """Precision, recall (k-NN manifolds) and density, coverage of fake against real."""
+    from prdc import compute_prdc
+
+    if min(len(real), len(fake)) <= nearest_k:
+        raise ValueError(
+            f"precision/recall with nearest_k={nearest_k} needs more than {nearest_k} samples "
+            f"per set, got {len(real)} real and {len(fake)} generated"
+        )
+    with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the set sizes
+        out = compute_prdc(
+            np.asarray(real, np.float32), np.asarray(fake, np.float32), nearest_k=nearest_k
+        )
+    return {k: float(v) for k, v in out.items()}
+
+
+def inception_score(logits: np.ndarray, *, splits: int = 10, seed: int = 0) -> tuple[float, float]:
+    """exp(E_x KL(p(y|x) || p(y))) from class logits (N, K): mean and std over splits."""
+    with warnings.catch_warnings():  # "keeps features in memory"; std of one split is NaN
+        warnings.simplefilter("ignore", UserWarning)
+        metric = InceptionScore(feature=_Given(logits.shape[1]), splits=splits)
+        metric.update(_t64(logits))
+        with torch.random.fork_rng(devices=[]):  # compute() shuffles with the global RNG
+            torch.manual_seed(seed)
+            mean, std = metric.compute()
+    return float(mean), float(std)

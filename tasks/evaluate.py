@@ -1,39 +1,102 @@
-"""Prefect task: evaluate the trained model on the test split and write the report."""
+"""Prefect tasks of the evaluation: score a model, resolve a model reference, record the scorecard.
+
+The pipeline and the `genpar-evaluate` flow run the same two tasks, `evaluate` then
+`log_evaluation`, so a model scored after training and one scored again later carry the same
+scorecard, protocols and artifacts. Generated samples are drawn and featurised in blocks: on
+Dask workers when the config names a cluster (or evaluate.parallel=dask), otherwise batched in
+this process, on the GPU when there is one.
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
+import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from genpar_models.config import PipelineConfig
-from genpar_models.evaluate import evaluate_model, report_markdown
+from genpar_models.evaluate import (
+    block_plan,
+    collect,
+    evaluate_model,
+    generated_block,
+    prepare,
+    report_markdown,
+)
 from genpar_models.paths import genpar_home
+from genpar_models.sampling import derive_eval_seed
 from tasks import mlflow_store as store
 from tasks import registry
-from tasks.common import run_logger
+from tasks.cluster import dask_client, map_with_progress
+from tasks.common import retry_unless_user_error, run_logger
+from tasks.scorecard import record_scorecard
+
+
+def eval_device(config: PipelineConfig) -> str:
+    if config.compute.device != "cpu" and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def use_dask(config: PipelineConfig) -> bool:
+    mode = config.evaluate.parallel
+    return mode == "dask" or (mode == "auto" and config.compute.dask_address is not None)
+
+
+def _generate_on_dask(config: PipelineConfig, model_dir: str, extractor_dir: str) -> Any:
+    plan = block_plan(config.evaluate.num_samples)
+    with dask_client(config.compute) as client:
+        blocks = map_with_progress(
+            client,
+            generated_block,
+            [i for i, _ in plan],
+            [n for _, n in plan],
+            model_dir=model_dir,
+            extractor_dir=extractor_dir,
+            seed=derive_eval_seed(config.evaluate.seed),
+            feature_batch=config.evaluate.batch_size,
+            label="evaluate: sample blocks",
+            report=run_logger().info,
+        )
+    return collect(blocks)
 
 
 @task(
     name="evaluate",
     task_run_name="evaluate-{config.model.name}-{config.data.source}",
+    retry_condition_fn=retry_unless_user_error,
     cache_policy=NO_CACHE,
 )
 def evaluate(
     config: PipelineConfig, shards_dir: str, model_dir: str, out_dir: str
-) -> dict[str, float]:
-    """Score the model; write <out_dir>/report.json and report.md; return the eval/… metrics."""
-    report = evaluate_model(model_dir, shards_dir, config)
+) -> dict[str, Any]:
+    """Score the model; write <out_dir>/report.json and report.md; return the report."""
+    log, device, t0 = run_logger(), eval_device(config), time.perf_counter()
+    prepared = prepare(shards_dir, config.evaluate, device=device)
+    prepare_s = time.perf_counter() - t0
+    generated = (
+        _generate_on_dask(config, model_dir, str(prepared[0].directory))
+        if use_dask(config)
+        else None
+    )
+    report = evaluate_model(
+        model_dir, shards_dir, config, prepared=prepared, generated=generated, device=device
+    )
+    # The whole stage, including training the extractor when this dataset has none yet.
+    report["metrics"]["eval/seconds"] = time.perf_counter() - t0
+    report["timings"].update(prepare_s=prepare_s, total_s=report["metrics"]["eval/seconds"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(report_markdown(report))
-    run_logger().info(
-        "evaluation: %s", ", ".join(f"{k}={v:.4g}" for k, v in report["metrics"].items())
-    )
-    return report["metrics"]
+    cache = report["cache"]
+    log.info("evaluation on %s: %s extractor, %s reference", device, *cache.values())
+    log.info("scorecard: %s", ", ".join(f"{k}={v:.4g}" for k, v in report["metrics"].items()))
+    return report
 
 
 @task(name="resolve-model", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
@@ -59,9 +122,13 @@ def resolve_model(model: str, uri: str, default_name: str | None) -> dict[str, s
 
 
 @task(name="log-evaluation", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
-def log_evaluation(uri: str, run_id: str, metrics: dict[str, float], report_dir: str) -> None:
-    """Record an evaluation on the model's own run: eval/ metrics and the report artifacts."""
-    client = store.connect(uri)
-    step = len(client.get_metric_history(run_id, next(iter(metrics)))) if metrics else 0
-    store.log_metrics(client, run_id, metrics, step=step)
-    client.log_artifacts(run_id, report_dir, "eval")
+def log_evaluation(
+    uri: str, run_id: str, report: dict[str, Any], report_dir: str, log_to: str = "run"
+) -> str:
+    """Record the scorecard (metrics, protocols, extractor, report) on the run or a child run.
+
+    Returns the id of the run it was recorded on.
+    """
+    target = record_scorecard(uri, run_id, report, report_dir, log_to=log_to)
+    run_logger().info("scorecard recorded on MLflow run %s", target)
+    return target

@@ -15,12 +15,24 @@ from genpar_models.runspec import RunSpec
 from tasks.launcher import launch_training, plan_processes
 
 
-def make_shard_set(directory: Path, cfg: PipelineConfig, n: int = 300, seed: int = 0) -> Path:
-    """A committed shard set of n random images shaped like cfg.data (for library tests)."""
+def make_shard_set(
+    directory: Path,
+    cfg: PipelineConfig,
+    n: int = 300,
+    seed: int = 0,
+    *,
+    images: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+) -> Path:
+    """A committed shard set of n random images shaped like cfg.data (for library tests), or
+    of the given uint8 images (N, C, S, S) and labels."""
     rng = np.random.default_rng(seed)
     c, s = cfg.data.channels, cfg.data.image_size
-    images = rng.integers(0, 256, size=(n, c, s, s), dtype=np.uint8)
-    labels = rng.integers(0, 10, size=n)
+    if images is None:
+        images = rng.integers(0, 256, size=(n, c, s, s), dtype=np.uint8)
+    n = len(images)
+    if labels is None:
+        labels = rng.integers(0, 10, size=n)
     ids = [f"synthetic[{i}]" for i in range(n)]
     staging = directory.with_name(directory.name + ".staging")
     staging.mkdir(parents=True)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from flows.compress import compress_flow
 from flows.evaluate import evaluate_flow
 from flows.listing import list_runs
 from flows.pipeline import pipeline
@@ -16,6 +17,7 @@ from genpar_models.config import PipelineConfig
 from genpar_models.loading import load_model
 from genpar_models.paths import default_tracking_uri, shards_root
 from tasks import registry
+from tasks.scorecard import EXTRACTOR_EXPERIMENT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -64,7 +66,18 @@ def test_vae_pipeline_records_everything_and_second_run_reuses_shards(
         "eval/elbo",
         "eval/bits_per_dim",
         "eval/iw_bound",
-        "eval/frechet_pca",
+        "eval/elbo_gap",
+        "eval/fid",
+        "eval/fid_ci_low",
+        "eval/fid_ci_high",
+        "eval/kid_mean",
+        "eval/kid_std",
+        "eval/kid_ci_low",
+        "eval/precision",
+        "eval/recall",
+        "eval/density",
+        "eval/coverage",
+        "eval/inception_score",
         "eval/num_parameters",
         "eval/checkpoint_bytes",
         "gen/samples_per_s",
@@ -72,6 +85,15 @@ def test_vae_pipeline_records_everything_and_second_run_reuses_shards(
     ):
         assert np.isfinite(run.data.metrics[key]), key
     assert run.data.metrics["eval/iw_bound"] >= run.data.metrics["eval/elbo"] - 0.5
+    for kind in ("quality", "likelihood"):  # every metric is logged with its protocol
+        protocol = json.loads(run.data.tags[f"genpar.protocol.{kind}.json"])
+        assert protocol["dataset"] and protocol["split"] == "test"
+    assert json.loads(run.data.tags["genpar.eval.cache"])["extractor"] == "trained"
+    (extractor_run,) = client.search_runs(
+        [client.get_experiment_by_name(EXTRACTOR_EXPERIMENT).experiment_id]
+    )
+    assert extractor_run.data.metrics["extractor/val_accuracy"] > 0.5
+    assert run.data.tags["genpar.eval.extractor_run"] == extractor_run.info.run_id
     history = client.get_metric_history(run.info.run_id, "train/loss")
     steps = [m.step for m in history]
     assert steps == list(range(5, 31, 5))  # every log step once, in order
@@ -92,6 +114,8 @@ def test_vae_pipeline_records_everything_and_second_run_reuses_shards(
 
     again = pipeline(tiny)
     assert again["run_id"] != summary["run_id"]  # the first run finished: a new run
+    cached = client.get_run(again["run_id"]).data.tags["genpar.eval.cache"]
+    assert json.loads(cached) == {"extractor": "cached", "reference": "cached"}
     assert _shard_dirs() == [shard_dir]
     assert (shard_dir / "manifest.json").stat().st_mtime_ns == stamp  # reused, not rewritten
     # every run's model is registered; a reference resolves back to loadable weights
@@ -108,16 +132,42 @@ def test_vae_pipeline_records_everything_and_second_run_reuses_shards(
     with pytest.raises(registry.ModelNotFound, match="expected a run id"):
         registry.resolve(client, "no such thing", default_name="tiny", cache=cache)
 
-    # evaluate a logged model again, without retraining: recorded on its own run
+    # evaluate a logged model again, without retraining: same protocol -> its own run
     result = evaluate_flow(summary["run_id"])
+    assert result["logged_to"] == summary["run_id"]
     assert result["metrics"]["eval/elbo"] == pytest.approx(run.data.metrics["eval/elbo"])
+    assert result["metrics"]["eval/fid"] == pytest.approx(run.data.metrics["eval/fid"])
     assert len(client.get_metric_history(summary["run_id"], "eval/elbo")) == 2
+    # another protocol -> a child run, so the run's metrics and protocol tags stay together
+    child = evaluate_flow(summary["run_id"], overrides=["evaluate.num_samples=150"])
+    assert child["logged_to"] != summary["run_id"]
+    child_run = client.get_run(child["logged_to"])
+    assert child_run.data.tags["mlflow.parentRunId"] == summary["run_id"]
+    assert child_run.data.tags["genpar.protocol.quality"] == child["protocol_ids"]["quality"]
+    assert child["protocol_ids"]["quality"] != run.data.tags["genpar.protocol.quality"]
+
+    # compress the logged model: measured variants on a child run, the best one registered
+    small = ["compress.variants=[int8, prune50]", "compress.latency_repeats=5"]
+    squeezed = compress_flow(summary["run_id"], overrides=small)
+    assert [r["variant"] for r in squeezed["rows"]] == ["fp32", "int8", "prune50"]
+    compress_run = client.get_run(squeezed["logged"]["run_id"])
+    assert compress_run.data.tags["mlflow.parentRunId"] == summary["run_id"]
+    assert np.isfinite(compress_run.data.metrics["compress/int8/delta_fid"])
+    assert {"compress/table.md", "compress/quality_vs_speed.png"} <= _artifacts(
+        client, compress_run.info.run_id
+    )
+    (version,) = client.search_model_versions("name='tiny-compressed'")
+    assert version.tags["variant"] == squeezed["best"]
+    compressed = registry.resolve(
+        client, f"models:/tiny-compressed/{version.version}", default_name=None, cache=cache
+    )
+    assert json.loads((compressed.model_dir / "model.json").read_text())["compression"]
 
     rows, columns = list_runs(
-        uri=None, experiment=None, sort="eval/bits_per_dim", desc=False, metrics=None, limit=10
+        uri=None, experiment="tiny", sort="train/loss", desc=False, metrics=None, limit=10
     )
-    assert {r["run"] for r in rows} == {summary["run_id"][:12], again["run_id"][:12]}
-    assert "eval/bits_per_dim" in columns
+    assert {summary["run_id"][:12], again["run_id"][:12]} <= {r["run"] for r in rows}
+    assert "eval/fid" in columns and "protocol" in columns
 
 
 def test_dcgan_pipeline(prefect_server, tracked_home: Path, tiny: PipelineConfig) -> None:
@@ -136,8 +186,11 @@ def test_dcgan_pipeline(prefect_server, tracked_home: Path, tiny: PipelineConfig
         "train/loss_g",
         "train/d_real",
         "val/d_real",
-        "eval/frechet_pca",
-        "eval/frechet_pca_train_test",
+        "eval/fid",
+        "eval/fid_train_test",
+        "eval/kid_mean",
+        "eval/precision",
+        "eval/coverage",
         "gen/samples_per_s",
     ):
         assert np.isfinite(run.data.metrics[key]), key

@@ -1,0 +1,45 @@
+"""The compress flow: build and measure inference variants of a logged model's sampler.
+
+`model` is a model reference as for `genpar evaluate`. The run's own config decides the data
+and the evaluation protocol; `compress.*` decides the variants, the fine-tuning of pruned ones
+and the quality budget. See tasks/compress.py for where the results go.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+from prefect import flow
+
+from flows.evaluate import config_of
+from genpar_models.config import PipelineConfig
+from tasks.compress import compress_model, log_compression
+from tasks.evaluate import resolve_model
+from tasks.preflight import preflight
+from tasks.preprocess import preprocess
+
+
+@flow(name="genpar-compress", flow_run_name="compress-{model}")
+def compress_flow(
+    model: str, config: PipelineConfig | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """Measure fp32/bf16/fp16/compile/int8/pruned variants; register the best within budget.
+
+    Without `config`, the model run's own config is used, with `overrides` applied.
+    """
+    base = config or PipelineConfig()
+    uri = preflight(base)
+    found = resolve_model(model, uri, base.registered_model_name)
+    cfg = config_of(found, config, base, overrides)
+    shards_dir = preprocess(cfg)
+    out_dir = tempfile.mkdtemp(prefix="genpar-compress-")
+    result = compress_model(cfg, shards_dir, found["model_dir"], out_dir)
+    logged = log_compression(uri, found["run_id"], cfg, result, out_dir) if found["run_id"] else {}
+    return {
+        "model": model,
+        "run_id": found["run_id"],
+        **result,
+        "logged": logged,
+        "out_dir": out_dir,
+    }

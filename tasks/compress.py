@@ -1,0 +1,101 @@
+"""Prefect tasks of `genpar compress`: measure the variants, then record and register the best.
+
+The measurements land on a child run of the model's run (`compress-<variant>`): per-variant
+`compress/<variant>/<column>` metrics, the table (Markdown and JSON) and the quality-versus-
+speed plot under `compress/`, and the chosen variant as its `model` artifact, registered as a
+new version of `<registered name>-compressed` tagged with its measurements. Like every genpar
+model it is safetensors + JSON, never a pickled flavor.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from genpar_models.compress_report import (
+    measure_variants,
+    plot_quality_vs_speed,
+    rows_as_metrics,
+    table_markdown,
+)
+from genpar_models.config import PipelineConfig
+from genpar_models.evaluate import prepare
+from genpar_models.protocol import QUALITY, TAG_PREFIX, protocol_id
+from tasks import mlflow_store as store
+from tasks.common import retry_unless_user_error, run_logger
+from tasks.evaluate import eval_device
+from tasks.registry import MODEL_ARTIFACT
+from tasks.scorecard import TAG_PARENT
+
+
+@task(
+    name="compress",
+    task_run_name="compress-{config.model.name}",
+    retry_condition_fn=retry_unless_user_error,
+    cache_policy=NO_CACHE,
+)
+def compress_model(
+    config: PipelineConfig, shards_dir: str, model_dir: str, out_dir: str
+) -> dict[str, Any]:
+    """Build and measure every variant; write table.md/json, the plot and the best variant."""
+    device, out = eval_device(config), Path(out_dir)
+    prepared = prepare(shards_dir, config.evaluate, device=device)
+    result = measure_variants(
+        model_dir, shards_dir, config, prepared=prepared, device=device, out_dir=out / "model"
+    )
+    (out / "table.md").write_text(table_markdown(result))
+    (out / "table.json").write_text(json.dumps(result, indent=2))
+    plot_quality_vs_speed(result, out / "quality_vs_speed.png")
+    run_logger().info("compression (%s):\n%s", device, table_markdown(result))
+    return result
+
+
+def _register(client: Any, name: str, source: str, run_id: str, tags: dict[str, str]) -> str:
+    try:
+        client.create_registered_model(name, tags={"genpar": "1"}, description="compressed")
+    except MlflowException as e:
+        if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+            raise
+    return str(client.create_model_version(name, source, run_id=run_id, tags=tags).version)
+
+
+@task(name="log-compression", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def log_compression(
+    uri: str, run_id: str, config: PipelineConfig, result: dict[str, Any], out_dir: str
+) -> dict[str, str]:
+    """Record the measurements on a child run and register the best variant."""
+    client = store.connect(uri)
+    parent = client.get_run(run_id)
+    best = result["best"]
+    child = client.create_run(
+        parent.info.experiment_id,
+        run_name=f"compress-{best}",
+        tags={TAG_PARENT: run_id, "genpar.compression_of": run_id, "genpar.best_variant": best},
+    ).info.run_id
+    store.log_params(client, child, parent.data.params)
+    store.log_metrics(client, child, rows_as_metrics(result))
+    store.set_tags(
+        client,
+        child,
+        {
+            f"{TAG_PREFIX}{QUALITY}": protocol_id(result["protocol"]),
+            f"{TAG_PREFIX}{QUALITY}.json": json.dumps(result["protocol"], sort_keys=True),
+        },
+    )
+    for name in ("table.md", "table.json", "quality_vs_speed.png"):
+        client.log_artifact(child, str(Path(out_dir) / name), "compress")
+    # The child run's `model` artifact is the chosen variant, so registry references resolve.
+    client.log_artifacts(child, str(Path(out_dir) / "model" / best), MODEL_ARTIFACT)
+    row = next(r for r in result["rows"] if r["variant"] == best)
+    tags = {k: f"{v:.6g}" for k, v in row.items() if isinstance(v, int | float)}
+    name = f"{config.registered_model_name}-compressed"
+    source = f"{client.get_run(child).info.artifact_uri}/{MODEL_ARTIFACT}"
+    version = _register(client, name, source, child, {**tags, "variant": best, "base_run": run_id})
+    store.finish(client, child)
+    run_logger().info("best variant %s registered as %s version %s", best, name, version)
+    return {"run_id": child, "registered_model": name, "version": version}

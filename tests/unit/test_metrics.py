@@ -1,0 +1,120 @@
+"""Each sample-quality metric against its reference: scipy, closed forms, the unbiased formula."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import linalg
+
+from genpar_models import metrics, uncertainty
+from genpar_models.errors import GenparError
+from genpar_models.protocol import ProtocolMismatch, check_comparable, protocol_id
+
+
+def _with_moments(mu: np.ndarray, cov: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """n samples whose sample mean and (unbiased) covariance are exactly mu and cov."""
+    z = np.random.default_rng(seed).normal(size=(n, len(mu)))
+    q, _ = np.linalg.qr(z - z.mean(0))  # (n, d) orthonormal columns, each summing to 0
+    return mu + np.sqrt(n - 1) * q @ linalg.cholesky(cov)  # cholesky: upper, cov = U'U
+
+
+def _scipy_fid(a: np.ndarray, b: np.ndarray) -> float:
+    mu1, s1 = a.mean(0), np.cov(a, rowvar=False)
+    mu2, s2 = b.mean(0), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def test_fid_matches_a_direct_scipy_sqrtm_computation() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 16)) @ rng.normal(size=(16, 16))
+    b = rng.normal(1.0, 2.0, size=(300, 16))
+    assert metrics.fid(a, b) == pytest.approx(_scipy_fid(a, b), rel=1e-9)
+    mu1, s1 = metrics.gaussian_stats(a)
+    mu2, s2 = metrics.gaussian_stats(b)
+    assert uncertainty.frechet_from_stats(mu1, s1, mu2, s2) == pytest.approx(
+        metrics.fid(a, b), rel=1e-9
+    )
+
+
+def test_fid_equals_the_closed_form_for_known_gaussians() -> None:
+    # Diagonal covariances commute: FID = |mu1-mu2|^2 + sum (sqrt(a_i) - sqrt(b_i))^2.
+    d = 6
+    mu1, mu2 = np.zeros(d), np.arange(d, dtype=float)
+    var1, var2 = np.linspace(0.5, 3.0, d), np.linspace(4.0, 1.0, d)
+    a = _with_moments(mu1, np.diag(var1), 500, seed=1)
+    b = _with_moments(mu2, np.diag(var2), 800, seed=2)
+    expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(var1) - np.sqrt(var2)) ** 2).sum()
+    assert metrics.fid(a, b) == pytest.approx(expected, rel=1e-9)
+    assert metrics.fid(a, a) == pytest.approx(0.0, abs=1e-9)
+
+
+def _unbiased_mmd2(x: np.ndarray, y: np.ndarray) -> float:
+    """Bińkowski et al. 2018, eq. (2) with k(a, b) = (a.b / d + 1)^3, written out."""
+    d, m, n = x.shape[1], len(x), len(y)
+    k = lambda a, b: (a @ b.T / d + 1.0) ** 3  # noqa: E731
+    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    return (
+        (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+        + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+        - 2 * kxy.mean()
+    )
+
+
+def test_kid_is_the_unbiased_mmd_and_its_interval_brackets_it() -> None:
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(60, 8)), rng.normal(0.3, 1.2, size=(60, 8))
+    # One subset of every sample: the estimate is the full-set unbiased MMD^2, whatever the order.
+    mean, std, m = metrics.kid(x, y, subsets=1, subset_size=1000, seed=0)
+    assert m == 60 and std == 0.0
+    assert mean == pytest.approx(_unbiased_mmd2(x, y), rel=1e-9)
+    mean, std, _ = metrics.kid(x, y, subsets=50, subset_size=30, seed=0)
+    assert std > 0 and abs(mean - _unbiased_mmd2(x, y)) < 3 * std
+    lo, hi = uncertainty.kid_interval(x, y, mean, resamples=200, confidence=0.9, seed=0)
+    assert lo < mean < hi
+    x2 = rng.normal(size=(60, 8))  # the same distribution as x: MMD^2 is 0 in expectation
+    same, same_std, _ = metrics.kid(x, x2, subsets=50, subset_size=30, seed=0)
+    assert abs(same) < 3 * same_std and abs(same) < mean / 3
+
+
+def test_precision_recall_of_a_set_against_itself_is_one() -> None:
+    x = np.random.default_rng(4).normal(size=(200, 10))
+    out = metrics.prdc(x, x.copy(), nearest_k=5)
+    assert out["precision"] == 1.0 and out["recall"] == 1.0 and out["coverage"] == 1.0
+    far = metrics.prdc(x, x + 100.0, nearest_k=5)
+    assert far["precision"] == 0.0 and far["recall"] == 0.0 and far["coverage"] == 0.0
+    with pytest.raises(ValueError, match="nearest_k=5"):
+        metrics.prdc(x[:5], x, nearest_k=5)
+
+
+def test_inception_score_bounds() -> None:
+    k, n = 10, 1000
+    assert metrics.inception_score(np.zeros((n, k)))[0] == pytest.approx(1.0)  # no confidence
+    confident = np.full((n, k), -30.0)
+    confident[np.arange(n), np.arange(n) % k] = 30.0  # certain and balanced: IS = K
+    assert metrics.inception_score(confident, splits=1)[0] == pytest.approx(k, rel=1e-6)
+    assert 0.9 * k < metrics.inception_score(confident)[0] <= k  # 10 random splits
+
+
+def test_fid_interval_contains_the_point_and_narrows_with_more_samples() -> None:
+    rng = np.random.default_rng(5)
+    widths = []
+    for n in (100, 1600):
+        a, b = rng.normal(size=(n, 4)), rng.normal(0.5, 1.0, size=(n, 4))
+        point = metrics.fid(a, b)
+        lo, hi = uncertainty.fid_interval(a, b, point, resamples=200, confidence=0.95, seed=0)
+        assert lo <= point <= hi
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 2
+
+
+def test_protocol_guard_names_the_differing_fields() -> None:
+    a = {"extractor": "classifier", "extractor_fp": "abc", "real_samples": 180, "seed": 0}
+    b = {**a, "real_samples": 500}
+    assert check_comparable("eval/fid", {"r1": a, "r2": dict(a)}) == protocol_id(a)
+    assert check_comparable("eval/num_parameters", {"r1": a, "r2": b}) is None  # no protocol
+    with pytest.raises(ProtocolMismatch, match=r"real_samples: 180 vs 500") as err:
+        check_comparable("eval/fid", {"r1": a, "r2": b}, hint="Use --protocol.")
+    assert isinstance(err.value, GenparError) and "Use --protocol." in str(err.value)
+    with pytest.raises(ProtocolMismatch, match="no recorded protocol"):
+        check_comparable("eval/elbo", {"r1": None, "r2": a})
