@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow
 
 from genpar_models.config import PipelineConfig
+from tasks.artifacts import publish_run_report
 from tasks.evaluate import evaluate
 from tasks.generate import generate
 from tasks.preflight import preflight
@@ -62,4 +63,6 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:  # no
     }
     log_artifacts(config, run, artifacts, final)
     version = register_model(config, run, final)
-    return finish_run(run, final, version)
+    summary = finish_run(run, final, version)
+    publish_run_report(config, summary)
+    return summary
