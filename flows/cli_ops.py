@@ -138,13 +138,18 @@ def serve(
 def _use_servers(required: bool) -> None:
     import os
 
+    from flows.processes import http_ok
+
     prefect_defaults()  # points at the local stack while it runs
-    if required and not os.environ.get("PREFECT_API_URL"):
+    api = os.environ.get("PREFECT_API_URL")
+    if required and not api:
         fail(
             "genpar serve needs a Prefect server: start the local stack with `genpar up`, "
             "or set PREFECT_API_URL to yours",
             code=1,
         )
+    if required and not http_ok(f"{api.rstrip('/')}/health", timeout_s=10):
+        fail(f"the Prefect server at PREFECT_API_URL={api} does not answer /health", code=1)
 
 
 def retrain(

@@ -235,7 +235,7 @@ def publish_retrain_report(
     protocols = {
         "challenger": read_protocol(Path(facts["challenger"]["run_dir"]) / "eval" / "report.json"),
         "champion": read_protocol(Path(defending["report"]).with_name("report.json"))
-        if defending
+        if defending and defending.get("report")
         else None,
     }
     text = retrain_markdown(config, {**facts, "protocols": protocols}, decision, ui_base(uri))

@@ -23,6 +23,12 @@ def _dead_proc() -> Proc:
     return Proc(pid=child.pid, create_time=created)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _record(home: Path, procs: dict[str, Proc]) -> None:
     servers = [
         {"name": n, "port": 40000 + i, "log": str(home / f"{n}.log"), **p.as_dict()}
@@ -68,14 +74,8 @@ def test_busy_port_is_refused_before_anything_starts(home: Path) -> None:
         s.listen()
         busy = s.getsockname()[1]
         with pytest.raises(stack.StackError, match=rf"port {busy} .* in use.*--mlflow-port"):
-            stack.up({"prefect": processes_free_port(), "mlflow": busy}, say=print)
+            stack.up({"prefect": _free_port(), "mlflow": busy}, say=print)
     assert stack.read_servers() == {}
-
-
-def processes_free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_stale_state_is_cleared_by_up_before_the_port_check(home: Path) -> None:
