@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 console = Console(soft_wrap=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # paths in messages stay whole
 
 ConfigArg = Annotated[Path, typer.Argument(help="Pipeline config YAML (see configs/).")]
 SetOpt = Annotated[
@@ -38,7 +38,15 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def prefect_defaults() -> None:
-    """Environment defaults for Prefect (a user's own settings win)."""
+    """Environment defaults for Prefect and MLflow (a user's own settings win).
+
+    While the local stack runs (`genpar up`), its servers are the defaults.
+    """
+    from flows.stack import use_stack
+
+    note = use_stack()
+    if note:
+        err.print(f"[yellow]warning:[/] {note}", highlight=False)
     # Offline hosts: Prefect's server telemetry only produces errors (shared/STACK.md §0).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The first ephemeral start creates and migrates Prefect's database: measured 21 s on

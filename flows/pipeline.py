@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow
 
 from genpar_models.config import PipelineConfig
+from tasks.artifacts import publish_run_report
 from tasks.evaluate import evaluate, log_evaluation
 from tasks.generate import generate
 from tasks.preflight import preflight
@@ -63,4 +64,6 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:  # no
     log_artifacts(config, run, artifacts, final)
     scored = {**final, **report["metrics"]}  # eval/ metrics were logged by log_evaluation
     version = register_model(config, run, scored)
-    return finish_run(run, scored, version)
+    summary = finish_run(run, scored, version)
+    publish_run_report(config, summary)
+    return summary

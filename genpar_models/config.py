@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 import typing
+import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
 
@@ -158,6 +159,12 @@ class TrainConfig(_Section):
         description="Continue an interrupted run of the same config and data from its newest "
         "valid checkpoint instead of starting over.",
     )
+    init_from: str | None = Field(
+        None,
+        description="Initialise the weights (not the optimizer) from this model when no "
+        "checkpoint exists: a run id, models:/NAME/VERSION, NAME@ALIAS or a model directory. "
+        "The nightly retrain sets it to the champion's version when retrain.warm_start is on.",
+    )
 
 
 class EvaluateConfig(_Section):
@@ -278,16 +285,56 @@ class CompressConfig(_Section):
 class RetrainConfig(_Section):
     """The scheduled retrain and its promotion rule (`nightly-retrain` deployment)."""
 
-    cron: str = Field("0 2 * * *", description="When the nightly retrain runs (cron syntax).")
-    timezone: str = Field("UTC", description="IANA timezone of the cron schedule.")
+    cron: str = Field(
+        "0 2 * * *",
+        description="When the nightly retrain runs: a 5-field cron expression "
+        "(minute hour day-of-month month day-of-week), read by `genpar serve`.",
+    )
+    timezone: str = Field(
+        "UTC", description="IANA timezone of the cron schedule, e.g. Europe/Berlin."
+    )
     primary_metric: str = Field(
         "eval/fid", description="Metric that decides promotion to the champion alias."
     )
     higher_is_better: bool = Field(False, description="Direction of the primary metric.")
     min_improvement: float = Field(
-        0.0, ge=0, description="A challenger must beat the champion by more than this margin."
+        0.0,
+        ge=0,
+        description="A challenger must beat the champion on the primary metric by more than "
+        "this margin (in the metric's units) to take the champion alias.",
     )
-    warm_start: bool = Field(False, description="Start the challenger from the champion's weights.")
+    warm_start: bool = Field(
+        False,
+        description="Initialise the challenger's weights (not its optimizer) from the "
+        "champion's model; off: train from scratch.",
+    )
+    force_preprocess: bool = Field(
+        False,
+        description="Rebuild the shard set even when the source fingerprint is unchanged "
+        "(default: unchanged input reuses its shards).",
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _check_cron(cls, v: str) -> str:
+        fields = v.split()
+        if len(fields) != 5 or not all(re.fullmatch(r"[\d*/,\-A-Za-z?LW#]+", f) for f in fields):
+            raise ValueError(
+                f"must be a 5-field cron expression like '0 2 * * *' "
+                f"(minute hour day-of-month month day-of-week), got {v!r}"
+            )
+        return " ".join(fields)
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, v: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown IANA timezone {v!r} (examples: UTC, Europe/Berlin, America/New_York)"
+            ) from None
+        return v
 
 
 class TrackingConfig(_Section):

@@ -32,6 +32,9 @@ class RunSpec(BaseModel):
     train_key: str
     tracking: TrackingTarget | None = None
     threads_per_proc: int | None = None
+    # Warm start: weights (not optimizer state) from this exported model when no checkpoint
+    # exists yet; a checkpoint, once written, always wins (resume precedence).
+    init_model_dir: str | None = None
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from torch.utils.data import DistributedSampler
 
 from genpar_models import atomic, checkpoint
 from genpar_models.dist import DistContext, all_reduce_sum, barrier
-from genpar_models.errors import ConfigError
+from genpar_models.errors import CheckpointError, ConfigError
 from genpar_models.models import build_model, count_parameters
 from genpar_models.runspec import RunSpec
 from genpar_models.shards import open_shard_set
@@ -139,6 +140,21 @@ def run_validation(steps: Any, images: np.ndarray, spec: RunSpec, ctx: DistConte
     return {k: (packed[i] / packed[-1]).item() for i, k in enumerate(keys)}
 
 
+def warm_start(model: torch.nn.Module, init_model_dir: str | None) -> str | None:
+    """Load an exported model's weights into `model` (same architecture); None if no init."""
+    if not init_model_dir:
+        return None
+    state, _ = checkpoint.load_exported(Path(init_model_dir))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"train.init_from: the model in {init_model_dir} does not fit this config's "
+            f"model ({e}); warm start needs the same model section"
+        ) from None
+    return init_model_dir
+
+
 def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
     """Run (or resume) training; rank 0 returns the result dict, other ranks None."""
     cfg = spec.config
@@ -157,6 +173,7 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
             spec.checkpoint_dir, modules=steps.modules, optimizers=steps.optimizers, expect=expect
         )
     start = resumed.step if resumed else 0
+    warm = None if resumed else warm_start(model, spec.init_model_dir)
     if ctx.is_main:  # leftovers of a writer killed mid-write (never visible to readers)
         for directory in (spec.checkpoint_dir, spec.model_dir):
             atomic.remove_stale_temps(directory)
@@ -179,6 +196,9 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
             cfg.train.max_steps,
             f", resumed from {resumed.path.name}" if resumed else "",
         )
+        if warm:
+            log.info("warm start: weights from %s", warm)
+            sink.set_tags({"genpar.warm_started_from": warm})
         sink.set_tags(
             {
                 "genpar.world_size": ctx.world_size,

@@ -11,8 +11,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from genpar_models.config import PipelineConfig
+from genpar_models.paths import genpar_home
 from genpar_models.runspec import RunSpec, TrackingTarget, write_spec
 from tasks import mlflow_store as store
+from tasks import registry
 from tasks.common import run_logger
 from tasks.launcher import (
     child_env,
@@ -22,6 +24,19 @@ from tasks.launcher import (
     torchrun_command,
 )
 from tasks.tracking import RunHandle
+
+
+def _init_model_dir(config: PipelineConfig, uri: str) -> str | None:
+    """train.init_from (a model reference) as a local model directory, for a warm start."""
+    if not config.train.init_from:
+        return None
+    found = registry.resolve(
+        store.connect(uri),
+        config.train.init_from,
+        default_name=config.registered_model_name,
+        cache=genpar_home() / "cache" / "models",
+    )
+    return str(found.model_dir)
 
 
 # retries=0: torchrun's --max-restarts handles rank failures; a re-run of the flow resumes.
@@ -43,6 +58,7 @@ def train_model(config: PipelineConfig, shards_dir: str, run: RunHandle) -> dict
         train_key=run.train_key,
         threads_per_proc=plan.threads_per_proc,
         tracking=TrackingTarget(uri=run.uri, run_id=run.run_id),
+        init_model_dir=_init_model_dir(config, run.uri),
     )
     spec_path = write_spec(spec, run_dir / "spec.json")
     spec.result_path.unlink(missing_ok=True)

@@ -1,0 +1,114 @@
+"""The deployments `genpar serve` serves, built from one pipeline config::
+
+    genpar-pipeline/pipeline                 the pipeline; on demand (UI form, API, CLI)
+    genpar-evaluate/evaluate                 score a model, default <name>@champion; on demand
+    genpar-nightly-retrain/nightly-retrain   on retrain.cron in retrain.timezone, one at a time
+
+The config's values become the deployments' default parameters, so the Prefect UI's run form
+opens with them (the typed `PipelineConfig` gives it its fields, defaults and descriptions).
+Flows are referenced by module path (`flows.pipeline.pipeline`), so runs work from any working
+directory once genpar is installed. The same deployments, for a work pool and
+`prefect deploy`, are in infra/prefect.yaml.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import prefect
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
+from prefect.schedules import Cron
+
+from flows import stack
+from flows.evaluate import evaluate_flow
+from flows.nightly import nightly_retrain
+from flows.pipeline import pipeline
+from genpar_models.config import PipelineConfig
+
+PIPELINE, EVALUATE, NIGHTLY = "pipeline", "evaluate", "nightly-retrain"
+
+
+def build_deployments(config: PipelineConfig) -> list[RunnerDeployment]:
+    """The three deployments, with `config` as their default parameters."""
+    params = {"config": config.model_dump(mode="json")}
+    common: dict[str, Any] = {
+        "tags": ["genpar", config.name],
+        "entrypoint_type": EntrypointType.MODULE_PATH,
+    }
+    return [
+        pipeline.to_deployment(
+            name=PIPELINE,
+            parameters=params,
+            description=f"Run the {config.name} pipeline once: preprocess, train, evaluate, "
+            "generate, register. Change any field of the config in the run form.",
+            **common,
+        ),
+        evaluate_flow.to_deployment(
+            name=EVALUATE,
+            parameters={"model": f"{config.registered_model_name}@champion"},
+            description="Evaluate a logged model (default: the champion) on its test split.",
+            **common,
+        ),
+        nightly_retrain.to_deployment(
+            name=NIGHTLY,
+            parameters=params,
+            schedules=[Cron(config.retrain.cron, timezone=config.retrain.timezone)],
+            # A second retrain waits for the first instead of overlapping it.
+            concurrency_limit=ConcurrencyLimitConfig(
+                limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+            ),
+            description=f"Retrain {config.name}; promote the challenger to @champion only if "
+            f"it beats the champion on {config.retrain.primary_metric} by more than "
+            f"{config.retrain.min_improvement:g}.",
+            **common,
+        ),
+    ]
+
+
+def deployment_names(deployments: list[RunnerDeployment]) -> list[str]:
+    return [f"{d.flow_name}/{d.name}" for d in deployments]
+
+
+def serve_deployments(
+    config: PipelineConfig, *, limit: int | None = None, say: Callable[[str], None] = print
+) -> None:
+    """Serve the deployments until interrupted (runs execute in subprocesses of this one).
+
+    Schedules stay active when serving stops (`pause_on_shutdown=False`): the next `genpar
+    serve` picks up runs that came due meanwhile, and stopping for an upgrade does not
+    silently switch the nightly retrain off.
+    """
+    import psutil
+
+    deployments = build_deployments(config)
+    names = deployment_names(deployments)
+    api = os.environ.get("PREFECT_API_URL", "")
+    me = psutil.Process()
+    stack.record_serve(
+        {
+            "pid": me.pid,
+            "create_time": me.create_time(),
+            "config": config.name,
+            "deployments": names,
+            "api_url": api,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+    )
+    schedule = f"cron '{config.retrain.cron}' ({config.retrain.timezone})"
+    say(f"serving {len(names)} deployments of {config.name!r} on {api}:")
+    say(f"  {names[0]}  on demand; its run form holds the config")
+    say(f"  {names[1]}  on demand")
+    say(f"  {names[2]}  {schedule}, one run at a time")
+    say(f"UI: {api.removesuffix('/api')}/deployments   (Ctrl-C stops serving)")
+    try:
+        prefect.serve(
+            *deployments, pause_on_shutdown=False, limit=limit, print_starting_message=False
+        )
+    finally:
+        found = stack.serve_state()
+        if found and found[0].get("pid") == me.pid:
+            stack.serve_state_path().unlink(missing_ok=True)
