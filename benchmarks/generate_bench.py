@@ -1,5 +1,6 @@
 """Generation throughput: a naive per-sample loop, one batched process, and genpar's Dask stage
-with 1 and 2 workers (model loaded once per worker, clusters started before timing)."""
+with 1 and 2 workers (model loaded once per worker, clusters started before timing); the
+compressed variants of `genpar compress` (bf16, int8, torch.compile) batched in one process."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import Result, interleaved, median, stopwatch
+from genpar_models.compress import build_variant
 from genpar_models.loading import load_model
 from genpar_models.sampling import sample_uint8, torch_threads
 
@@ -47,6 +49,10 @@ def run(model_dir: Path, cfg, quick: bool) -> list[Result]:
     )
     model, _ = load_model(model_dir)
     repeats = 1 if quick else 3
+    variants = ("bf16", "int8") if quick else ("bf16", "int8", "compile")
+    compressed = {name: build_variant(model, name) for name in variants}
+    for net in compressed.values():  # compile (and first-call setup) outside the timing
+        batched(net, 256, 1)
     with (
         LocalCluster(
             n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0"
@@ -61,6 +67,7 @@ def run(model_dir: Path, cfg, quick: bool) -> list[Result]:
             "batched2": lambda: batched(model, n, 2),
             "dask1": lambda: dask_stage(cfg, str(model_dir), c1.scheduler_address),
             "dask2": lambda: dask_stage(cfg, str(model_dir), c2.scheduler_address),
+            **{f"v_{k}": (lambda net=net: batched(net, n, 1)) for k, net in compressed.items()},
         }
         time.sleep(0.5)
         m = {k: median(v) for k, v in interleaved(fns, repeats).items()}
@@ -104,5 +111,16 @@ def run(model_dir: Path, cfg, quick: bool) -> list[Result]:
             baseline="naive",
             ratio=m["dask2"] / m["naive"],
             target=50,
+        ),
+        *(
+            Result(
+                sec,
+                f"compressed: {name}, batched, 1 process x 1 thread",
+                m[f"v_{name}"],
+                "samples/s",
+                baseline="fp32 batched, 1 process x 1 thread",
+                ratio=m[f"v_{name}"] / m["batched1"],
+            )
+            for name in variants
         ),
     ]

@@ -215,4 +215,5 @@ def launch_training(
         log_dir=log_dir,
     )
     uri = spec.tracking.uri if spec.tracking else None
+    on_line("$ " + " ".join(cmd))
     run_torchrun(cmd, child_env(plan, uri), log_dir=log_dir, on_line=on_line)

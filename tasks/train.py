@@ -12,17 +12,11 @@ from prefect.cache_policies import NO_CACHE
 
 from genpar_models.config import PipelineConfig
 from genpar_models.paths import genpar_home
-from genpar_models.runspec import RunSpec, TrackingTarget, write_spec
+from genpar_models.runspec import RunSpec, TrackingTarget
 from tasks import mlflow_store as store
 from tasks import registry
 from tasks.common import run_logger
-from tasks.launcher import (
-    child_env,
-    cuda_device_count,
-    plan_processes,
-    run_torchrun,
-    torchrun_command,
-)
+from tasks.launcher import cuda_device_count, launch_training, plan_processes
 from tasks.tracking import RunHandle
 
 
@@ -60,24 +54,16 @@ def train_model(config: PipelineConfig, shards_dir: str, run: RunHandle) -> dict
         tracking=TrackingTarget(uri=run.uri, run_id=run.run_id),
         init_model_dir=_init_model_dir(config, run.uri),
     )
-    spec_path = write_spec(spec, run_dir / "spec.json")
     spec.result_path.unlink(missing_ok=True)
     log_dir = run_dir / "torchrun" / time.strftime("launch-%Y%m%d-%H%M%S")
-    cmd = torchrun_command(
-        config.compute,
-        plan,
-        max_restarts=config.train.max_restarts,
-        spec=spec_path,
-        log_dir=log_dir,
-    )
     log.info(
-        "launching %d %s rank(s), %d thread(s) each: %s",
+        "launching %d %s rank(s), %d thread(s) each; torchrun logs in %s",
         plan.nproc,
         plan.device,
         plan.threads_per_proc,
-        " ".join(cmd[1:]),
+        log_dir,
     )
-    run_torchrun(cmd, child_env(plan, run.uri), log_dir=log_dir, on_line=log.info)
+    launch_training(spec, plan, log_dir=log_dir, on_line=log.info)
     result = json.loads(spec.result_path.read_text())
     pending = result.pop("pending_metrics", [])
     if pending:
