@@ -7,13 +7,13 @@ and the quality budget. See tasks/compress.py for where the results go.
 
 from __future__ import annotations
 
-import tempfile
 from typing import Any
 
 from prefect import flow
 
 from flows.evaluate import config_of
 from genpar_models.config import PipelineConfig
+from genpar_models.paths import report_dir
 from tasks.compress import compress_model, log_compression
 from tasks.evaluate import resolve_model
 from tasks.preflight import preflight
@@ -33,7 +33,7 @@ def compress_flow(
     found = resolve_model(model, uri, base.registered_model_name)
     cfg = config_of(found, config, base, overrides)
     shards_dir = preprocess(cfg)
-    out_dir = tempfile.mkdtemp(prefix="genpar-compress-")
+    out_dir = str(report_dir("compress", model))
     result = compress_model(cfg, shards_dir, found["model_dir"], out_dir)
     logged = log_compression(uri, found["run_id"], cfg, result, out_dir) if found["run_id"] else {}
     return {

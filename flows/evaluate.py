@@ -9,13 +9,13 @@ run, or to a child run when that run already holds a scorecard of another protoc
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
 from genpar_models.config import PipelineConfig, load_config
+from genpar_models.paths import report_dir
 from tasks.evaluate import evaluate, log_evaluation, resolve_model
 from tasks.preflight import preflight
 from tasks.preprocess import preprocess
@@ -51,7 +51,7 @@ def evaluate_flow(
     found = resolve_model(model, uri, base.registered_model_name)
     cfg = config_of(found, config, base, overrides)
     shards_dir = preprocess(cfg)
-    out_dir = tempfile.mkdtemp(prefix="genpar-eval-")
+    out_dir = str(report_dir("evaluate", model))
     report = evaluate(cfg, shards_dir, found["model_dir"], out_dir)
     logged_to = None
     if found["run_id"]:

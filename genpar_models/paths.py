@@ -4,6 +4,7 @@ Layout::
 
     $GENPAR_HOME/shards/<key>/          committed shard sets (manifest.json + .npy)
     $GENPAR_HOME/runs/<experiment>/<run_id>/   run spec, checkpoints, torchrun logs, results
+    $GENPAR_HOME/reports/<kind>-<time>-<model>/   reports of genpar evaluate / compress
     $GENPAR_HOME/mlflow/mlflow.db       default MLflow tracking store (SQLite)
     $GENPAR_HOME/mlflow/artifacts/      default MLflow artifact root
 """
@@ -11,6 +12,8 @@ Layout::
 from __future__ import annotations
 
 import os
+import re
+import time
 from pathlib import Path
 
 HOME_ENV = "GENPAR_HOME"
@@ -28,6 +31,25 @@ def shards_root() -> Path:
 
 def runs_root() -> Path:
     return genpar_home() / "runs"
+
+
+def report_dir(kind: str, model: str) -> Path:
+    """A new directory for one `genpar evaluate`/`compress` report, kept under the home dir.
+
+    Named `<kind>-<UTC time>-<model reference, made file-safe>`; a unique suffix is added
+    when two start in the same second.
+    """
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", model)[-48:].strip("_-") or "model"
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    base = genpar_home() / "reports" / f"{kind}-{stamp}-{safe}"
+    path, n = base, 1
+    while True:
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
 
 
 def mlflow_root() -> Path:
