@@ -20,7 +20,8 @@ def run(model_dir: Path, shards_dir: Path, cfg, train_samples_per_s: float) -> l
         / (train_samples_per_s)
     )
     n = cfg.evaluate.num_samples
-    sec = f"evaluation ({cfg.name}: {n} generated vs {report['protocol']['test_samples']} test)"
+    quality = report["protocols"]["quality"]
+    sec = f"evaluation ({cfg.name}: {n} generated vs {quality['real_samples']} {quality['split']})"
     return [
         Result(
             sec,
