@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
 from flows.cli_common import ModelArg, SetOpt, console, fail, prefect_defaults
+
+
+def _run_on_model(
+    flow: Callable[..., dict[str, Any]], model: str, config: str | None, overrides: list[str] | None
+) -> dict[str, Any]:
+    """Validate the config and overrides before any work, then run `flow` on `model`."""
+    from genpar_models.config import load_config
+    from genpar_models.errors import GenparError
+
+    try:
+        cfg = load_config(config, overrides or []) if config else None
+        if cfg is None and overrides:
+            load_config(None, overrides)  # typos fail here, before any work
+    except GenparError as e:
+        fail(str(e))
+    prefect_defaults()
+    try:
+        return flow(model, cfg, overrides)
+    except GenparError as e:
+        fail(str(e), code=1)
 
 
 def register(app: typer.Typer) -> None:
@@ -32,22 +53,9 @@ def register(app: typer.Typer) -> None:
         inception score for every model; ELBO, bits/dim and the IWAE bound for VAEs. Recorded on
         the model's run, or a child run when that run holds another protocol's scorecard.
         """
-        from genpar_models.config import load_config
-        from genpar_models.errors import GenparError
-
-        try:
-            cfg = load_config(config, set_ or []) if config else None
-            if cfg is None and set_:
-                load_config(None, set_)  # typos fail here, before any work
-        except GenparError as e:
-            fail(str(e))
-        prefect_defaults()
         from flows.evaluate import evaluate_flow
 
-        try:
-            result = evaluate_flow(model, cfg, set_)
-        except GenparError as e:
-            fail(str(e), code=1)
+        result = _run_on_model(evaluate_flow, model, config, set_)
         for key, value in sorted(result["metrics"].items()):
             console.print(f"{key:32s} {value:12.5g}")
         ids = ", ".join(f"{k} {v}" for k, v in result["protocol_ids"].items())
@@ -75,23 +83,10 @@ def register(app: typer.Typer) -> None:
         ΔFID/ΔKID/ΔELBO against fp32 on the same seeds. The fastest variant within
         compress.max_fid_increase is saved and registered as NAME-compressed.
         """
-        from genpar_models.config import load_config
-        from genpar_models.errors import GenparError
-
-        try:
-            cfg = load_config(config, set_ or []) if config else None
-            if cfg is None and set_:
-                load_config(None, set_)  # typos fail here, before any work
-        except GenparError as e:
-            fail(str(e))
-        prefect_defaults()
         from flows.compress import compress_flow
         from genpar_models.compress_report import table_markdown
 
-        try:
-            result = compress_flow(model, cfg, set_)
-        except GenparError as e:
-            fail(str(e), code=1)
+        result = _run_on_model(compress_flow, model, config, set_)
         console.print(table_markdown(result), markup=False)
         if result["logged"]:
             logged = result["logged"]

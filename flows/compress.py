@@ -11,13 +11,10 @@ from typing import Any
 
 from prefect import flow
 
-from flows.evaluate import config_of
+from flows.evaluate import prepare_model
 from genpar_models.config import PipelineConfig
 from genpar_models.paths import report_dir
 from tasks.compress import compress_model, log_compression
-from tasks.evaluate import resolve_model
-from tasks.preflight import preflight
-from tasks.preprocess import preprocess
 
 
 @flow(name="genpar-compress", flow_run_name="compress-{model}")
@@ -28,11 +25,7 @@ def compress_flow(
 
     Without `config`, the model run's own config is used, with `overrides` applied.
     """
-    base = config or PipelineConfig()
-    uri = preflight(base)
-    found = resolve_model(model, uri, base.registered_model_name)
-    cfg = config_of(found, config, base, overrides)
-    shards_dir = preprocess(cfg)
+    uri, found, cfg, shards_dir = prepare_model(model, config, overrides)
     out_dir = str(report_dir("compress", model))
     result = compress_model(cfg, shards_dir, found["model_dir"], out_dir)
     logged = log_compression(uri, found["run_id"], cfg, result, out_dir) if found["run_id"] else {}

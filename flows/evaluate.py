@@ -38,6 +38,21 @@ def config_of(
     return cfg.model_copy(update={"tracking": base.tracking})
 
 
+def prepare_model(
+    model: str, config: PipelineConfig | None, overrides: list[str] | None
+) -> tuple[str, dict[str, Any], PipelineConfig, str]:
+    """The steps every flow on a logged model starts with: check the tracking store, resolve
+    `model`, settle its config (see `config_of`) and make sure its shard set exists.
+
+    Returns (tracking uri, the resolved model, the config, the shard set directory).
+    """
+    base = config or PipelineConfig()
+    uri = preflight(base)
+    found = resolve_model(model, uri, base.registered_model_name)
+    cfg = config_of(found, config, base, overrides)
+    return uri, found, cfg, preprocess(cfg)
+
+
 @flow(name="genpar-evaluate", flow_run_name="evaluate-{model}")
 def evaluate_flow(
     model: str, config: PipelineConfig | None = None, overrides: list[str] | None = None
@@ -46,11 +61,7 @@ def evaluate_flow(
 
     Without `config`, the model run's own config is used, with `overrides` applied.
     """
-    base = config or PipelineConfig()
-    uri = preflight(base)
-    found = resolve_model(model, uri, base.registered_model_name)
-    cfg = config_of(found, config, base, overrides)
-    shards_dir = preprocess(cfg)
+    uri, found, cfg, shards_dir = prepare_model(model, config, overrides)
     out_dir = str(report_dir("evaluate", model))
     report = evaluate(cfg, shards_dir, found["model_dir"], out_dir)
     logged_to = None
