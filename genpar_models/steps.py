@@ -128,12 +128,21 @@ class GanSteps:
         loss_d.backward()
         _clip(self.model.discriminator.parameters(), self.cfg)
         opt_d.step()
+        # The generator is scored on the same mixed real+fake batch the discriminator was
+        # trained on: with BatchNorm in D, a fake-only batch is normalised by other
+        # statistics, D(fake) reads as "real" there and the generator's loss (and gradient)
+        # collapses to ~0 while D wins on mixed batches (seen on mnist5k at 28x28).
+        # D's own weight gradients are not needed here: freezing them saves their backward.
         no_sync = self.d.no_sync() if isinstance(self.d, DDP) else contextlib.nullcontext()
-        with no_sync, autocast(self.ctx, self.cfg.precision):
-            logits_fake = self.d(fake).float()
-        loss_g = generator_loss(logits_fake)
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
+        self.model.discriminator.requires_grad_(False)
+        try:
+            with no_sync, autocast(self.ctx, self.cfg.precision):
+                logits_fake = self.d(torch.cat([real, fake])).float()[n:]
+            loss_g = generator_loss(logits_fake)
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+        finally:
+            self.model.discriminator.requires_grad_(True)
         _clip(self.model.generator.parameters(), self.cfg)
         opt_g.step()
         return {
