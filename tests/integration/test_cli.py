@@ -54,11 +54,12 @@ def test_help_and_config_errors(tmp_path: Path) -> None:
     assert not (tmp_path / "shards").exists()  # config errors cost no work
 
 
-def _ranks_alive() -> list[psutil.Process]:
+def _ranks_alive(home: Path) -> list[psutil.Process]:
+    """Training ranks of runs under `home` (their --spec lies there), not other genpar jobs."""
     alive = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if "genpar_models.train" in cmd and "pytest" not in cmd:
+        if "genpar_models.train" in cmd and str(home) in cmd and "pytest" not in cmd:
             alive.append(p)
     return alive
 
@@ -91,7 +92,7 @@ def test_killed_run_resumes_when_the_same_command_runs_again(tmp_path: Path) -> 
         proc.send_signal(signal.SIGKILL)  # the flow process dies without any cleanup
         proc.wait()
         time.sleep(5)
-        assert not _ranks_alive(), "training ranks outlived the killed flow process"
+        assert not _ranks_alive(home), "training ranks outlived the killed flow process"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the ephemeral Prefect server, if orphaned
     (run_dir,) = home.glob("runs/tiny/*")
