@@ -118,7 +118,7 @@ def flops_per_sample(images) -> float:
 
 
 def run(shards: Path, work: Path, quick: bool) -> list[Result]:
-    s1, s2 = (10, 30) if quick else (100, 400)
+    s1, s2 = (10, 30) if quick else (50, 200)
     repeats = 1 if quick else 3
     batch = bench_config(1).train.batch_size_per_rank
     images = load_train_images(shards)
