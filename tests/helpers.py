@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,3 +70,17 @@ def launch(
     """Run a real torchrun job on `spec` (logs under <run_dir>/torchrun), as the task does."""
     plan = plan_processes(spec.config.compute, cuda_devices=cuda_devices)
     launch_training(spec, plan, log_dir=Path(spec.run_dir) / "torchrun", on_line=on_line)
+
+
+def clean_env(home: Path) -> dict[str, str]:
+    """The environment of a user with genpar home `home` (created) and no Prefect/MLflow
+    settings inherited from the test process."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update(
+        GENPAR_HOME=str(home),
+        PREFECT_HOME=str(home / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PYTHONUNBUFFERED="1",
+    )
+    return env

@@ -14,27 +14,16 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import TINY
+from tests.helpers import clean_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 GENPAR = str(Path(sys.executable).with_name("genpar"))
 
 
-def _env(home: Path) -> dict[str, str]:
-    home.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env.update(
-        GENPAR_HOME=str(home),
-        PREFECT_HOME=str(home / "prefect"),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
 def _genpar(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [GENPAR, *args], env=_env(home), capture_output=True, text=True, timeout=timeout
+        [GENPAR, *args], env=clean_env(home), capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -79,7 +68,7 @@ def test_killed_run_resumes_when_the_same_command_runs_again(tmp_path: Path) -> 
     ]
     proc = subprocess.Popen(
         args,
-        env=_env(home),
+        env=clean_env(home),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

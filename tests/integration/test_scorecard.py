@@ -12,7 +12,7 @@ import pytest
 from flows.listing import list_runs
 from genpar_models.protocol import ProtocolMismatch, protocol_id
 from tasks import mlflow_store as store
-from tests.integration.test_cli import _env
+from tests.helpers import clean_env
 
 pytestmark = pytest.mark.integration
 
@@ -70,14 +70,14 @@ def test_genpar_runs_refuses_and_says_why(tmp_path: Path, mlflow_template: Path)
     _runs(f"sqlite:///{db}", [P1, P2])
     genpar = str(Path(sys.executable).with_name("genpar"))
     out = subprocess.run(
-        [genpar, "runs", "--sort", "eval/fid"], env=_env(home), capture_output=True, text=True
+        [genpar, "runs", "--sort", "eval/fid"], env=clean_env(home), capture_output=True, text=True
     )
     assert out.returncode == 1
     assert "refusing to rank runs by eval/fid" in out.stderr
     assert "extractor_fp: f1 vs f2" in out.stderr.replace("\n", " ")
     ok = subprocess.run(
         [genpar, "runs", "--sort", "eval/fid", "--protocol", protocol_id(P2)],
-        env=_env(home),
+        env=clean_env(home),
         capture_output=True,
         text=True,
     )

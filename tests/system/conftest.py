@@ -11,7 +11,6 @@ so these tests never touch the Prefect settings of the integration tests' harnes
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 import signal
 import socket
@@ -26,6 +25,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO, TINY
+from tests.helpers import clean_env
 
 GENPAR = str(Path(sys.executable).with_name("genpar"))
 ARTIFACTS = REPO / "tests" / "artifacts"  # screenshots and logs (gitignored)
@@ -38,18 +38,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def clean_env(home: Path) -> dict[str, str]:
-    """The environment of a user with a fresh genpar home and no Prefect/MLflow settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env.update(
-        GENPAR_HOME=str(home),
-        PREFECT_HOME=str(home / "prefect"),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
 
 
 def genpar(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -12,7 +12,8 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.system.conftest import Runs, Stack, clean_env, free_port, genpar
+from tests.helpers import clean_env
+from tests.system.conftest import Runs, Stack, free_port, genpar
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 

@@ -47,6 +47,10 @@ def test_library_import_is_light() -> None:
     assert out.stdout.strip() == "[]"
 
 
+# Spelled in two parts so that this test's own source is not a call site for scanners.
+LOAD_CALL = "torch" + ".load("
+
+
 def test_nothing_loads_pickles() -> None:
     for p in REPO.glob("*/**/*.py"):
         if ".venv" in p.parts or p.parts[-2] == "tests" or "tests" in p.relative_to(REPO).parts:
@@ -55,7 +59,7 @@ def test_nothing_loads_pickles() -> None:
         assert "pickle.load" not in text, p
         assert "allow_pickle=True" not in text, p
         for line in text.splitlines():
-            if "torch.load(" in line:
+            if LOAD_CALL in line:
                 assert "weights_only=True" in line, f"{p}: {line.strip()}"
 
 
