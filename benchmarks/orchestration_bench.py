@@ -85,13 +85,13 @@ def run_summary(home: Path) -> dict:
 
 
 def dask_startup() -> float:
-    from distributed import Client, LocalCluster
+    from distributed import Client
+
+    from tasks.cluster import local_cluster
 
     with (
         stopwatch() as t,
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0"
-        ) as c,
+        local_cluster(2) as c,
         Client(c) as client,
     ):
         client.run(lambda: None)

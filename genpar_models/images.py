@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
@@ -29,7 +28,7 @@ _ALPHA_MODES = {"LA": "L", "RGBA": "RGB"}
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
-def decode_image(path: Path, *, max_pixels: int) -> Image.Image:
+def decode_image(path: str | os.PathLike[str], *, max_pixels: int) -> Image.Image:
     """Open and fully decode one image file (first frame; EXIF orientation applied).
 
     The size is checked from the header, before any pixel is decoded, so a decompression bomb
@@ -39,9 +38,9 @@ def decode_image(path: Path, *, max_pixels: int) -> Image.Image:
         DataError: message starting with the path: unreadable or empty file, not an image
             Pillow can read, too many pixels, or truncated/corrupt image data.
     """
-    path = Path(path)
+    path = os.fspath(path)
     try:
-        fp = path.open("rb")
+        fp = open(path, "rb")  # noqa: SIM115 - the with below closes it
     except OSError as e:
         raise DataError(f"{path}: cannot read the file ({e.strerror or e})") from e
     with fp:
@@ -62,7 +61,7 @@ def decode_image(path: Path, *, max_pixels: int) -> Image.Image:
     return img
 
 
-def _open_header(fp: BinaryIO, path: Path, max_pixels: int) -> Image.Image:
+def _open_header(fp: BinaryIO, path: str, max_pixels: int) -> Image.Image:
     """Image.open reads only the header; map its failures to DataErrors naming the file."""
     try:
         return Image.open(fp)

@@ -131,3 +131,34 @@ def test_local_cluster_listens_on_loopback_only(tiny: PipelineConfig) -> None:
             if c.status == psutil.CONN_LISTEN
         }
     assert listening and listening <= {"127.0.0.1"}
+
+
+def test_local_cluster_keeps_malloc_trim_out_of_workers_and_parent(
+    tiny: PipelineConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dask's nanny writes MALLOC_TRIM_THRESHOLD_ and OMP_NUM_THREADS=1 into the parent's
+    os.environ; left there, every torchrun rank started after a Dask stage inherited them
+    (1.6x slower tensor allocation, one OpenMP thread). Workers still get one thread each."""
+    import os
+
+    from tasks.cluster import dask_client
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")  # a user's own setting must survive
+    before = dict(os.environ)
+
+    def worker_env() -> tuple[str | None, str | None]:
+        return os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")
+
+    with dask_client(tiny.compute) as client:
+        during = dict(os.environ)
+        seen = set(client.run(worker_env).values())
+    assert seen == {(None, "7")}  # no trim threshold; the user's thread setting passed on
+    assert during == before
+    assert dict(os.environ) == before
+
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    with dask_client(tiny.compute) as client:
+        seen = set(client.run(worker_env).values())
+        assert "OMP_NUM_THREADS" not in os.environ
+    assert seen == {(None, "1")}  # Dask's one-thread default reaches the workers
