@@ -19,7 +19,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from flows.cli_common import ConfigArg, SetOpt, UriOpt, console, err, fail, prefect_defaults
+from flows.cli_common import (
+    ConfigArg,
+    SetOpt,
+    UriOpt,
+    console,
+    err,
+    fail,
+    prefect_defaults,
+    server_starting_alongside,
+)
 from genpar_models.config import config_reference, dump_config, load_config
 from genpar_models.errors import GenparError
 from genpar_models.paths import HOME_ENV, genpar_home
@@ -50,7 +59,8 @@ def run(config: ConfigArg, set_: SetOpt = None) -> None:
         f"[bold]genpar[/] running [cyan]{cfg.name}[/] ({cfg.model.name} on "
         f"{cfg.data.source}), home {genpar_home()}"
     )
-    from flows.pipeline import pipeline
+    with server_starting_alongside():
+        from flows.pipeline import pipeline
 
     try:
         summary = pipeline(cfg)

@@ -18,18 +18,23 @@ the metric itself never sees pixels, resizing or batch sizes.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-with warnings.catch_warnings():  # torchmetrics warns about optional packages it does not need
-    warnings.simplefilter("ignore")
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.inception import InceptionScore
-    from torchmetrics.image.kid import poly_mmd
+
+def quiet_import(module: str) -> Any:
+    """Import a torchmetrics module when first needed, not when genpar_models loads: importing
+    torchmetrics costs ~2 s (it pulls in scipy.signal), paid by every `genpar run` start-up
+    before this change. It warns about optional packages it does not need; those are muted."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return importlib.import_module(module)
 
 
 class _Given(nn.Module):
@@ -56,7 +61,8 @@ def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def fid(real: np.ndarray, fake: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (>= 2 rows each)."""
-    metric = FrechetInceptionDistance(feature=_Given(real.shape[1]))
+    fid_module = quiet_import("torchmetrics.image.fid")
+    metric = fid_module.FrechetInceptionDistance(feature=_Given(real.shape[1]))
     metric.update(_t64(real), real=True)
     metric.update(_t64(fake), real=False)
     return max(float(metric.compute()), 0.0)  # tiny negatives are round-off
@@ -73,6 +79,7 @@ def kid(
     m = min(subset_size, len(real), len(fake))
     if m < 2:
         raise ValueError(f"KID needs at least 2 samples per set, got {len(real)}, {len(fake)}")
+    poly_mmd = quiet_import("torchmetrics.image.kid").poly_mmd
     rng = np.random.default_rng(seed)
     r, f = _t64(real), _t64(fake)
     scores = []
@@ -103,7 +110,8 @@ def inception_score(logits: np.ndarray, *, splits: int = 10, seed: int = 0) -> t
     """exp(E_x KL(p(y|x) || p(y))) from class logits (N, K): mean and std over splits."""
     with warnings.catch_warnings():  # "keeps features in memory"; std of one split is NaN
         warnings.simplefilter("ignore", UserWarning)
-        metric = InceptionScore(feature=_Given(logits.shape[1]), splits=splits)
+        inception = quiet_import("torchmetrics.image.inception")
+        metric = inception.InceptionScore(feature=_Given(logits.shape[1]), splits=splits)
         metric.update(_t64(logits))
         with torch.random.fork_rng(devices=[]):  # compute() shuffles with the global RNG
             torch.manual_seed(seed)

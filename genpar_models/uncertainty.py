@@ -17,10 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy import stats
-from torchmetrics.image.kid import poly_kernel
+from scipy.special import ndtr, ndtri  # the standard normal cdf and its inverse
 
-from genpar_models.metrics import _t64
+from genpar_models.metrics import _t64, quiet_import
 
 
 def frechet_from_stats(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
@@ -50,9 +49,9 @@ def bc_interval(point: float, replicates: np.ndarray, confidence: float) -> tupl
     """Efron's bias-corrected percentile interval of `point` from bootstrap replicates."""
     b = len(replicates)
     below = np.clip((replicates < point).mean(), 0.5 / b, 1 - 0.5 / b)
-    z0 = stats.norm.ppf(below)  # the replicates' median bias, in standard-normal units
+    z0 = ndtri(below)  # the replicates' median bias, in standard-normal units
     alpha = (1.0 - confidence) / 2.0
-    lo, hi = stats.norm.cdf(2 * z0 + stats.norm.ppf([alpha, 1 - alpha]))
+    lo, hi = ndtr(2 * z0 + ndtri(np.array([alpha, 1 - alpha])))
     return float(np.quantile(replicates, lo)), float(np.quantile(replicates, hi))
 
 
@@ -96,6 +95,7 @@ def kid_interval(
 ) -> tuple[float, float]:
     """Bootstrap interval of KID (unbiased MMD^2, cubic polynomial kernel) on the full sets."""
     r, f = _t64(real), _t64(fake)
+    poly_kernel = quiet_import("torchmetrics.image.kid").poly_kernel
     k_rr, k_ff = poly_kernel(r, r).numpy(), poly_kernel(f, f).numpy()
     k_rf = poly_kernel(r, f).numpy()
 
