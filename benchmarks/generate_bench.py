@@ -57,7 +57,7 @@ def dask_stage(cfg, model_dir: str, address: str) -> float:
 
 
 def run(model_dir: Path, cfg, quick: bool) -> list[Result]:
-    n = 500 if quick else 20000
+    n = 500 if quick else 10000
     cfg = cfg.model_copy(
         update={"generate": cfg.generate.model_copy(update={"num_samples": n, "chunk_size": 1000})}
     )

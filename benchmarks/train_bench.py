@@ -1,8 +1,10 @@
 """Training throughput: genpar's step against the plain loop, 1 vs 2 DDP processes, FLOP/s.
 
-Throughput is taken by difference: two runs of S1 and S2 steps, (S2 - S1) * batch / (t2 - t1),
-so start-up, warm-up and the final validation/checkpoint cancel out and what remains is the
-steady-state step. Model: the mnist-vae config's conv VAE on mnist5k (28x28), batch 64 per rank.
+Throughput is the steady state of one run of 2W steps: the trainer logs at W and at 2W, and its
+train/samples_per_s at 2W covers exactly the W training steps in between (the rate restarts at
+every log, validation and checkpoint), so start-up, warm-up, the first log's all-reduce and the
+final validation/checkpoint are all outside it. The plain loop likewise times W steps after W
+warm-up steps. Model: the mnist-vae config's conv VAE on mnist5k (28x28), batch 64 per rank.
 """
 
 from __future__ import annotations
@@ -27,24 +29,26 @@ from genpar_models.trainer import train
 REPO = Path(__file__).resolve().parents[1]
 
 
-def bench_config(steps: int) -> PipelineConfig:
+def bench_config(window: int) -> PipelineConfig:
+    """2 x window steps, logged at window and 2 x window, validated and saved only at the end."""
+    steps = 2 * window
     return load_config(
         REPO / "configs" / "mnist-vae.yaml",
         [
             f"train.max_steps={steps}",
             f"train.checkpoint_every_steps={steps}",
             f"train.val_every_steps={steps}",
-            f"train.log_every_steps={steps}",
+            f"train.log_every_steps={window}",
             "evaluate.batch_size=512",
             "train.resume=false",
         ],
     )
 
 
-def _spec(shards: Path, work: Path, steps: int, threads: int) -> RunSpec:
-    run_dir = work / f"run-{steps}-{time.monotonic_ns()}"
+def _spec(shards: Path, work: Path, window: int, threads: int) -> RunSpec:
+    run_dir = work / f"run-{window}-{time.monotonic_ns()}"
     return RunSpec(
-        config=bench_config(steps),
+        config=bench_config(window),
         shards_dir=str(shards),
         run_dir=str(run_dir),
         train_key="bench",
@@ -52,17 +56,22 @@ def _spec(shards: Path, work: Path, steps: int, threads: int) -> RunSpec:
     )
 
 
-def genpar_in_process(shards: Path, work: Path, steps: int, threads: int) -> float:
-    """Loop wall time of genpar's trainer in this process (world size 1)."""
+def _steady_rate(result: dict) -> float:
+    return float(result["metrics"]["train/samples_per_s"])
+
+
+def genpar_in_process(shards: Path, work: Path, window: int, threads: int) -> float:
+    """Steady-state samples/s of genpar's trainer in this process (world size 1)."""
     torch.set_num_threads(threads)
-    spec = _spec(shards, work, steps, threads)
+    spec = _spec(shards, work, window, threads)
     result = train(spec, DistContext(0, 0, 1, torch.device("cpu")))
     shutil.rmtree(spec.run_dir, ignore_errors=True)
-    return result["wall_s"]
+    return _steady_rate(result)
 
 
-def genpar_torchrun(shards: Path, work: Path, steps: int, procs: int, threads: int) -> float:
-    spec = _spec(shards, work, steps, threads)
+def genpar_torchrun(shards: Path, work: Path, window: int, procs: int, threads: int) -> float:
+    """Steady-state samples/s (all ranks) of one torchrun launch of genpar's trainer."""
+    spec = _spec(shards, work, window, threads)
     path = write_spec(spec, Path(spec.run_dir) / "spec.json")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     subprocess.run(
@@ -82,13 +91,9 @@ def genpar_torchrun(shards: Path, work: Path, steps: int, procs: int, threads: i
         env=env,
         cwd=REPO,
     )
-    wall = json.loads(spec.result_path.read_text())["wall_s"]
+    rate = _steady_rate(json.loads(spec.result_path.read_text()))
     shutil.rmtree(spec.run_dir, ignore_errors=True)
-    return wall
-
-
-def by_difference(timer, s1: int, s2: int, samples_per_step: int) -> float:
-    return (s2 - s1) * samples_per_step / max(timer(s2) - timer(s1), 1e-9)
+    return rate
 
 
 def matmul_peak(threads: int, n: int = 1024, reps: int = 20) -> float:
@@ -118,7 +123,7 @@ def flops_per_sample(images) -> float:
 
 
 def run(shards: Path, work: Path, quick: bool) -> list[Result]:
-    s1, s2 = (10, 30) if quick else (50, 200)
+    window = 10 if quick else 80
     repeats = 1 if quick else 3
     batch = bench_config(1).train.batch_size_per_rank
     images = load_train_images(shards)
@@ -127,22 +132,14 @@ def run(shards: Path, work: Path, quick: bool) -> list[Result]:
 
     def plain(threads: int) -> float:
         torch.set_num_threads(threads)
-        return plain_loop(images, model_cfg, steps=s2 - s1, batch=batch)
+        return plain_loop(images, model_cfg, steps=window, batch=batch, warmup=window)
 
     fns = {
         "plain2": lambda: plain(2),
-        "genpar2": lambda: by_difference(
-            lambda s: genpar_in_process(shards, work, s, 2), s1, s2, batch
-        ),
-        "ddp1x1": lambda: by_difference(
-            lambda s: genpar_torchrun(shards, work, s, 1, 1), s1, s2, batch
-        ),
-        "ddp1x2": lambda: by_difference(
-            lambda s: genpar_torchrun(shards, work, s, 1, 2), s1, s2, batch
-        ),
-        "ddp2x1": lambda: by_difference(
-            lambda s: genpar_torchrun(shards, work, s, 2, 1), s1, s2, 2 * batch
-        ),
+        "genpar2": lambda: genpar_in_process(shards, work, window, 2),
+        "ddp1x1": lambda: genpar_torchrun(shards, work, window, 1, 1),
+        "ddp1x2": lambda: genpar_torchrun(shards, work, window, 1, 2),
+        "ddp2x1": lambda: genpar_torchrun(shards, work, window, 2, 1),
     }
     m = {k: median(v) for k, v in interleaved(fns, repeats).items()}
     sec = "training (conv VAE, mnist5k 28x28, batch 64/rank)"

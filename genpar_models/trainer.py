@@ -226,13 +226,16 @@ def _loop(steps, feed, val_images, spec, ctx, sink, start, expect, resumed) -> d
     meter, noise = Meter(), torch.Generator()
     last_ckpt = str(resumed.path) if resumed else None
     last: dict[str, float] = dict(resumed.meta.get("metrics", {})) if resumed else {}
-    t0, n0 = time.perf_counter(), start
+    loop_start = time.perf_counter()
+    t0, n0 = loop_start, start
     for step in range(start + 1, cfg.max_steps + 1):
         noise.manual_seed(derive_seed(spec.config.seed, ctx.rank, step))
         x = to_input(feed(step - 1), steps.model)
         meter.add(steps.step(x, noise))
         at_ckpt = step % cfg.checkpoint_every_steps == 0 or step == cfg.max_steps
-        if step % cfg.log_every_steps == 0 or at_ckpt:
+        logged = step % cfg.log_every_steps == 0 or at_ckpt
+        validated = step % cfg.val_every_steps == 0 or step == cfg.max_steps
+        if logged:
             last = meter.read(ctx) if meter.count else last
             check_finite(last, steps.loss_key, step, last_ckpt)
             rate = (
@@ -242,7 +245,7 @@ def _loop(steps, feed, val_images, spec, ctx, sink, start, expect, resumed) -> d
             sink.log_metrics(last, step)
             if ctx.is_main:
                 log.info("step %d/%d %s", step, cfg.max_steps, _fmt(last))
-        if step % cfg.val_every_steps == 0 or step == cfg.max_steps:
+        if validated:
             val = run_validation(steps, val_images, spec, ctx)
             sink.log_metrics(val, step)
             last.update(val)
@@ -260,7 +263,11 @@ def _loop(steps, feed, val_images, spec, ctx, sink, start, expect, resumed) -> d
                 )
                 sink.commit()  # a crash before this line is healed by replay on resume
             barrier(ctx)
-    elapsed = time.perf_counter() - t0
+        if logged or validated or at_ckpt:
+            # train/samples_per_s covers the training steps since the last log, validation or
+            # checkpoint: the current speed, not an average diluted by start-up and pauses.
+            t0, n0 = time.perf_counter(), step
+    elapsed = time.perf_counter() - loop_start
     samples = (cfg.max_steps - start) * cfg.batch_size_per_rank * ctx.world_size
     return {
         "metrics": last,
