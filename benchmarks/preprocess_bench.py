@@ -107,7 +107,7 @@ def genpar_stage(cfg, address: str, count: int) -> float:
 def run(work: Path, quick: bool) -> list[Result]:
     from genpar_models.config import load_config
 
-    n = 300 if quick else 8000
+    n = 300 if quick else 6000
     repeats = 1 if quick else 3
     folder = make_image_folder(work / "images", n)
     files = _files(folder)

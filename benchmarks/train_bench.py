@@ -123,7 +123,7 @@ def flops_per_sample(images) -> float:
 
 
 def run(shards: Path, work: Path, quick: bool) -> list[Result]:
-    window = 10 if quick else 80
+    window = 10 if quick else 64
     repeats = 1 if quick else 3
     batch = bench_config(1).train.batch_size_per_rank
     images = load_train_images(shards)
