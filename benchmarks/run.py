@@ -1,6 +1,6 @@
 """Run genpar's benchmark suite and write `results/latest.json` and `results/latest.md`.
 
-    python -m benchmarks.run                 # the full suite (last measured: 21 min on 2 cores)
+    python -m benchmarks.run                 # the full suite (last measured: 14 min on 2 cores)
     python -m benchmarks.run --quick --out /tmp/bench   # smoke test (CI), ~3 min
     python -m benchmarks.run --readme        # also put the table into README.md
 
