@@ -152,8 +152,28 @@ def first_rank_error(log_dir: Path) -> str | None:
             continue
     if not found:
         return None
-    _, _, path, message, stack = max(found, key=lambda t: (t[0], t[1]))
+    # Timestamps are whole seconds, so the rank that failed first and a rank that failed in
+    # reaction (its collective lost the peer) often tie; a reaction is never the cause.
+    _, _, _, path, message, stack = max(
+        ((a, not _peer_lost(m), st, p, m, cs) for a, st, p, m, cs in found),
+        key=lambda t: (t[0], t[1], t[2]),
+    )
     return f"rank {path.parent.name} failed: {message}\n{stack.strip()}"
+
+
+_PEER_LOST = (
+    "gloo/transport",
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "remote worker crashing",
+    "NCCL communicator was aborted",
+    "ProcessGroupNCCL",
+)
+
+
+def _peer_lost(message: str) -> bool:
+    """A collective failed because another rank died: the symptom, not the cause."""
+    return any(mark in message for mark in _PEER_LOST)
 
 
 def _die_with_parent() -> None:

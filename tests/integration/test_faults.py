@@ -147,8 +147,11 @@ def test_tracking_server_away_mid_run_then_back(
     cfg = load_config(
         TINY,
         [
-            "train.max_steps=1500",
-            "train.checkpoint_every_steps=25",
+            # Long enough to outlast the server's restart (10-30 s on 2 cores) with margin:
+            # at 1,500 steps the run once ended while the server was still down. 100
+            # checkpoints, all kept, so those written while it was down can be found.
+            "train.max_steps=4000",
+            "train.checkpoint_every_steps=40",
             "train.log_every_steps=5",
             "train.val_every_steps=500",
             "train.keep_checkpoints=100",
@@ -173,11 +176,11 @@ def test_tracking_server_away_mid_run_then_back(
         window["up"] = time.time()
 
     ckpts = tmp_path / "run" / "checkpoints"
-    watcher = _when(ckpts / "ckpt-00000025.json", bounce)
+    watcher = _when(ckpts / "ckpt-00000040.json", bounce)
     launch(spec)
     watcher.join(timeout=120)
     result = json.loads(spec.result_path.read_text())
-    assert result["step"] == 1500 and result["metrics_flushed"] is True
+    assert result["step"] == 4000 and result["metrics_flushed"] is True
     during = [
         p
         for p in ckpts.glob("ckpt-*.json")
@@ -187,7 +190,7 @@ def test_tracking_server_away_mid_run_then_back(
     steps = [
         m.step for m in MlflowClient(mlflow_server.uri).get_metric_history(run_id, "train/loss")
     ]
-    assert steps == list(range(5, 1501, 5))  # nothing lost, nothing twice
+    assert steps == list(range(5, 4001, 5))  # nothing lost, nothing twice
 
 
 def test_tracking_server_gone_at_the_end_keeps_everything(
