@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli_common import SetOpt, console, fail, prefect_defaults
+from flows.cli_common import SetOpt, console, fail, prefect_defaults, server_starting_alongside
 
 PrefectPort = Annotated[
     int, typer.Option("--prefect-port", envvar="GENPAR_PREFECT_PORT", help="Prefect server port.")
@@ -160,7 +160,8 @@ def retrain(
 
     cfg = _load(config, set_)
     _use_servers(required=False)
-    from flows.nightly import nightly_retrain
+    with server_starting_alongside():
+        from flows.nightly import nightly_retrain
 
     try:
         result = nightly_retrain(cfg)
@@ -198,7 +199,8 @@ def generate(
 
     cfg = _load(config, set_)
     _use_servers(required=False)
-    from flows.sampling import generate_samples
+    with server_starting_alongside():
+        from flows.sampling import generate_samples
 
     try:
         result = generate_samples(
