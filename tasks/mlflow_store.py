@@ -9,10 +9,13 @@ next to the database, because MLflow's default (`./mlartifacts`) depends on the 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,14 +72,31 @@ def connect(uri: str) -> MlflowClient:
     """Open (and for SQLite create and migrate) the store once; fail clearly if unreachable."""
     if uri.startswith(("http://", "https://")):
         _check_http(uri)
-    elif uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=uri)
-    try:
-        client.search_experiments(max_results=1)
-    except MlflowException as e:
-        raise TrackingError(f"MLflow store {redact(uri)} is not usable: {e}") from None
+    with _creation_lock(uri):
+        try:
+            client.search_experiments(max_results=1)  # creates and migrates a new SQLite store
+        except MlflowException as e:
+            raise TrackingError(f"MLflow store {redact(uri)} is not usable: {e}") from None
     return client
+
+
+@contextlib.contextmanager
+def _creation_lock(uri: str) -> Iterator[None]:
+    """For a SQLite store, an exclusive flock on `<db>.lock` while the store is opened: two
+    pipelines sharing a GENPAR_HOME that start together otherwise race in MLflow's schema
+    migration ("table _alembic_tmp_tags already exists", seen in CI)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri[len("sqlite:///") :])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def artifact_location(uri: str, experiment: str) -> str | None:
