@@ -20,4 +20,4 @@ format:
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
 docs:  ## Regenerate the README's config reference from the pydantic models
-	$(PY) -m flows.docs
+	$(PY) -m flows.cli.docs

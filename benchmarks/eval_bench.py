@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks.common import Result, stopwatch
-from genpar_models.evaluate import evaluate_model
+from genpar_models.eval.scorecard import evaluate_model
 
 
 def run(model_dir: Path, shards_dir: Path, cfg, train_samples_per_s: float) -> list[Result]:

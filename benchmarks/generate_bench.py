@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import Result, interleaved, median, stopwatch
-from genpar_models.compress import build_variant
-from genpar_models.loading import load_model
-from genpar_models.sampling import cached_model, sample_uint8, torch_threads
+from genpar_models.infer.compress import build_variant
+from genpar_models.infer.sampling import cached_model, sample_uint8
+from genpar_models.models.export import load_model
+from genpar_models.util.threads import torch_threads
 from tasks.cluster import local_cluster
 
 

@@ -58,7 +58,7 @@ def run(images, model_cfg, quick: bool) -> list[Result]:
         return []
     from torch.utils.flop_counter import FlopCounterMode
 
-    from genpar_models.models import build_model
+    from genpar_models.models.export import build_model
 
     sec = f"GPU ({torch.cuda.get_device_name(0)})"
     data = torch.from_numpy(images).cuda()  # resident on the GPU

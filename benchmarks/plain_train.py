@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from genpar_models.config import ModelConfig
-from genpar_models.models import build_model
+from genpar_models.models.export import build_model
 
 
 def load_train_images(shards_dir: Path) -> np.ndarray:

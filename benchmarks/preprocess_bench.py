@@ -141,7 +141,7 @@ def run(work: Path, quick: bool) -> list[Result]:
         pool.map(_decode_only, [[], []], chunksize=1)  # both processes up before timing
         for c in (c1, c2):  # warm: imports and the built-in dataset caches
             with c.get_client() as client:
-                client.run(lambda: __import__("genpar_models.sources"))
+                client.run(lambda: __import__("genpar_models.data.sources"))
         for label, cfg, count in (("image folder", folder_cfg, n), ("mnist5k", mnist_cfg, mnist_n)):
             fns = {
                 "dask1": lambda cfg=cfg, count=count: genpar_stage(

@@ -30,9 +30,9 @@ def prepare(work: Path, quick: bool) -> tuple[Path, Path, object]:
     import torch
 
     from genpar_models.config import load_config
-    from genpar_models.dist import DistContext
-    from genpar_models.runspec import RunSpec
-    from genpar_models.trainer import train
+    from genpar_models.train.dist import DistContext
+    from genpar_models.train.loop import train
+    from genpar_models.train.runspec import RunSpec
     from tasks.preprocess import preprocess
 
     os.environ["GENPAR_HOME"] = str(work / "home")

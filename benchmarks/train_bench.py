@@ -22,9 +22,9 @@ import torch
 from benchmarks.common import Result, interleaved, median
 from benchmarks.plain_train import load_train_images, plain_loop
 from genpar_models.config import PipelineConfig, load_config
-from genpar_models.dist import DistContext
-from genpar_models.runspec import RunSpec, write_spec
-from genpar_models.trainer import train
+from genpar_models.train.dist import DistContext
+from genpar_models.train.loop import train
+from genpar_models.train.runspec import RunSpec, write_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,7 +111,7 @@ def matmul_peak(threads: int, n: int = 1024, reps: int = 20) -> float:
 def flops_per_sample(images) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from genpar_models.models import build_model
+    from genpar_models.models.export import build_model
 
     cfg = bench_config(1)
     model = build_model(cfg.model, images.shape[1:])

@@ -13,7 +13,7 @@ from prefect import flow
 
 from flows.evaluate import prepare_model
 from genpar_models.config import PipelineConfig
-from genpar_models.paths import report_dir
+from genpar_models.util.paths import report_dir
 from tasks.compress import compress_model, log_compression
 
 

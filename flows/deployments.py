@@ -23,11 +23,11 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.schedules import Cron
 
-from flows import stack
 from flows.evaluate import evaluate_flow
 from flows.nightly import nightly_retrain
 from flows.pipeline import pipeline
 from genpar_models.config import PipelineConfig
+from infra import stack
 
 PIPELINE, EVALUATE, NIGHTLY = "pipeline", "evaluate", "nightly-retrain"
 

@@ -15,7 +15,7 @@ from typing import Any
 from prefect import flow
 
 from genpar_models.config import PipelineConfig, load_config
-from genpar_models.paths import report_dir
+from genpar_models.util.paths import report_dir
 from tasks.evaluate import evaluate, log_evaluation, resolve_model
 from tasks.preflight import preflight
 from tasks.preprocess import preprocess

@@ -31,7 +31,7 @@ from prefect.concurrency.sync import concurrency
 from flows.evaluate import evaluate_flow
 from flows.pipeline import pipeline
 from genpar_models.config import PipelineConfig
-from genpar_models.promotion import challenger_config
+from genpar_models.eval.promotion import challenger_config
 from tasks.artifacts import publish_retrain_report
 from tasks.preflight import preflight
 from tasks.promotion import decide_promotion, find_champion, fingerprint_source, record_decision

@@ -17,15 +17,15 @@ from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from genpar_models.compress_report import (
+from genpar_models.config import PipelineConfig
+from genpar_models.eval.compression import (
     measure_variants,
     plot_quality_vs_speed,
     rows_as_metrics,
     table_markdown,
 )
-from genpar_models.config import PipelineConfig
-from genpar_models.evaluate import prepare
-from genpar_models.protocol import QUALITY, TAG_PREFIX, protocol_id
+from genpar_models.eval.protocol import QUALITY, TAG_PREFIX, protocol_id
+from genpar_models.eval.scorecard import prepare
 from tasks import mlflow_store as store
 from tasks.common import retry_unless_user_error, run_logger
 from tasks.evaluate import eval_device

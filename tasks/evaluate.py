@@ -19,16 +19,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from genpar_models.config import PipelineConfig
-from genpar_models.evaluate import (
-    block_plan,
-    collect,
-    evaluate_model,
-    generated_block,
-    prepare,
-    report_markdown,
-)
-from genpar_models.paths import genpar_home
-from genpar_models.sampling import derive_eval_seed
+from genpar_models.eval.samples import block_plan, collect, generated_block
+from genpar_models.eval.scorecard import evaluate_model, prepare, report_markdown
+from genpar_models.util import seeding
+from genpar_models.util.paths import genpar_home
 from tasks import mlflow_store as store
 from tasks import registry
 from tasks.cluster import dask_client, map_with_progress
@@ -57,7 +51,7 @@ def _generate_on_dask(config: PipelineConfig, model_dir: str, extractor_dir: str
             [n for _, n in plan],
             model_dir=model_dir,
             extractor_dir=extractor_dir,
-            seed=derive_eval_seed(config.evaluate.seed),
+            seed=seeding.evaluation(config.evaluate.seed),
             feature_batch=config.evaluate.batch_size,
             label="evaluate: sample blocks",
             report=run_logger().info,
@@ -100,9 +94,16 @@ def evaluate(
 
 
 @task(name="resolve-model", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
-def resolve_model(model: str, uri: str, default_name: str | None) -> dict[str, str | None]:
-    """A model reference -> {model_dir, run_id, name, version, config_yaml} (local paths)."""
+def resolve_model(
+    model: str, uri: str, default_name: str | None, named: bool = True
+) -> dict[str, str | None]:
+    """A model reference -> {model_dir, run_id, name, version, config_yaml} (local paths).
+
+    A bare `champion` is `default_name`'s champion when `named`, else the one genpar model
+    that has a champion.
+    """
     client = store.connect(uri)
+    model = registry.champion_ref(client, model, default_name if named else None)
     resolved = registry.resolve(
         client, model, default_name=default_name, cache=genpar_home() / "cache" / "models"
     )

@@ -1,4 +1,5 @@
-"""Prefect task: generate samples in parallel on Dask, write them as shards plus a PNG grid."""
+"""Prefect tasks: generate samples in parallel on Dask, written as .npy chunks, samples.json and
+a PNG grid: into the pipeline's run directory, or whole into a user's output directory."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from genpar_models.config import PipelineConfig
-from genpar_models.sampling import chunk_plan, generate_chunk, make_grid, warm_model
+from genpar_models.errors import GenparError
+from genpar_models.infer.sampling import chunk_plan, generate_chunk, make_grid, warm_model
+from genpar_models.util import atomic
 from tasks.cluster import dask_client, map_with_progress
 from tasks.common import run_logger
 
@@ -75,4 +78,31 @@ def generate(config: PipelineConfig, model_dir: str, run_dir: str) -> dict[str, 
         config.generate.num_samples,
         metrics["gen/samples_per_s"],
     )
+    return metrics
+
+
+def check_output(out: str | Path, overwrite: bool) -> Path:
+    """The output directory of `genpar generate`, absolute; refused before any work when it
+    is a file, or not empty without `overwrite`."""
+    path = Path(out).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise GenparError(f"--out {path} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise GenparError(f"--out {path} is not empty; choose another directory or --overwrite")
+    return path
+
+
+@task(
+    name="generate-samples",
+    task_run_name="generate-samples-{config.generate.num_samples}",
+    retries=1,
+    retry_delay_seconds=5,
+    cache_policy=NO_CACHE,
+)
+def generate_samples(
+    config: PipelineConfig, model_dir: str, out: str, overwrite: bool
+) -> dict[str, float]:
+    """Generate into a staging directory beside `out`, then rename it onto `out` (whole)."""
+    with atomic.staged_directory(out, replace=overwrite) as staging:
+        metrics = generate_to_dir(config, model_dir, staging)
     return metrics

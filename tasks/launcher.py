@@ -26,7 +26,7 @@ import psutil
 
 from genpar_models.config import ComputeConfig
 from genpar_models.errors import ConfigError, GenparError
-from genpar_models.runspec import RunSpec, write_spec
+from genpar_models.train.runspec import RunSpec, write_spec
 
 GRACE_S = 30.0
 

@@ -25,7 +25,7 @@ from mlflow.exceptions import MlflowException
 
 from genpar_models.config import PipelineConfig, redact_uri
 from genpar_models.errors import ConfigError, GenparError
-from genpar_models.paths import default_tracking_uri, runs_root
+from genpar_models.util.paths import default_tracking_uri, runs_root
 
 # MLflow's HTTP client retries each call 7 times with exponential backoff (minutes per call
 # against a dead server). genpar retries at the task level (Prefect retries, rank 0's backoff,

@@ -1,8 +1,9 @@
 """Prefect task: everything that can be checked before any work starts.
 
-Bad values are caught by the config model itself; this adds what depends on the machine and
-the outside world: the process plan fits this machine (cpu_procs within the cores, CUDA
-present when asked for), the data path exists, and the tracking store answers (the SQLite
+Bad values are caught by the config model itself; this adds the model family (known, and
+reading every model field that is set) and what depends on the machine and the outside world:
+the process plan fits this machine (cpu_procs within the cores, CUDA present when asked
+for), the data path exists, and the tracking store answers (the SQLite
 store is created and migrated here, once, before any rank or worker touches it).
 """
 
@@ -15,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from genpar_models.config import BUILTIN_SOURCES, PipelineConfig
 from genpar_models.errors import DataError
+from genpar_models.models import check_model_config
 from tasks import mlflow_store as store
 from tasks.common import retry_unless_user_error, run_logger
 from tasks.launcher import cuda_device_count, plan_processes
@@ -30,6 +32,7 @@ from tasks.launcher import cuda_device_count, plan_processes
 def preflight(config: PipelineConfig) -> str:
     """Check machine, data path and tracking store; return the resolved tracking URI."""
     log = run_logger()
+    check_model_config(config)
     plan = plan_processes(config.compute, cuda_device_count())
     if config.data.source not in BUILTIN_SOURCES and not Path(config.data.path).exists():
         raise DataError(f"data.path={config.data.path!r} does not exist")

@@ -8,9 +8,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from genpar_models.config import PipelineConfig
-from genpar_models.paths import shards_root
-from genpar_models.preprocess import build_shard_set, process_partition
-from genpar_models.sources import PartitionSpec
+from genpar_models.data.preprocess import build_shard_set, process_partition
+from genpar_models.data.sources import PartitionSpec
+from genpar_models.util.paths import shards_root
 from tasks.cluster import dask_client, map_with_progress
 from tasks.common import retry_unless_user_error, run_logger
 

@@ -1,6 +1,6 @@
 """Prefect tasks of the nightly retrain: re-fingerprint the data, find the champion, decide, record.
 
-The rule itself is the pure `genpar_models.promotion.decide`; these tasks feed it and write
+The rule itself is the pure `genpar_models.eval.promotion.decide`; these tasks feed it and write
 its outcome where people look: the registry alias `champion` moves only on a promotion, and
 both scores, the margin and the reason land on the challenger's MLflow run (metrics
 `retrain/…`, tags `genpar.retrain.…`) and on its model version. Registry and store calls
@@ -9,8 +9,6 @@ retry with exponential backoff; bad config never retries.
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from typing import Any
 
 from prefect import runtime, task
@@ -18,16 +16,17 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from genpar_models.config import PipelineConfig
+from genpar_models.data.manifest import shard_set_key
+from genpar_models.data.sources import plan_partitions
 from genpar_models.errors import ConfigError
-from genpar_models.paths import shards_root
-from genpar_models.promotion import decide
-from genpar_models.shards import shard_set_key
-from genpar_models.sources import plan_partitions
+from genpar_models.eval.promotion import decide
+from genpar_models.util import atomic
+from genpar_models.util.paths import shards_root
 from tasks import mlflow_store as store
 from tasks import registry
 from tasks.common import retry_unless_user_error, run_logger
+from tasks.registry import ALIAS
 
-ALIAS = "champion"
 _IO = {
     "retries": 3,
     "retry_delay_seconds": exponential_backoff(backoff_factor=2),
@@ -49,9 +48,7 @@ def fingerprint_source(config: PipelineConfig) -> dict[str, Any]:
     final = shards_root() / key
     reuse = (final / "manifest.json").is_file()
     if reuse and config.retrain.force_preprocess:
-        retired = shards_root() / f"_retired-{key}-{uuid.uuid4().hex[:8]}"
-        final.rename(retired)
-        shutil.rmtree(retired, ignore_errors=True)
+        atomic.retire(final)
         reuse = False
     run_logger().info(
         "source %s fingerprint %s: %s",

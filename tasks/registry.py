@@ -23,9 +23,11 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from genpar_models.config import redact_uri
 from genpar_models.errors import GenparError
 
 MODEL_ARTIFACT = "model"
+ALIAS = "champion"
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w.-]+))$")
 _NAME_ALIAS = re.compile(r"^(?P<name>[^/@\s]*)@(?P<alias>[\w.-]+)$")
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -120,3 +122,33 @@ def resolve(
     mv = _version(client, name, groups.get("version"), groups.get("alias"))
     model_dir = _download(client, mv.run_id, cache / mv.run_id)
     return ResolvedModel(model_dir=model_dir, run_id=mv.run_id, name=name, version=str(mv.version))
+
+
+def champion_ref(client: MlflowClient, ref: str, name: str | None) -> str:
+    """Make a bare `champion`/`@champion` name a registered model: `name`'s when given, else
+    the one genpar model that has a champion.
+
+    Raises:
+        ModelNotFound: no registered model, or several, hold the alias and none was named.
+    """
+    if ref.strip() not in (ALIAS, f"@{ALIAS}"):
+        return ref
+    if name:
+        return f"{name}@{ALIAS}"
+    holders = [
+        m.name
+        for m in client.search_registered_models(filter_string="tags.genpar = '1'")
+        if ALIAS in (m.aliases or {})
+    ]
+    if len(holders) == 1:
+        return f"{holders[0]}@{ALIAS}"
+    if not holders:
+        raise ModelNotFound(
+            f"no registered genpar model has a {ALIAS!r} alias yet in "
+            f"{redact_uri(client.tracking_uri)}: run the nightly retrain first "
+            "(`genpar retrain CONFIG`), or name one: --model models:/NAME/VERSION"
+        )
+    raise ModelNotFound(
+        f"several registered models have a {ALIAS!r}: {', '.join(sorted(holders))}; say which, "
+        f"e.g. --model {sorted(holders)[0]}@{ALIAS}"
+    )

@@ -21,7 +21,7 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from genpar_models.protocol import KINDS, TAG_PREFIX
+from genpar_models.eval.protocol import KINDS, TAG_PREFIX
 from tasks import mlflow_store as store
 
 EXTRACTOR_EXPERIMENT = "genpar-feature-extractors"

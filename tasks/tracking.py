@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 from genpar_models.config import PipelineConfig, dump_config
-from genpar_models.shards import read_manifest
+from genpar_models.data.manifest import read_manifest
 from tasks import mlflow_store as store
 from tasks import registry, runlock
 from tasks.common import retry_unless_user_error, run_logger
@@ -214,7 +214,7 @@ def mark_failed(flow: Any, flow_run: Any, state: Any) -> None:
 @task(name="plot-curves", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
 def plot_training_curves(run: RunHandle, config: PipelineConfig) -> str:
     """Loss curves from the run's metric history in MLflow, as plots/loss_curves.png."""
-    from genpar_models.plots import plot_curves
+    from genpar_models.eval.plots import plot_curves
 
     client = store.connect(run.uri)
     keys = [k for k in client.get_run(run.run_id).data.metrics if k.startswith(("train/", "val/"))]

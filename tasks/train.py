@@ -11,8 +11,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from genpar_models.config import PipelineConfig
-from genpar_models.paths import genpar_home
-from genpar_models.runspec import RunSpec, TrackingTarget
+from genpar_models.train.runspec import RunSpec, TrackingTarget
+from genpar_models.util.paths import genpar_home
 from tasks import mlflow_store as store
 from tasks import registry
 from tasks.common import run_logger

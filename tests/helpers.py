@@ -9,10 +9,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genpar_models import shards
-from genpar_models.config import PipelineConfig
-from genpar_models.dist import DistContext
-from genpar_models.runspec import RunSpec
+from genpar_models.config import PipelineConfig, TrainConfig
+from genpar_models.data import shards
+from genpar_models.data.manifest import build_manifest
+from genpar_models.models import get_family
+from genpar_models.models.family import Steps
+from genpar_models.train.dist import DistContext
+from genpar_models.train.runspec import RunSpec
+from genpar_models.train.tools import step_tools
+from genpar_models.util import atomic
 from tasks.launcher import launch_training, plan_processes
 
 
@@ -35,33 +40,39 @@ def make_shard_set(
     if labels is None:
         labels = rng.integers(0, 10, size=n)
     ids = [f"synthetic[{i}]" for i in range(n)]
-    staging = directory.with_name(directory.name + ".staging")
-    staging.mkdir(parents=True)
     half = n // 2
-    parts = []
-    for index, (lo, hi) in enumerate([(0, half), (half, n)]):
-        part = shards.write_partition_shards(
-            index=index,
-            ids=ids[lo:hi],
-            images=images[lo:hi],
-            labels=labels[lo:hi],
-            out_dir=staging,
-            val_fraction=cfg.data.val_fraction,
-            test_fraction=cfg.data.test_fraction,
+    with atomic.staged_directory(directory) as staging:
+        parts = [
+            shards.write_partition_shards(
+                index=index,
+                ids=ids[lo:hi],
+                images=images[lo:hi],
+                labels=labels[lo:hi],
+                out_dir=staging,
+                val_fraction=cfg.data.val_fraction,
+                test_fraction=cfg.data.test_fraction,
+            )
+            for index, (lo, hi) in enumerate([(0, half), (half, n)])
+        ]
+        manifest = build_manifest(
+            key="synthetic",
+            source={"kind": "synthetic", "uri": "memory", "fingerprint": "0" * 64},
+            data_cfg=cfg.data,
+            class_names=[],
+            parts=parts,
+            bad=[],
         )
-        parts.append(part)
-    manifest = shards.build_manifest(
-        key="synthetic",
-        source={"kind": "synthetic", "uri": "memory", "fingerprint": "0" * 64},
-        data_cfg=cfg.data,
-        class_names=[],
-        parts=parts,
-        bad=[],
-    )
-    return shards.commit_shard_set(staging, directory, manifest)
+        shards.write_manifest(staging, manifest)
+    return directory
 
 
 CPU = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+
+
+def family_steps(model: torch.nn.Module, cfg: TrainConfig, ctx: DistContext = CPU) -> Steps:
+    """The training steps of `model`'s family, with the trainer's tools for `ctx`."""
+    family = get_family(model.model_spec()["name"])
+    return family.make_steps(model, cfg, step_tools(ctx, cfg))
 
 
 def launch(

@@ -153,3 +153,14 @@ def to_range(x01: Tensor, input_range: tuple[float, float]) -> Tensor:
     """Map images in [0, 1] linearly onto `input_range`."""
     low, high = input_range
     return x01 * (high - low) + low
+
+
+class Cast(nn.Module):
+    """Casts its input to `dtype`: the entry and exit of a network run in half precision."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.to(self.dtype)

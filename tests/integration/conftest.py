@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from genpar_models.paths import default_tracking_uri
+from genpar_models.util.paths import default_tracking_uri
 
 
 @pytest.fixture(scope="session")

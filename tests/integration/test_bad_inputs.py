@@ -20,18 +20,16 @@ import pytest
 import torch
 from PIL import Image
 
-from genpar_models import checkpoint
 from genpar_models.config import PipelineConfig, load_config
+from genpar_models.data.shards import open_shard_set
 from genpar_models.errors import CheckpointError, ConfigError, DataError, ShardError
-from genpar_models.loading import load_model
-from genpar_models.models import build_model
-from genpar_models.paths import shards_root
-from genpar_models.shards import open_shard_set
-from genpar_models.steps import make_steps
+from genpar_models.models.export import build_model, export_model, load_model
+from genpar_models.train import checkpoint
+from genpar_models.util.paths import shards_root
 from tasks.launcher import plan_processes
 from tasks.preprocess import preprocess
 from tests.conftest import TINY
-from tests.helpers import CPU, make_shard_set
+from tests.helpers import family_steps, make_shard_set
 
 pytestmark = [pytest.mark.integration]
 
@@ -401,7 +399,7 @@ def test_tampered_shard(tmp_path: Path, tiny: PipelineConfig) -> None:
 
 def _saved_model(tmp_path: Path, tiny: PipelineConfig) -> tuple[Path, dict]:
     torch.manual_seed(0)
-    steps = make_steps(build_model(tiny.model, (1, 8, 8)), "vae", tiny.train, CPU)
+    steps = family_steps(build_model(tiny.model, (1, 8, 8)), tiny.train)
     meta = {"model_spec": steps.model.model_spec(), "train_key": "k"}
     checkpoint.save_checkpoint(
         tmp_path / "ck", step=5, modules=steps.modules, optimizers=steps.optimizers, meta=meta
@@ -412,7 +410,7 @@ def _saved_model(tmp_path: Path, tiny: PipelineConfig) -> tuple[Path, dict]:
 def test_checkpoint_of_another_config(tmp_path: Path, tiny: PipelineConfig) -> None:
     directory, meta = _saved_model(tmp_path, tiny)
     other = tiny.model.model_copy(update={"latent_dim": 7})
-    steps = make_steps(build_model(other, (1, 8, 8)), "vae", tiny.train, CPU)
+    steps = family_steps(build_model(other, (1, 8, 8)), tiny.train)
     with pytest.raises(CheckpointError, match="different model_spec"):
         checkpoint.restore_latest(
             directory,
@@ -446,10 +444,10 @@ def test_checkpoint_with_pickle_payload(tmp_path: Path, tiny: PipelineConfig) ->
 def test_truncated_exported_model(tmp_path: Path, tiny: PipelineConfig) -> None:
     torch.manual_seed(0)
     model = build_model(tiny.model, (1, 8, 8))
-    checkpoint.export_model(tmp_path / "m", module=model, spec=model.model_spec(), meta={})
+    export_model(tmp_path / "m", module=model, spec=model.model_spec(), meta={})
     blob = (tmp_path / "m" / "model.safetensors").read_bytes()
     (tmp_path / "m" / "model.safetensors").write_bytes(blob[: len(blob) // 2])
-    with pytest.raises(CheckpointError, match="model.safetensors: sha256 does not match"):
+    with pytest.raises(CheckpointError, match="model.safetensors: sha256 mismatch"):
         load_model(tmp_path / "m")
 
 

@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 
 from genpar_models.config import PipelineConfig
-from genpar_models.dist import DistContext
+from genpar_models.data.shards import open_shard_set
 from genpar_models.errors import DataError
-from genpar_models.paths import shards_root
-from genpar_models.runspec import RunSpec
-from genpar_models.shards import open_shard_set
-from genpar_models.trainer import train
+from genpar_models.train.dist import DistContext
+from genpar_models.train.loop import train
+from genpar_models.train.runspec import RunSpec
+from genpar_models.util.paths import shards_root
 from tasks.generate import generate_to_dir
 from tasks.preprocess import preprocess
 from tests.helpers import make_shard_set

@@ -24,12 +24,13 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from genpar_models import checkpoint
 from genpar_models.config import PipelineConfig, load_config
 from genpar_models.errors import StorageError
-from genpar_models.paths import shards_root
-from genpar_models.runspec import RunSpec, TrackingTarget
-from genpar_models.shards import STAGING_PREFIX
+from genpar_models.models.export import load_exported
+from genpar_models.train import checkpoint
+from genpar_models.train.runspec import RunSpec, TrackingTarget
+from genpar_models.util.atomic import STAGING_PREFIX
+from genpar_models.util.paths import shards_root
 from tasks import mlflow_store as store
 from tasks.launcher import TrainingFailed
 from tasks.preprocess import preprocess
@@ -285,9 +286,9 @@ def test_killed_while_writing_checkpoints_never_exposes_a_partial_one(tmp_path: 
     code = f"""
         import torch
         from pathlib import Path
-        from genpar_models import checkpoint
+        from genpar_models.train import checkpoint
         from genpar_models.config import load_config
-        from genpar_models.models import build_model
+        from genpar_models.models.export import build_model
         cfg = load_config({str(TINY)!r}, ["model.base_channels=256", "model.latent_dim=64"])
         model = build_model(cfg.model, (1, 8, 8))
         opt = torch.optim.Adam(model.parameters())
@@ -416,4 +417,4 @@ def test_two_pipelines_at_once_do_not_corrupt_each_other(tmp_path: Path) -> None
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     for r in runs:
         model_dir = Path(r.data.tags["genpar.run_dir"]) / "model"
-        checkpoint.load_exported(model_dir)  # each run's own model, intact
+        load_exported(model_dir)  # each run's own model, intact

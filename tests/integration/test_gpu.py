@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from genpar_models.config import PipelineConfig
-from genpar_models.runspec import RunSpec
+from genpar_models.train.runspec import RunSpec
 from tasks.launcher import plan_processes
 from tests.helpers import launch, make_shard_set
 

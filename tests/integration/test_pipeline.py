@@ -11,13 +11,14 @@ from mlflow import MlflowClient
 
 from flows.compress import compress_flow
 from flows.evaluate import evaluate_flow
-from flows.listing import list_runs
 from flows.pipeline import pipeline
 from genpar_models.config import PipelineConfig
-from genpar_models.loading import load_model
-from genpar_models.paths import default_tracking_uri, shards_root
+from genpar_models.models.export import load_model
+from genpar_models.util.paths import default_tracking_uri, shards_root
 from tasks import registry
+from tasks.listing import list_runs
 from tasks.scorecard import EXTRACTOR_EXPERIMENT
+from tests.conftest import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -45,12 +46,34 @@ def _shard_dirs() -> list[Path]:
     return [p for p in shards_root().iterdir() if not p.name.startswith("_")]
 
 
-def test_vae_pipeline_records_everything_and_second_run_reuses_shards(
-    prefect_server, tracked_home: Path, tiny: PipelineConfig
+RECORDED = json.loads((REPO / "tests" / "fixtures" / "v1" / "tiny_run.json").read_text())
+
+
+def _same_as_recorded(client: MlflowClient, summary: dict, kind: str) -> None:
+    """The run's MLflow keys, artifacts, scorecard, weights and samples equal those recorded
+    from genpar 0.1 (before the layout of one home per concern): same seed, same numbers."""
+    recorded, run = RECORDED[kind], client.get_run(summary["run_id"])
+    assert sorted(run.data.metrics) == recorded["metrics"]
+    assert sorted(run.data.params) == recorded["params"]
+    assert sorted(run.data.tags) == recorded["tags"]
+    assert sorted(_artifacts(client, run.info.run_id)) == recorded["artifacts"]
+    assert {k: run.data.metrics[k] for k in recorded["scorecard"]} == recorded["scorecard"]
+    run_dir = Path(summary["run_dir"])
+    assert (
+        json.loads((run_dir / "model" / "model.json").read_text())["sha256"]
+        == (recorded["weights_sha256"])
+    )
+    chunks = json.loads((run_dir / "samples" / "samples.json").read_text())["chunks"]
+    assert [c["sha256"] for c in chunks] == recorded["samples_sha256"]
+
+
+def test_vae_pipeline_records_everything_and_a_toy_family_run_reuses_shards(
+    prefect_server, tracked_home: Path, tiny: PipelineConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     summary = pipeline(tiny)
     client = MlflowClient(default_tracking_uri())
     run = client.get_run(summary["run_id"])
+    _same_as_recorded(client, summary, "vae")
 
     assert run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == "tiny"
@@ -112,9 +135,29 @@ def test_vae_pipeline_records_everything_and_second_run_reuses_shards(
     assert sum(s["count"] for s in manifest["splits"].values()) == 600
     stamp = (shard_dir / "manifest.json").stat().st_mtime_ns
 
-    again = pipeline(tiny)
+    # A family registered from the tests (tests/toy_family.py) runs the same pipeline, and
+    # finds the shards, the extractor and the reference statistics of the same data cached.
+    import tests.toy_family as toy
+
+    monkeypatch.setenv("GENPAR_FAMILIES", "tests.toy_family")  # torchrun ranks, Dask workers
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    again = pipeline(
+        tiny.model_copy(update={"model": tiny.model.model_copy(update={"name": toy.NAME})})
+    )
     assert again["run_id"] != summary["run_id"]  # the first run finished: a new run
-    cached = client.get_run(again["run_id"]).data.tags["genpar.eval.cache"]
+    toy_run = client.get_run(again["run_id"])
+    assert toy_run.data.params["model.name"] == toy.NAME and toy_run.info.status == "FINISHED"
+    for key in (
+        "train/loss",
+        "val/elbo",
+        "eval/elbo",
+        "eval/bits_per_dim",
+        "eval/fid",
+        "gen/samples_per_s",
+    ):
+        assert np.isfinite(toy_run.data.metrics[key]), key
+    assert "eval/iw_bound" not in toy_run.data.metrics  # the toy offers no IWAE bound
+    cached = toy_run.data.tags["genpar.eval.cache"]
     assert json.loads(cached) == {"extractor": "cached", "reference": "cached"}
     assert _shard_dirs() == [shard_dir]
     assert (shard_dir / "manifest.json").stat().st_mtime_ns == stamp  # reused, not rewritten
@@ -146,12 +189,12 @@ def test_vae_pipeline_records_everything_and_second_run_reuses_shards(
     assert child_run.data.tags["genpar.protocol.quality"] == child["protocol_ids"]["quality"]
     assert child["protocol_ids"]["quality"] != run.data.tags["genpar.protocol.quality"]
 
-    # compress the logged model: measured variants on a child run, the best one registered
+    # compress the toy's logged model: measured variants on a child run, the best registered
     small = ["compress.variants=[int8, prune50]", "compress.latency_repeats=5"]
-    squeezed = compress_flow(summary["run_id"], overrides=small)
+    squeezed = compress_flow(again["run_id"], overrides=small)
     assert [r["variant"] for r in squeezed["rows"]] == ["fp32", "int8", "prune50"]
     compress_run = client.get_run(squeezed["logged"]["run_id"])
-    assert compress_run.data.tags["mlflow.parentRunId"] == summary["run_id"]
+    assert compress_run.data.tags["mlflow.parentRunId"] == again["run_id"]
     assert np.isfinite(compress_run.data.metrics["compress/int8/delta_fid"])
     assert {"compress/table.md", "compress/quality_vs_speed.png"} <= _artifacts(
         client, compress_run.info.run_id
@@ -179,8 +222,10 @@ def test_dcgan_pipeline(prefect_server, tracked_home: Path, tiny: PipelineConfig
         }
     )
     summary = pipeline(cfg)
-    run = MlflowClient(default_tracking_uri()).get_run(summary["run_id"])
+    client = MlflowClient(default_tracking_uri())
+    run = client.get_run(summary["run_id"])
     assert run.info.status == "FINISHED"
+    _same_as_recorded(client, summary, "dcgan")
     for key in (
         "train/loss_d",
         "train/loss_g",

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.listing import list_runs
-from genpar_models.protocol import ProtocolMismatch, protocol_id
+from genpar_models.eval.protocol import ProtocolMismatch, protocol_id
 from tasks import mlflow_store as store
+from tasks.listing import list_runs
 from tests.helpers import clean_env
 
 pytestmark = pytest.mark.integration
@@ -91,11 +91,10 @@ def test_dask_blocks_give_the_local_features(tmp_path: Path, tiny) -> None:
     import numpy as np
     import torch
 
-    from genpar_models.checkpoint import export_model
-    from genpar_models.evaluate import generate_features, prepare
-    from genpar_models.loading import load_model
-    from genpar_models.models import build_model
-    from genpar_models.sampling import derive_eval_seed
+    from genpar_models.eval.samples import generate_features
+    from genpar_models.eval.scorecard import prepare
+    from genpar_models.models.export import build_model, export_model, load_model
+    from genpar_models.util import seeding
     from tasks.evaluate import _generate_on_dask
     from tests.helpers import make_shard_set
 
@@ -110,7 +109,7 @@ def test_dask_blocks_give_the_local_features(tmp_path: Path, tiny) -> None:
         load_model(tmp_path / "m")[0],
         extractor,
         600,
-        seed=derive_eval_seed(cfg.evaluate.seed),
+        seed=seeding.evaluation(cfg.evaluate.seed),
         batch_size=64,
         device="cpu",
     )

@@ -15,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 
 from genpar_models.config import PipelineConfig
-from genpar_models.runspec import RunSpec, TrackingTarget
+from genpar_models.train.runspec import RunSpec, TrackingTarget
 from tasks.launcher import TrainingFailed
 from tests.helpers import launch, make_shard_set
 

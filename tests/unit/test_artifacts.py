@@ -6,7 +6,7 @@ import json
 from urllib.parse import unquote
 
 from genpar_models.config import PipelineConfig
-from genpar_models.promotion import decide
+from genpar_models.eval.promotion import decide
 from tasks.artifacts import (
     artifact_key,
     compare_url,

@@ -8,21 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from genpar_models import checkpoint
 from genpar_models.config import PipelineConfig
 from genpar_models.errors import CheckpointError
-from genpar_models.loading import load_model
-from genpar_models.models import build_model
-from genpar_models.runspec import RunSpec
-from genpar_models.steps import make_steps
-from genpar_models.trainer import train
-from tests.helpers import CPU, make_shard_set
+from genpar_models.models.export import build_model, load_exported, load_model
+from genpar_models.train import checkpoint
+from genpar_models.train.loop import train
+from genpar_models.train.runspec import RunSpec
+from tests.helpers import CPU, family_steps, make_shard_set
 
 
 def _steps(cfg: PipelineConfig):
     torch.manual_seed(0)
     model = build_model(cfg.model, (1, 8, 8))
-    return make_steps(model, cfg.model.name, cfg.train, CPU)
+    return family_steps(model, cfg.train)
 
 
 @pytest.mark.parametrize("name", ["vae", "dcgan"])
@@ -138,8 +136,8 @@ def test_resume_is_exact(tmp_path: Path, tiny: PipelineConfig) -> None:
     train(_spec(tmp_path, tiny, shards_dir, "resumed", 10), CPU)
     result = train(_spec(tmp_path, tiny, shards_dir, "resumed", 20), CPU)
     assert result["resumed_from_step"] == 10
-    a, _ = checkpoint.load_exported(tmp_path / "straight" / "model")
-    b, _ = checkpoint.load_exported(tmp_path / "resumed" / "model")
+    a, _ = load_exported(tmp_path / "straight" / "model")
+    b, _ = load_exported(tmp_path / "resumed" / "model")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -171,7 +169,7 @@ def test_skipped_corrupt_checkpoint_is_reported_on_the_run(
 ) -> None:
     from mlflow import MlflowClient
 
-    from genpar_models.runspec import TrackingTarget
+    from genpar_models.train.runspec import TrackingTarget
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)

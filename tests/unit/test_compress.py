@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from genpar_models import compress
 from genpar_models.config import PipelineConfig
-from genpar_models.models import build_model
+from genpar_models.infer import compress
+from genpar_models.models.export import build_model
 
 
 @pytest.fixture(params=["vae", "dcgan"])

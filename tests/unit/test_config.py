@@ -8,6 +8,7 @@ import pytest
 
 from genpar_models.config import PipelineConfig, dump_config, load_config
 from genpar_models.errors import ConfigError
+from genpar_models.models import check_model_config
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -41,7 +42,7 @@ def test_overrides_are_typed() -> None:
         ("train.max_steps=ten", "train.max_steps"),
         ("data.image_size=7", "data.image_size: must be an even number from 8 to 64, got 7"),
         ("data.image_size=0", "data.image_size"),
-        ("model.name=gpt", "model.name"),
+        ("model.name=not a name!", "model.name"),
         ("compute.cpu_procs=0", "compute.cpu_procs"),
         ("train.lr", "expected key.path=value"),
         ("data.source=folder", "data.path is required for source 'folder'"),
@@ -51,6 +52,23 @@ def test_overrides_are_typed() -> None:
 def test_bad_override_names_the_field(override: str, needle: str) -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(REPO / "configs/tiny.yaml", [override])
+    assert needle in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("model.name=vea", "unknown model family 'vea'; did you mean 'vae'?"),
+        ("model.name=gpt", "unknown model family 'gpt' (known: dcgan, "),
+        ("model.likelihood=gaussian", "the dcgan family does not read model.likelihood"),
+    ],
+)
+def test_model_section_is_checked_against_the_families(override: str, needle: str) -> None:
+    """The family check runs before any work too (the CLI and preflight call it), without
+    importing torch (tests/unit/test_layers.py)."""
+    cfg = load_config(REPO / "configs/tiny.yaml", ["model.name=dcgan", override])
+    with pytest.raises(ConfigError) as exc:
+        check_model_config(cfg)
     assert needle in str(exc.value)
 
 

@@ -9,14 +9,13 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from genpar_models import features, metrics
-from genpar_models.checkpoint import export_model
 from genpar_models.config import PipelineConfig
+from genpar_models.data.shards import open_shard_set
 from genpar_models.errors import ConfigError
-from genpar_models.evaluate import evaluate_model, prepare
-from genpar_models.models import build_model
-from genpar_models.protocol import LIKELIHOOD, QUALITY
-from genpar_models.shards import open_shard_set
+from genpar_models.eval import features, metrics
+from genpar_models.eval.protocol import LIKELIHOOD, QUALITY
+from genpar_models.eval.scorecard import evaluate_model, prepare
+from genpar_models.models.export import build_model, export_model
 from tests.helpers import make_shard_set
 
 FAST = {

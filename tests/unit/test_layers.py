@@ -1,4 +1,4 @@
-"""House rules that code review alone would let slip."""
+"""House rules that code review alone would let slip: the layers, the families, module sizes."""
 
 from __future__ import annotations
 
@@ -7,44 +7,129 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 FORBIDDEN_IN_LIBRARY = {"prefect", "dask", "distributed", "prefect_dask"}
+SOURCE_DIRS = ("genpar_models", "tasks", "flows", "infra")
+# Inside the library, subpackages import only those below them (errors.py is below all).
+LIBRARY_ORDER = ["util", "config", "data", "models", "train", "infer", "eval"]
+LIBRARY_ALLOWED = {
+    "util": set(),
+    "config": {"util"},
+    "data": {"util", "config"},
+    "models": {"util", "config"},
+    "train": {"util", "config", "data", "models"},
+    "infer": {"util", "config", "data", "models", "train"},
+    "eval": {"util", "config", "data", "models", "train", "infer"},
+}
+MAX_LINES = 300
+FAMILY_DIRS = ("genpar_models/models/vae", "genpar_models/models/gan")
 
 
-def _imports(path: Path) -> set[str]:
+def _sources(*dirs: str) -> list[Path]:
+    return [p for d in dirs for p in (REPO / d).rglob("*.py")]
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Full dotted names of everything `path` imports (absolute imports only)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
+            names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}
     return names
+
+
+def _top(names: set[str]) -> set[str]:
+    return {n.split(".")[0] for n in names}
 
 
 def test_library_never_imports_orchestration() -> None:
     offenders = {
-        str(p.relative_to(REPO)): sorted(_imports(p) & FORBIDDEN_IN_LIBRARY)
-        for p in (REPO / "genpar_models").rglob("*.py")
-        if _imports(p) & FORBIDDEN_IN_LIBRARY
+        str(p.relative_to(REPO)): sorted(_top(_imported_modules(p)) & FORBIDDEN_IN_LIBRARY)
+        for p in _sources("genpar_models")
+        if _top(_imported_modules(p)) & FORBIDDEN_IN_LIBRARY
     }
     assert offenders == {}
 
 
-def test_imports_point_down_only() -> None:
-    for layer, forbidden in (("genpar_models", {"tasks", "flows"}), ("tasks", {"flows"})):
-        for p in (REPO / layer).rglob("*.py"):
-            assert not _imports(p) & forbidden, f"{p.relative_to(REPO)} imports {forbidden}"
+@pytest.mark.parametrize(
+    ("layer", "forbidden"),
+    [
+        ("genpar_models", {"tasks", "flows", "infra"}),
+        ("tasks", {"flows", "infra"}),
+        ("infra", {"flows", "tasks"}),
+    ],
+)
+def test_imports_point_down_only(layer: str, forbidden: set[str]) -> None:
+    for p in _sources(layer):
+        assert not _top(_imported_modules(p)) & forbidden, f"{p.relative_to(REPO)} imports up"
+
+
+def test_library_subpackages_import_only_those_below() -> None:
+    offenders = []
+    for sub, allowed in LIBRARY_ALLOWED.items():
+        for p in _sources(f"genpar_models/{sub}"):
+            used = {
+                n.split(".")[1]
+                for n in _imported_modules(p)
+                if n.startswith("genpar_models.") and n.split(".")[1] in LIBRARY_ORDER
+            }
+            if used - allowed - {sub}:
+                offenders.append(f"{p.relative_to(REPO)} -> {sorted(used - allowed - {sub})}")
+    assert offenders == []
 
 
 def test_library_import_is_light() -> None:
-    """Importing the package (what Dask workers do for preprocessing) must not pull torch."""
+    """What Dask workers import for preprocessing, and what checking a config needs, must not
+    pull torch in (a config typo costs milliseconds)."""
     code = (
-        "import sys, genpar_models.sources, genpar_models.shards, genpar_models.preprocess;"
+        "import sys, genpar_models.data.sources, genpar_models.data.shards, "
+        "genpar_models.data.preprocess, genpar_models.config, genpar_models.models;"
+        "from genpar_models.models import check_model_config;"
+        "from genpar_models.config import PipelineConfig;"
+        "check_model_config(PipelineConfig()); check_model_config(PipelineConfig("
+        "model={'name': 'dcgan'}));"
         "print(sorted(m for m in ('torch', 'prefect', 'dask', 'mlflow') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _family_branches(path: Path) -> list[str]:
+    """Comparisons against a built-in family's name, and hasattr() probes."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Compare):
+            consts = [n for n in [node.left, *node.comparators] if isinstance(n, ast.Constant)]
+            if any(c.value in ("vae", "dcgan") for c in consts):
+                found.append(f"line {node.lineno}: compares with a family name")
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "hasattr":
+            found.append(f"line {node.lineno}: hasattr()")
+    return found
+
+
+def test_nothing_outside_a_family_folder_picks_family_behaviour() -> None:
+    offenders = {
+        str(p.relative_to(REPO)): found
+        for p in _sources(*SOURCE_DIRS)
+        if not str(p.relative_to(REPO)).startswith(FAMILY_DIRS) and (found := _family_branches(p))
+    }
+    assert offenders == {}
+
+
+def test_modules_are_small_or_say_why() -> None:
+    long = {}
+    for p in _sources(*SOURCE_DIRS):
+        lines = len(p.read_text().splitlines())
+        doc = ast.get_docstring(ast.parse(p.read_text())) or ""
+        if lines > MAX_LINES and "longer than" not in doc:
+            long[str(p.relative_to(REPO))] = lines
+    assert long == {}, f"over {MAX_LINES} lines without a reason in the docstring"
 
 
 # Spelled in two parts so that this test's own source is not a call site for scanners.
@@ -65,7 +150,10 @@ def test_nothing_loads_pickles() -> None:
 
 def test_readme_config_reference_is_current() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "flows.docs", "--check"], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "flows.cli.docs", "--check"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0, out.stderr
 

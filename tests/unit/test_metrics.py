@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from genpar_models import metrics, uncertainty
 from genpar_models.errors import GenparError
-from genpar_models.protocol import ProtocolMismatch, check_comparable, protocol_id
+from genpar_models.eval import metrics, uncertainty
+from genpar_models.eval.protocol import ProtocolMismatch, check_comparable, protocol_id
 
 
 def _with_moments(mu: np.ndarray, cov: np.ndarray, n: int, seed: int) -> np.ndarray:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import typing
 
 import pytest
 import torch
@@ -17,8 +16,10 @@ from torch.distributions import Normal, kl_divergence
 
 from genpar_models.config import ModelConfig
 from genpar_models.errors import ConfigError
-from genpar_models.models import MODELS, build_model, build_model_from_spec, count_parameters
-from genpar_models.models.dcgan import DCGAN, discriminator_loss, generator_loss
+from genpar_models.models import family_names, get_family
+from genpar_models.models.export import build_model, build_model_from_spec, count_parameters
+from genpar_models.models.gan.losses import discriminator_loss, generator_loss
+from genpar_models.models.gan.network import DCGAN
 from genpar_models.models.layers import plan_levels
 from genpar_models.models.likelihoods import (
     bernoulli_nll,
@@ -26,7 +27,7 @@ from genpar_models.models.likelihoods import (
     discretized_gaussian_nll,
     gaussian_kl,
 )
-from genpar_models.models.vae import VAE
+from genpar_models.models.vae.network import VAE
 
 SIZES = [8, 10, 16, 28, 32, 64]
 CHANNELS = [1, 3]
@@ -71,16 +72,16 @@ def test_plan_levels_rejects_odd_or_small(size: int) -> None:
         plan_levels(size)
 
 
-def test_registry_names_match_config_literal() -> None:
-    allowed = set(typing.get_args(ModelConfig.model_fields["name"].annotation))
-    assert set(MODELS) == allowed == {"vae", "dcgan"}
-    assert MODELS["vae"] is VAE and MODELS["dcgan"] is DCGAN
+def test_builtin_families_are_registered_by_name() -> None:
+    assert {"vae", "dcgan"} <= set(family_names())
+    assert get_family("vae").sampling_net == "decoder" and get_family("vae").likelihood
+    assert get_family("dcgan").sampling_net == "generator" and not get_family("dcgan").likelihood
 
 
-@pytest.mark.parametrize("name", ["vae", "dcgan"])
-def test_build_model_from_config(name: str) -> None:
+@pytest.mark.parametrize(("name", "cls"), [("vae", VAE), ("dcgan", DCGAN)])
+def test_build_model_from_config(name: str, cls: type) -> None:
     model = build_model(ModelConfig(name=name, latent_dim=5, base_channels=4), (3, 16, 16))
-    assert isinstance(model, MODELS[name]) and model.latent_dim == 5
+    assert isinstance(model, cls) and model.latent_dim == 5
 
 
 def test_build_model_unknown_name_raises_config_error() -> None:
@@ -360,21 +361,19 @@ def test_dcgan_generator_keeps_a_gradient_on_mnist() -> None:
     (d_fake ~0 on mixed batches, loss_g ~0.002 by step 500) and the generator stopped
     learning on mnist5k at 28x28."""
     from genpar_models.config import load_config
-    from genpar_models.source_builtin import builtin_arrays
-    from genpar_models.steps import make_steps
-    from genpar_models.trainer import to_input
+    from genpar_models.data.sources.builtin import builtin_arrays
     from tests.conftest import REPO
-    from tests.helpers import CPU
+    from tests.helpers import family_steps
 
     cfg = load_config(REPO / "configs" / "mnist-dcgan.yaml", [])
     images = torch.from_numpy(builtin_arrays("mnist5k")[0][:1024].copy()).unsqueeze(1)
     torch.manual_seed(0)
     model = build_model(cfg.model, (1, 28, 28))
-    steps = make_steps(model, "dcgan", cfg.train, CPU)
+    steps = family_steps(model, cfg.train)
     noise, order = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
     for _ in range(100):
         batch = images[torch.randint(0, len(images), (64,), generator=order)]
-        out = steps.step(to_input(batch, model), noise)
+        out = steps.step(get_family("dcgan").to_input(batch), noise)
     # After 100 steps D separates real from fake on the mixed batch; the generator's loss
     # must say so (~-log d_fake), not read ~0 as it did with the fake-only batch.
     assert out["train/d_fake"] < 0.5 < out["train/d_real"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from genpar_models.paths import default_tracking_uri, genpar_home, report_dir
+from genpar_models.util.paths import default_tracking_uri, genpar_home, report_dir
 
 
 def test_home_is_absolute_and_the_tracking_uri_has_four_slashes(

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from genpar_models.config import ConfigError, PipelineConfig, RetrainConfig, load_config
-from genpar_models.promotion import challenger_config, decide, improvement
+from genpar_models.eval.promotion import challenger_config, decide, improvement
 
 
 def rule(**kw) -> RetrainConfig:

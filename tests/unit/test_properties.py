@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from genpar_models.config import PipelineConfig, build_config, flatten, load_config
+from genpar_models.data.shards import open_shard_set
 from genpar_models.errors import ConfigError, ShardError
-from genpar_models.shards import open_shard_set
 from tests.conftest import TINY
 from tests.helpers import make_shard_set
 

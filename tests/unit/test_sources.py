@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from genpar_models.config import DataConfig
+from genpar_models.data.images import array_to_uint8, decode_image, normalise_array, to_array
+from genpar_models.data.sources import Partition, describe_source, load_partition, plan_partitions
+from genpar_models.data.sources.builtin import mnist5k_path
 from genpar_models.errors import DataError
-from genpar_models.images import array_to_uint8, decode_image, normalise_array, to_array
-from genpar_models.source_builtin import mnist5k_path
-from genpar_models.sources import Partition, describe_source, load_partition, plan_partitions
 
 NORM = {"resize": "center_crop", "alpha_background": "black"}
 
@@ -552,7 +552,7 @@ def test_builtin_max_samples_and_resizing() -> None:
 
 def test_module_imports_stay_light() -> None:
     code = (
-        "import sys, genpar_models.sources as s; "
+        "import sys, genpar_models.data.sources as s; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
         "{'torch', 'dask', 'distributed', 'prefect'}))"
     )

@@ -12,8 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flows import processes, stack
-from flows.processes import Proc
+from infra import processes, stack
+from infra.processes import Proc
 
 
 def _dead_proc() -> Proc:

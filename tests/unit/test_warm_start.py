@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from genpar_models import checkpoint
 from genpar_models.config import PipelineConfig
 from genpar_models.errors import CheckpointError
-from genpar_models.runspec import RunSpec
-from genpar_models.trainer import train
+from genpar_models.models.export import load_exported
+from genpar_models.train.loop import train
+from genpar_models.train.runspec import RunSpec
 from tests.helpers import CPU, make_shard_set
 
 
@@ -28,7 +28,7 @@ def _spec(tmp: Path, cfg: PipelineConfig, shards: Path, run: str, **train_update
 
 
 def _weights(tmp: Path, run: str) -> dict[str, torch.Tensor]:
-    return checkpoint.load_exported(tmp / run / "model")[0]
+    return load_exported(tmp / run / "model")[0]
 
 
 def test_training_starts_from_the_init_model(tmp_path: Path, tiny: PipelineConfig) -> None:

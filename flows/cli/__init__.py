@@ -1,0 +1,35 @@
+"""`genpar`: the command-line front door, one module per group of what a user does.
+
+    running.py   run, retrain               run a pipeline, or the nightly retrain, now
+    models.py    evaluate, compress, generate   work on a logged or registered model
+    runs.py      runs, config, ui, home     list and rank runs, inspect configs, open MLflow
+    stack.py     up, down, status, serve    the local stack and its deployments
+    common.py    consoles, options, `load_or_fail`, Prefect/MLflow environment defaults
+    docs.py      regenerate the README's config reference (`python -m flows.cli.docs`)
+
+Every module adds its commands to the one app (`@app.command()`). Config errors are reported
+before Prefect, Dask or torch are even imported, so a typo costs milliseconds, not a cluster
+start.
+"""
+
+from __future__ import annotations
+
+from flows.cli.app import app
+
+# Each module registers its commands on import; the import order is the order of `--help`.
+# isort: off
+from flows.cli import running  # noqa: F401, E402
+from flows.cli import models  # noqa: F401, E402
+from flows.cli import runs  # noqa: F401, E402
+from flows.cli import stack  # noqa: F401, E402
+# isort: on
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""What every `genpar` command module shares: consoles, option types, the one way to load a
+config or fail, error exit, and the environment defaults for Prefect and MLflow."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from genpar_models.config import PipelineConfig
+
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)  # paths in messages stay whole
+
+ConfigArg = Annotated[Path, typer.Argument(help="Pipeline config YAML (see configs/).")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        help="Override a field: --set train.lr=3e-4 (repeatable; "
+        "values are YAML, so 3, 3.0, true, null and [1, 2] work).",
+    ),
+]
+UriOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the "
+        "SQLite store under the genpar home).",
+    ),
+]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def load_or_fail(config: str | Path | None, overrides: list[str] | None) -> PipelineConfig:
+    """The config file (or the defaults) with `--set` overrides, checked against the model
+    families; any error exits with status 2 before Prefect, Dask or torch are imported."""
+    from genpar_models.config import load_config
+    from genpar_models.errors import GenparError
+    from genpar_models.models import check_model_config
+
+    try:
+        cfg = load_config(config, overrides or [])
+        check_model_config(cfg)
+    except GenparError as e:
+        fail(str(e))
+    return cfg
+
+
+def prefect_defaults() -> None:
+    """Environment defaults for Prefect and MLflow (a user's own settings win).
+
+    While the local stack runs (`genpar up`), its servers are the defaults.
+    """
+    from infra.stack import use_stack
+
+    note = use_stack()
+    if note:
+        err.print(f"[yellow]warning:[/] {note}", highlight=False)
+    # Prefect cannot create its database in a PREFECT_HOME that does not exist yet: its
+    # temporary server then times out (minutes) instead of saying so.
+    if os.environ.get("PREFECT_HOME"):
+        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+    # Offline hosts: Prefect's server telemetry only produces errors (shared/STACK.md §0).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The first ephemeral start creates and migrates Prefect's database: measured 21 s on
+    # 2 cores against Prefect's default 20 s limit, so a fresh machine would fail at random.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+
+def use_servers(required: bool) -> None:
+    """The environment defaults (the local stack while it runs); with `required`, fail unless
+    a Prefect server answers at PREFECT_API_URL (what `genpar serve` needs)."""
+    from infra.processes import http_ok
+
+    prefect_defaults()
+    api = os.environ.get("PREFECT_API_URL")
+    if required and not api:
+        fail(
+            "genpar serve needs a Prefect server: start the local stack with `genpar up`, "
+            "or set PREFECT_API_URL to yours",
+            code=1,
+        )
+    if required and not http_ok(f"{api.rstrip('/')}/health", timeout_s=10):
+        fail(f"the Prefect server at PREFECT_API_URL={api} does not answer /health", code=1)
+
+
+@contextlib.contextmanager
+def server_starting_alongside() -> Iterator[None]:
+    """In Prefect's ephemeral mode, start the temporary API server while the body imports the
+    flow, not after it.
+
+    The server is its own process (uvicorn, app import, database: ~7 s on 2 cores) and the
+    flow's imports (torch, MLflow, torchmetrics: ~7 s) run in this one, so on two cores they
+    overlap. A thread starts it and waits for its health check; the body's end waits for that
+    thread. A failed start is left to Prefect's own start on first use, which reports it.
+    """
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the instance Prefect's client uses (one per port)
+
+    def start() -> None:
+        with contextlib.suppress(Exception):
+            server.start()
+
+    starter = threading.Thread(target=start, name="prefect-server-start", daemon=True)
+    starter.start()
+    try:
+        yield
+    finally:
+        starter.join()
+
+
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        help="Model reference: a run id, models:/NAME/VERSION, models:/NAME@ALIAS, NAME@ALIAS, "
+        "champion, or a model directory."
+    ),
+]

@@ -1,0 +1,87 @@
+"""Running pipelines: `genpar run` (one pipeline, now) and `genpar retrain` (the nightly, now)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from flows.cli.app import app
+from flows.cli.common import (
+    ConfigArg,
+    SetOpt,
+    console,
+    fail,
+    load_or_fail,
+    prefect_defaults,
+    server_starting_alongside,
+    use_servers,
+)
+from genpar_models.errors import GenparError
+from genpar_models.util.paths import genpar_home
+
+PANEL = "Run pipelines"
+
+
+@app.command(rich_help_panel=PANEL)
+def run(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Run the pipeline once: preprocess -> train (torchrun) -> evaluate -> generate, in MLflow.
+
+    Uses Prefect's ephemeral mode unless PREFECT_API_URL points at a server. State (shards,
+    checkpoints, the default MLflow store) lives under $GENPAR_HOME (default ~/.genpar).
+    """
+    cfg = load_or_fail(config, set_)
+    prefect_defaults()
+    console.print(
+        f"[bold]genpar[/] running [cyan]{cfg.name}[/] ({cfg.model.name} on "
+        f"{cfg.data.source}), home {genpar_home()}"
+    )
+    with server_starting_alongside():
+        from flows.pipeline import pipeline
+
+    try:
+        summary = pipeline(cfg)
+    except GenparError as e:
+        fail(str(e), code=1)
+    _print_summary(summary)
+
+
+def _print_summary(summary: dict) -> None:
+    table = Table(title="metrics", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in sorted(summary["metrics"].items()):
+        table.add_row(key, f"{value:.5g}")
+    console.print(table)
+    console.print(
+        f"[bold green]done[/]  MLflow run [cyan]{summary['run_id']}[/] "
+        f"(experiment {summary['experiment_id']})"
+    )
+    console.print(f"  tracking:  {summary['tracking_uri']}")
+    console.print(f"  artifacts: {summary['artifact_uri']}")
+    console.print(f"  run dir:   {summary['run_dir']}")
+    console.print(
+        "  open the MLflow UI: [bold]genpar ui[/]  then "
+        f"http://127.0.0.1:5000/#/experiments/{summary['experiment_id']}/runs/"
+        f"{summary['run_id']}"
+    )
+
+
+@app.command(rich_help_panel=PANEL)
+def retrain(
+    config: Annotated[Path, typer.Argument(help="Pipeline config YAML.")], set_: SetOpt = None
+) -> None:
+    """Run the nightly retrain once, now: train a challenger and promote it only if better."""
+    cfg = load_or_fail(config, set_)
+    use_servers(required=False)
+    with server_starting_alongside():
+        from flows.nightly import nightly_retrain
+
+    try:
+        result = nightly_retrain(cfg)
+    except GenparError as e:
+        fail(str(e), code=1)
+    console.print(f"[bold]{result['decision']['action']}[/]: {result['decision']['reason']}")
+    console.print(f"challenger: MLflow run {result['run_id']}, version {result['model_version']}")

@@ -1,0 +1,124 @@
+"""The local stack and its deployments: `genpar up`, `down`, `status` and `serve`.
+
+`up/down/status` manage the local Prefect and MLflow servers (infra/stack.py); `serve` serves
+the deployments (flows/deployments.py) against them, or against PREFECT_API_URL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flows.cli.app import app
+from flows.cli.common import SetOpt, console, fail, load_or_fail, use_servers
+
+PrefectPort = Annotated[
+    int, typer.Option("--prefect-port", envvar="GENPAR_PREFECT_PORT", help="Prefect server port.")
+]
+MlflowPort = Annotated[
+    int, typer.Option("--mlflow-port", envvar="GENPAR_MLFLOW_PORT", help="MLflow server port.")
+]
+OptConfigArg = Annotated[
+    Path | None,
+    typer.Argument(help="Pipeline config YAML whose values become the deployments' defaults."),
+]
+
+PANEL = "Local stack and deployments"
+
+
+@app.command(rich_help_panel=PANEL)
+def up(
+    prefect_port: PrefectPort = 4200,
+    mlflow_port: MlflowPort = 5000,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the health checks.")] = 180,
+) -> None:
+    """Start the local stack: a Prefect server and an MLflow server on 127.0.0.1.
+
+    Their databases and artifacts live under the genpar home. While it is up, `genpar run`,
+    `genpar serve` and the deployments use it; `genpar down` stops it.
+    """
+    from infra import stack
+
+    try:
+        servers = stack.up({"prefect": prefect_port, "mlflow": mlflow_port}, timeout_s=timeout)
+    except stack.AlreadyRunning as e:
+        console.print(f"{e}; nothing started (`genpar down` stops it)", highlight=False)
+        return
+    except stack.StackError as e:
+        fail(str(e), code=1)
+    prefect, mlflow = servers["prefect"], servers["mlflow"]
+    console.print(f"[bold green]genpar stack up[/] (home {stack.genpar_home()})")
+    console.print(f"  Prefect UI  {prefect.url}   (API {prefect.api_url})", highlight=False)
+    console.print(f"  MLflow UI   {mlflow.url}", highlight=False)
+    console.print(
+        "next: [bold]genpar serve CONFIG[/] serves the deployments; `genpar run` now records "
+        "here; `genpar down` stops the stack"
+    )
+
+
+@app.command(rich_help_panel=PANEL)
+def down() -> None:
+    """Stop the local stack (and a `genpar serve` started for it)."""
+    from infra import stack
+
+    if not stack.down(say=lambda m: console.print(m, highlight=False)):
+        console.print(
+            f"nothing to stop: no genpar stack is running for {stack.genpar_home()}",
+            highlight=False,
+        )
+
+
+@app.command(rich_help_panel=PANEL)
+def status() -> None:
+    """Say what runs: the stack's servers (with health), and `genpar serve`.
+
+    Exit status: 0 all running, 1 something recorded is down or not answering, 3 no stack.
+    """
+    from infra import stack
+
+    states = stack.server_states()
+    served = stack.serve_state()
+    if not states:
+        console.print(f"no genpar stack is running for {stack.genpar_home()} (`genpar up`)")
+    for server, state in states:
+        colour = "green" if state == "running" else "red"
+        console.print(
+            f"{server.name:8s} [{colour}]{state}[/]  {server.url}  (pid {server.proc.pid})",
+            highlight=False,
+        )
+    if served:
+        info, state = served
+        colour = "green" if state == "running" else "red"
+        names = ", ".join(info.get("deployments", []))
+        console.print(
+            f"{'serve':8s} [{colour}]{state}[/]  pid {info['pid']}, config "
+            f"{info.get('config')!r}: {names}",
+            highlight=False,
+        )
+    healthy = all(state == "running" for _, state in states)
+    if served and served[1] != "running":
+        healthy = False
+    raise typer.Exit(3 if not states else 0 if healthy else 1)
+
+
+@app.command(rich_help_panel=PANEL)
+def serve(
+    config: OptConfigArg = None,
+    set_: SetOpt = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Most flow runs at once in this process (default: any).")
+    ] = None,
+) -> None:
+    """Serve the deployments: pipeline, evaluate and nightly-retrain (on retrain.cron).
+
+    The config's values are the defaults of the Prefect UI's run form; retrain.cron and
+    retrain.timezone set the nightly schedule. Needs a Prefect server: `genpar up`, or
+    PREFECT_API_URL. Runs until Ctrl-C (or `genpar down`).
+    """
+    cfg = load_or_fail(config, set_)
+    use_servers(required=True)
+    from flows.deployments import serve_deployments
+
+    serve_deployments(cfg, limit=limit, say=lambda m: console.print(m, highlight=False))

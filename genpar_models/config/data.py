@@ -1,0 +1,88 @@
+"""The `data` section: where the samples come from and how they become shards."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from genpar_models.config.base import Section
+
+BUILTIN_SOURCES = ("digits", "mnist5k")
+
+
+class DataConfig(Section):
+    """Where the images come from and how they are turned into shards."""
+
+    source: Literal["digits", "mnist5k", "folder", "array", "table"] = Field(
+        "digits",
+        description="digits / mnist5k: built-in datasets shipped inside installed packages; "
+        "folder: a directory of PNG/JPEG images (class subfolders become labels); "
+        "array: a .npy or .npz file; table: a Parquet or CSV file with pixel columns.",
+    )
+    path: str | None = Field(
+        None, description="File or folder for the folder/array/table sources; unused for built-ins."
+    )
+    image_size: int = Field(
+        8, description="Side of the square images the model sees, in pixels (even, 8 to 64)."
+    )
+    channels: Literal[1, 3] = Field(1, description="1 = grayscale, 3 = RGB.")
+    resize: Literal["center_crop", "pad", "stretch"] = Field(
+        "center_crop", description="How non-square images become square before resizing."
+    )
+    alpha_background: Literal["black", "white"] = Field(
+        "black", description="Colour that transparent pixels are composited onto."
+    )
+    val_fraction: float = Field(0.1, ge=0.0, le=0.5, description="Share of samples for validation.")
+    test_fraction: float = Field(0.1, ge=0.0, le=0.5, description="Share of samples for test.")
+    shard_size: int = Field(
+        1024, ge=16, le=1_000_000, description="Input samples per Dask partition (and per shard)."
+    )
+    on_bad: Literal["fail", "skip"] = Field(
+        "fail",
+        description="fail: stop and list every unreadable or invalid sample; "
+        "skip: leave them out and count them in the manifest and in MLflow.",
+    )
+    max_samples: int | None = Field(
+        None, ge=1, description="Use only the first N samples of the source (in source order)."
+    )
+    max_image_pixels: int = Field(
+        25_000_000, ge=64, description="Largest decoded image (width x height) accepted."
+    )
+    pixel_max: float | None = Field(
+        None,
+        gt=0,
+        description="array/table sources: value of a white pixel. Default: 255 for integer "
+        "data, 1.0 for floating-point data.",
+    )
+    images_key: str | None = Field(
+        None, description="array source, .npz: key of the images (default: images, x, X or data)."
+    )
+    labels_key: str | None = Field(
+        None, description="array source, .npz: key of the labels (default: labels, y or Y)."
+    )
+    labels_path: str | None = Field(None, description="array source, .npy: a .npy of labels.")
+    label_column: str | None = Field(
+        "label", description="table source: the label column; every other column is a pixel."
+    )
+    num_classes: int | None = Field(
+        None, ge=1, description="Expected number of classes; labels must lie in [0, num_classes)."
+    )
+
+    @field_validator("image_size")
+    @classmethod
+    def _check_size(cls, v: int) -> int:
+        if not 8 <= v <= 64 or v % 2:
+            raise ValueError(f"must be an even number from 8 to 64, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_source(self) -> DataConfig:
+        if self.source not in BUILTIN_SOURCES and not self.path:
+            raise ValueError(f"data.path is required for source {self.source!r}")
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                "data.val_fraction + data.test_fraction must be below 0.9, got "
+                f"{self.val_fraction + self.test_fraction:g}"
+            )
+        return self

@@ -1,0 +1,56 @@
+"""Schema versions of the config, and how a tree written under an older one is brought up to date.
+
+Each step of `MIGRATIONS` takes a plain tree of version N to N + 1 and says in one line what it
+changed; `migrate` applies them in order. A config file without `version` predates versioning:
+it is version 1. Add a step here (and bump CONFIG_VERSION) whenever a field is renamed, moved
+or changes meaning, so config files, stored run specs and deployment parameters keep loading.
+
+Versions:
+    1  genpar 0.1 up to the layout of one home per concern (no `version` key)
+    2  `version` recorded in every config; fields unchanged
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+from genpar_models.errors import ConfigError
+
+CONFIG_VERSION = 2
+
+Tree = dict[str, Any]
+
+
+def _v1_to_v2(tree: Tree) -> str:
+    return "fields unchanged; the version is now recorded"
+
+
+# MIGRATIONS[n] takes a version-n tree to version n + 1 in place and describes the change.
+MIGRATIONS: dict[int, Callable[[Tree], str]] = {1: _v1_to_v2}
+
+
+def migrate(tree: Tree) -> tuple[Tree, list[str]]:
+    """Bring a config tree (with `version`) up to CONFIG_VERSION.
+
+    Returns:
+        (the migrated copy, one note per step taken, e.g. "1 -> 2: ...").
+
+    Raises:
+        ConfigError: the version is newer than this genpar, or not a version at all.
+    """
+    version = tree.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ConfigError(f"version: expected a positive integer, got {version!r}")
+    if version > CONFIG_VERSION:
+        raise ConfigError(
+            f"version: {version} is newer than this genpar understands ({CONFIG_VERSION}); "
+            "upgrade genpar to read this config"
+        )
+    out, notes = copy.deepcopy(tree), []
+    while out["version"] < CONFIG_VERSION:
+        step = out["version"]
+        notes.append(f"{step} -> {step + 1}: {MIGRATIONS[step](out)}")
+        out["version"] = step + 1
+    return out, notes

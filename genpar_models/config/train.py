@@ -1,0 +1,77 @@
+"""The `train` and `compute` sections: the torchrun job, and the processes and devices it uses."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from genpar_models.config.base import Section
+
+
+class TrainConfig(Section):
+    """The torchrun training job."""
+
+    max_steps: int = Field(2000, ge=1, description="Optimizer steps in total (all epochs).")
+    batch_size_per_rank: int = Field(64, ge=1, le=65536, description="Samples per step per rank.")
+    lr: float = Field(1e-3, gt=0, le=1.0, description="Adam learning rate (VAE, GAN generator).")
+    lr_discriminator: float | None = Field(
+        None, gt=0, le=1.0, description="GAN discriminator learning rate (default: lr)."
+    )
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    kl_weight: float = Field(1.0, ge=0, description="VAE: weight of the KL term (beta-VAE).")
+    grad_clip_norm: float | None = Field(None, gt=0, description="Clip gradients to this norm.")
+    checkpoint_every_steps: int = Field(
+        200, ge=1, description="Rank 0 writes a checkpoint (and commits metrics) this often."
+    )
+    keep_checkpoints: int = Field(3, ge=1, le=100, description="Newest checkpoints kept on disk.")
+    log_every_steps: int = Field(20, ge=1, description="Print and record train metrics this often.")
+    val_every_steps: int = Field(
+        200, ge=1, description="Evaluate on the validation split this often."
+    )
+    max_restarts: int = Field(
+        1, ge=0, le=10, description="torchrun --max-restarts: elastic restarts after a rank dies."
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU."
+    )
+    resume: bool = Field(
+        True,
+        description="Continue an interrupted run of the same config and data from its newest "
+        "valid checkpoint instead of starting over.",
+    )
+    init_from: str | None = Field(
+        None,
+        description="Initialise the weights (not the optimizer) from this model when no "
+        "checkpoint exists: a run id, models:/NAME/VERSION, NAME@ALIAS or a model directory. "
+        "The nightly retrain sets it to the champion's version when retrain.warm_start is on.",
+    )
+
+
+class ComputeConfig(Section):
+    """Processes, devices and clusters."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: every visible GPU if there is one, else CPU processes."
+    )
+    cpu_procs: int = Field(2, ge=1, le=256, description="Training processes on CPU (gloo).")
+    threads_per_proc: int | None = Field(
+        None, ge=1, description="Torch threads per CPU training process (default: cores / procs)."
+    )
+    dask_address: str | None = Field(
+        None, description="Scheduler address of an existing Dask cluster (tcp://host:8786)."
+    )
+    dask_workers: int | None = Field(
+        None, ge=1, description="Workers of the local Dask cluster (default: one per core)."
+    )
+    nnodes: int = Field(1, ge=1, description="torchrun nodes; >1 needs rdzv_endpoint.")
+    rdzv_endpoint: str | None = Field(None, description="host:port of the c10d rendezvous.")
+    rdzv_id: str | None = Field(None, description="Rendezvous job id shared by all nodes.")
+
+    @model_validator(mode="after")
+    def _check_nodes(self) -> ComputeConfig:
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("compute.rdzv_endpoint is required when compute.nnodes > 1")
+        return self

@@ -1,0 +1,164 @@
+"""Shard sets: atomic shard writing per partition, and verified reading through the manifest.
+
+A shard set is a directory of `.npy` files (per shard a uint8 image array (N, C, H, W) and an
+int64 label array (N,), -1 = unlabelled) plus `manifest.json` (manifest.py). The manifest is
+the only way to read shards: `open_shard_set` verifies names, counts, shapes and hashes and
+fails naming the file. A set is built in a staging directory and committed by renaming the
+whole directory (genpar_models/util/atomic.py), so a reader never sees a partial set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genpar_models.data.manifest import (
+    MANIFEST,
+    SPLITS,
+    Manifest,
+    ShardEntry,
+    read_manifest,
+)
+from genpar_models.data.split import split_of
+from genpar_models.errors import ShardError
+from genpar_models.util import atomic
+
+
+def write_partition_shards(
+    *,
+    index: int,
+    ids: list[str],
+    images: np.ndarray,
+    labels: np.ndarray,
+    out_dir: Path,
+    val_fraction: float,
+    test_fraction: float,
+) -> dict[str, Any]:
+    """Split one decoded partition by id hash and write its shards atomically.
+
+    Returns a small JSON-able summary (shard entries per split, pixel sums of the train part)
+    that the committing step turns into the manifest.
+    """
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(ids) != len(labels):
+        raise ShardError(f"partition {index}: expected uint8 (N,C,H,W) with N ids and labels")
+    which = np.array(
+        [split_of(i, val_fraction=val_fraction, test_fraction=test_fraction) for i in ids]
+    )
+    summary: dict[str, Any] = {"index": index, "shards": {}, "max_label": -1}
+    for split in SPLITS:
+        mask = which == split
+        n = int(mask.sum())
+        if n == 0:
+            continue
+        stem = f"{split}-{index:05d}"
+        img, lab = images[mask], labels[mask].astype(np.int64)
+        entry = ShardEntry(
+            images=f"{stem}.images.npy",
+            labels=f"{stem}.labels.npy",
+            count=n,
+            sha256_images=atomic.write_npy(out_dir / f"{stem}.images.npy", img),
+            sha256_labels=atomic.write_npy(out_dir / f"{stem}.labels.npy", lab),
+        )
+        summary["shards"][split] = entry.model_dump()
+        if split == "train":
+            x = img.astype(np.float64) / 255.0  # (n, C, H, W)
+            summary["sum"] = x.sum(axis=(0, 2, 3)).tolist()
+            summary["sumsq"] = (x * x).sum(axis=(0, 2, 3)).tolist()
+            summary["pixels"] = int(n * img.shape[2] * img.shape[3])
+    if len(labels):
+        summary["max_label"] = int(labels.max())
+    return summary
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> Path:
+    """Write manifest.json into a (staging) shard directory: the last file of a shard set."""
+    path = directory / MANIFEST
+    atomic.write_json(path, manifest.model_dump(mode="json"))
+    return path
+
+
+@dataclass
+class ShardSet:
+    """A verified, committed shard set."""
+
+    directory: Path
+    manifest: Manifest
+    _cache: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.manifest.image_shape
+
+    def count(self, split: str) -> int:
+        return self.manifest.splits[split].count
+
+    def shard_arrays(self, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Memory-mapped (images, labels) per shard of `split` (no copy)."""
+        out = []
+        for e in self.manifest.splits[split].shards:
+            img = np.load(self.directory / e.images, mmap_mode="r", allow_pickle=False)
+            lab = np.load(self.directory / e.labels, mmap_mode="r", allow_pickle=False)
+            out.append((img, lab))
+        return out
+
+    def load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """The whole split in memory: uint8 (N, C, H, W) and int64 (N,)."""
+        if split not in self._cache:
+            arrays = self.shard_arrays(split)
+            c, h, w = self.image_shape
+            if not arrays:
+                self._cache[split] = (np.zeros((0, c, h, w), np.uint8), np.zeros(0, np.int64))
+            else:
+                self._cache[split] = (
+                    np.concatenate([a for a, _ in arrays]),
+                    np.concatenate([b for _, b in arrays]).astype(np.int64),
+                )
+        return self._cache[split]
+
+
+def _verify_entry(directory: Path, e: ShardEntry, shape: tuple[int, int, int]) -> None:
+    for name, digest, dtype, tail in (
+        (e.images, e.sha256_images, np.uint8, shape),
+        (e.labels, e.sha256_labels, np.int64, ()),
+    ):
+        path = directory / name
+        if not path.is_file():
+            raise ShardError(f"{path}: listed in the manifest but missing")
+        actual = atomic.sha256_file(path)
+        if actual != digest:
+            raise ShardError(
+                f"{path}: sha256 mismatch (manifest {digest[:12]}…, file {actual[:12]}…); "
+                "the shard was modified or corrupted"
+            )
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as err:
+            raise ShardError(f"{path}: not a plain .npy array: {err}") from None
+        if arr.dtype != dtype or arr.shape != (e.count, *tail):
+            raise ShardError(
+                f"{path}: expected {np.dtype(dtype).name} {(e.count, *tail)}, "
+                f"found {arr.dtype.name} {arr.shape}"
+            )
+
+
+def open_shard_set(directory: str | Path, *, verify: bool = True) -> ShardSet:
+    """Open a committed shard set, verifying every file against the manifest.
+
+    Raises:
+        ShardError: naming the manifest or shard file that is missing, malformed or altered.
+    """
+    directory = Path(directory).resolve()
+    manifest = read_manifest(directory)
+    for split, entry in manifest.splits.items():
+        if entry.count != sum(s.count for s in entry.shards):
+            raise ShardError(
+                f"{directory / MANIFEST}: splits.{split}.count={entry.count} but its shards "
+                f"hold {sum(s.count for s in entry.shards)}"
+            )
+        if verify:
+            for e in entry.shards:
+                _verify_entry(directory, e, tuple(manifest.image_shape))
+    return ShardSet(directory=directory, manifest=manifest)

@@ -1,0 +1,176 @@
+"""The evaluation scorecard of a trained model: sample quality for every family, likelihood for
+the families that have one.
+
+Sample quality (metrics.py) is measured in the feature space of an extractor trained once per
+dataset (features.py, cached by reference.py): FID with a bootstrap interval, KID (mean and std
+over subsets, plus an interval), precision, recall, density, coverage and a classifier
+inception score; `eval/fid_train_test` scores training images as if they were samples, the
+floor a model could reach. Samples are drawn in seeded blocks (samples.py). A family with a
+likelihood (`Family.likelihood`) adds the likelihood scorecard (likelihood.py).
+
+Every report carries its protocols (protocol.py) and which cached parts were reused; results
+are plain dicts, written as JSON and Markdown by the caller.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genpar_models.config import EvaluateConfig, PipelineConfig
+from genpar_models.data.shards import open_shard_set
+from genpar_models.eval import metrics, uncertainty
+from genpar_models.eval.likelihood import likelihood_scorecard
+from genpar_models.eval.protocol import LIKELIHOOD, QUALITY, protocol_id
+from genpar_models.eval.reference import (
+    Extractor,
+    Reference,
+    cache_root,
+    ensure_extractor,
+    ensure_reference,
+)
+from genpar_models.eval.samples import SAMPLE_BLOCK, Generated, generate_features
+from genpar_models.models.export import count_parameters, load_model
+from genpar_models.models.registry import get_family
+from genpar_models.util import seeding
+from genpar_models.util.threads import one_thread
+
+
+def score_quality(ref: Reference, gen: Generated, cfg: EvaluateConfig, seed: int) -> dict:
+    """Sample-quality metrics of generated features against the real reference."""
+    fid = metrics.fid(ref.features, gen.features)
+    kid, kid_std, m = metrics.kid(
+        ref.features,
+        gen.features,
+        subsets=cfg.kid_subsets,
+        subset_size=cfg.kid_subset_size,
+        seed=seed,
+    )
+    out = {"eval/fid": fid, "eval/kid_mean": kid, "eval/kid_std": kid_std, "kid_subset_size": m}
+    prdc = metrics.prdc(ref.features, gen.features, nearest_k=cfg.nearest_k)
+    out.update({f"eval/{k}": v for k, v in prdc.items()})
+    out["eval/fid_train_test"] = metrics.fid(ref.features, ref.train_features)
+    if gen.logits is not None:
+        out["eval/inception_score"], out["eval/inception_score_std"] = metrics.inception_score(
+            gen.logits, seed=seed
+        )
+    if cfg.bootstrap > 0:
+        kw = {"resamples": cfg.bootstrap, "confidence": cfg.confidence, "seed": seed}
+        lo, hi = uncertainty.fid_interval(ref.features, gen.features, fid, **kw)
+        out["eval/fid_ci_low"], out["eval/fid_ci_high"] = lo, hi
+        lo, hi = uncertainty.kid_interval(ref.features, gen.features, kid, **kw)
+        out["eval/kid_ci_low"], out["eval/kid_ci_high"] = lo, hi
+    return out
+
+
+def quality_protocol(ref: Reference, cfg: EvaluateConfig, n: int, m: int) -> dict:
+    return {
+        **ref.protocol,
+        "generated_samples": n,
+        "sample_block": SAMPLE_BLOCK,
+        "seed": cfg.seed,
+        "precision": "fp32",
+        "kid_subsets": cfg.kid_subsets,
+        "kid_subset_size": m,
+        "nearest_k": cfg.nearest_k,
+        "bootstrap": cfg.bootstrap,
+        "confidence": cfg.confidence,
+    }
+
+
+def prepare(
+    shards_dir: str | Path, cfg: EvaluateConfig, *, root: Path | None = None, device="cpu"
+) -> tuple[Extractor, Reference]:
+    """The dataset's extractor and real reference statistics (cached; see reference.py)."""
+    shardset = open_shard_set(shards_dir)
+    root = root or cache_root()
+    extractor = ensure_extractor(shardset, cfg, root)
+    ref = ensure_reference(
+        shardset, extractor, cfg, root, floor_samples=cfg.num_samples, device=device
+    )
+    return extractor, ref
+
+
+def evaluate_model(
+    model_dir: str | Path,
+    shards_dir: str | Path,
+    cfg: PipelineConfig,
+    *,
+    prepared: tuple[Extractor, Reference] | None = None,
+    generated: Generated | None = None,
+    device: str | torch.device = "cpu",
+    root: Path | None = None,
+) -> dict[str, Any]:
+    """The evaluation report of one exported model: metrics, protocols, cache use, timings.
+
+    `prepared` and `generated` let a caller that ran those steps elsewhere (Dask) pass them in;
+    whatever is missing is computed here, on `device`.
+    """
+    with one_thread(device):
+        return _evaluate(model_dir, shards_dir, cfg, prepared, generated, device, root)
+
+
+def _evaluate(model_dir, shards_dir, cfg, prepared, generated, device, root) -> dict[str, Any]:
+    t0, ecfg = time.perf_counter(), cfg.evaluate
+    model, meta = load_model(model_dir, device)
+    shardset = open_shard_set(shards_dir)
+    extractor, ref = prepared or prepare(shards_dir, ecfg, root=root, device=device)
+    seed = seeding.evaluation(ecfg.seed)
+    t1 = time.perf_counter()
+    gen = generated or generate_features(
+        model, extractor, ecfg.num_samples, seed=seed, batch_size=ecfg.batch_size, device=device
+    )
+    scores = score_quality(ref, gen, ecfg, seed)
+    m = scores.pop("kid_subset_size")
+    protocols = {QUALITY: quality_protocol(ref, ecfg, len(gen.features), m)}
+    metrics_ = {
+        "eval/num_parameters": float(count_parameters(model)),
+        "eval/checkpoint_bytes": float(meta["size_bytes"]),
+        "eval/sample_ms_per_image": 1000.0 * gen.seconds / max(len(gen.features), 1),
+        **scores,
+    }
+    if "val_accuracy" in extractor.summary:
+        metrics_["eval/extractor_accuracy"] = extractor.summary["val_accuracy"]
+    family = get_family(meta["model_spec"]["name"])
+    if family.likelihood is not None:
+        scores, protocols[LIKELIHOOD] = likelihood_scorecard(model, family, shardset, ecfg, seed)
+        metrics_.update(scores)
+    metrics_["eval/seconds"] = time.perf_counter() - t0
+    timings = {"prepare_s": t1 - t0, "generate_s": gen.seconds, "total_s": metrics_["eval/seconds"]}
+    return _report(meta, protocols, metrics_, extractor, ref, timings)
+
+
+def _report(meta, protocols, metrics_, extractor: Extractor, ref: Reference, timings) -> dict:
+    return {
+        "model": meta["model_spec"],
+        "protocols": protocols,
+        "protocol_ids": {k: protocol_id(p) for k, p in protocols.items()},
+        "metrics": metrics_,
+        "extractor": {
+            "kind": extractor.kind,
+            "fingerprint": extractor.fingerprint,
+            "directory": str(extractor.directory),
+            "summary": extractor.summary,
+        },
+        "cache": {
+            "extractor": "trained" if extractor.trained else "cached",
+            "reference": "computed" if ref.computed else "cached",
+        },
+        "reference_dir": str(ref.directory),
+        "timings": timings,
+    }
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Evaluation: {report['model']['name']}", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.6g} |" for k, v in sorted(report["metrics"].items())]
+    for kind, protocol in report["protocols"].items():
+        pid = report["protocol_ids"][kind]
+        lines += ["", f"{kind.capitalize()} protocol `{pid}`: "]
+        lines[-1] += ", ".join(f"{k}={v}" for k, v in protocol.items())
+    cache = report["cache"]
+    lines += ["", f"Extractor: {cache['extractor']}; reference statistics: {cache['reference']}."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,89 @@
+"""What a model family is: the one object the trainer, evaluator, sampler and compressor ask.
+
+A family (after torchtitan's `TrainSpec`) bundles how to build its network from the `model`
+config section, how to rebuild it from the JSON spec stored beside its weights, its training
+step(s), what evaluation it supports (a likelihood or not), and which of its submodules
+generates samples (for sampling and compression). Nothing outside a family's folder branches on
+`model.name`; adding a family is a folder and one `register_family` call.
+
+Contract of a family's network (an `nn.Module`):
+    model_spec() -> dict         JSON-able constructor arguments, with "name" = family name
+    sample(n, *, generator)      n samples in [0, 1], (n, C, H, W), drawn from `generator`
+                                 (a CPU torch.Generator: the same samples on any device)
+
+Contract of its steps (`Steps`, made by `make_steps` with the trainer's `StepTools`):
+    modules, optimizers          what checkpoints hold, by name
+    wrap()                       wrap the modules for the process group (after a resume)
+    step(x, noise) -> metrics    one optimizer step on a batch in `input_range`
+    validate(x, noise) -> sums   per-batch sums of validation metrics (the trainer averages)
+    loss_key                     the metric watched for divergence
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
+    from genpar_models.config import ModelConfig, TrainConfig
+
+
+class Steps(Protocol):
+    loss_key: str
+    modules: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+
+    def wrap(self) -> None: ...
+    def step(self, x: Tensor, noise: torch.Generator) -> dict[str, Tensor]: ...
+    def validate(self, x: Tensor, noise: torch.Generator) -> dict[str, Tensor]: ...
+
+
+@dataclass(frozen=True)
+class StepTools:
+    """What a family's steps get from the trainer, so families never touch torch.distributed:
+    how to wrap a module for the process group, make an optimizer, clip, autocast."""
+
+    device: torch.device
+    wrap: Callable[[nn.Module], nn.Module]  # DDP under several ranks, the module itself on one
+    optimizer: Callable[[Iterable[Tensor], float], torch.optim.Optimizer]  # train.* Adam at lr
+    clip: Callable[[Iterable[Tensor]], None]  # train.grad_clip_norm, when set
+    autocast: Callable[[], contextlib.AbstractContextManager]  # train.precision on this device
+
+    @staticmethod
+    def no_sync(module: nn.Module) -> contextlib.AbstractContextManager:
+        """A wrapped module's gradients are not all-reduced inside this block."""
+        sync_off = getattr(module, "no_sync", None)
+        return sync_off() if callable(sync_off) else contextlib.nullcontext()
+
+
+# likelihood(model, x, generator, iw_samples) -> per-sample (N,) tensors in nats: "recon",
+# "kl", "elbo" (= -(recon + kl)) and, when iw_samples > 0, "iw_bound".
+Likelihood = Callable[["nn.Module", "Tensor", "torch.Generator", int], dict[str, "Tensor"]]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family (see the module docstring for the network's and the steps' contract)."""
+
+    name: str  # the value of model.name
+    summary: str  # one line, for listings and errors
+    build: Callable[[ModelConfig, Sequence[int]], nn.Module]  # fresh network: config + (C, H, W)
+    rebuild: Callable[[Mapping[str, Any]], nn.Module]  # the same architecture from model_spec()
+    make_steps: Callable[[nn.Module, TrainConfig, StepTools], Steps]
+    input_range: tuple[float, float]  # where the networks take images (trainer maps [0, 1] here)
+    sampling_net: str  # attribute of the network that turns latents into samples
+    options: tuple[str, ...] = ()  # model.* fields it reads beyond config.SHARED_FIELDS
+    likelihood: Likelihood | None = None  # None: the family has no likelihood to evaluate
+    # Cast the sampling network to half precision in place (compression's bf16/fp16 variants);
+    # None: the whole network runs in `dtype` between casts.
+    half: Callable[[nn.Module, torch.dtype], None] | None = None
+
+    def to_input(self, batch_u8: Tensor) -> Tensor:
+        """uint8 pixels as floats in `input_range` (0..255 -> [lo, hi], linearly)."""
+        lo, hi = self.input_range
+        return batch_u8.float().div_(255.0).mul_(hi - lo).add_(lo)

@@ -1,0 +1,152 @@
+"""The DCGAN network (Radford et al. 2016, https://arxiv.org/abs/1511.06434).
+
+`DCGAN` only holds the two players, `generator` and `discriminator`, as separate submodules:
+the family's steps (steps.py) wrap each in its own DDP with its own optimizer and alternate
+their updates with the losses of losses.py. Images inside the model live in [-1, 1] (the
+generator ends in tanh); `sample` maps them back to [0, 1].
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from genpar_models.models.layers import (
+    check_image_shape,
+    down_path,
+    draw_normal,
+    level_channels,
+    plan_levels,
+    to_range,
+    up_path,
+)
+
+if TYPE_CHECKING:
+    from genpar_models.config import ModelConfig
+
+# DCGAN paper, section 4: weights from N(0, 0.02); LeakyReLU slope 0.2 in the discriminator.
+_INIT_STD = 0.02
+_LEAK = 0.2
+
+
+def init_dcgan_weights(module: nn.Module) -> None:
+    """DCGAN init for one module; use as `model.apply(init_dcgan_weights)`."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(module.weight, 0.0, _INIT_STD)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, _INIT_STD)
+        nn.init.zeros_(module.bias)
+
+
+class Generator(nn.Module):
+    """z (N, latent_dim) -> images (N, C, S, S) in [-1, 1]."""
+
+    def __init__(
+        self, *, image_shape: tuple[int, int, int], latent_dim: int, base_channels: int
+    ) -> None:
+        super().__init__()
+        channels, side, _ = image_shape
+        n_down, base_side = plan_levels(side)
+        widths = level_channels(base_channels, n_down)
+        self.base_shape = (widths[-1], base_side, base_side)
+        # Project and reshape (DCGAN, figure 1); BatchNorm follows, so no bias.
+        self.project = nn.Linear(latent_dim, widths[-1] * base_side**2, bias=False)
+        self.project_act = nn.Sequential(nn.BatchNorm2d(widths[-1]), nn.ReLU())
+        self.upsample = up_path(widths, norm="batch", activation=nn.ReLU)
+        # No BatchNorm on the output layer (DCGAN, section 3): it made samples oscillate.
+        self.to_image = nn.Sequential(nn.Conv2d(widths[0], channels, 3, padding=1), nn.Tanh())
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.project(z).view(-1, *self.base_shape)  # (N, D) -> (N, C_top, s, s)
+        h = self.upsample(self.project_act(h))  # (N, C_top, s, s) -> (N, base, S, S)
+        return self.to_image(h)  # (N, base, S, S) -> (N, C, S, S)
+
+
+class Discriminator(nn.Module):
+    """images (N, C, S, S) in [-1, 1] -> logits (N,) that they are real."""
+
+    def __init__(self, *, image_shape: tuple[int, int, int], base_channels: int) -> None:
+        super().__init__()
+        channels, side, _ = image_shape
+        n_down, base_side = plan_levels(side)
+        widths = level_channels(base_channels, n_down)
+        # No BatchNorm on the input layer (DCGAN, section 3).
+        leaky = functools.partial(nn.LeakyReLU, _LEAK)
+        self.features = down_path(
+            channels, widths, norm="batch", activation=leaky, norm_first=False
+        )
+        self.to_logit = nn.Linear(widths[-1] * base_side**2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.features(x).flatten(1)  # (N, C, S, S) -> (N, C_top, s, s) -> (N, C_top*s*s)
+        return self.to_logit(h).squeeze(1)  # (N, 1) -> (N,)
+
+
+class DCGAN(nn.Module):
+    """Generator and discriminator of a DCGAN-style GAN, as two separate submodules."""
+
+    input_range = (-1.0, 1.0)
+
+    def __init__(self, *, image_shape: Sequence[int], latent_dim: int, base_channels: int) -> None:
+        super().__init__()
+        if latent_dim < 1 or base_channels < 1:
+            raise ValueError(
+                f"latent_dim and base_channels must be >= 1, got {latent_dim}, {base_channels}"
+            )
+        self.image_shape = check_image_shape(image_shape)
+        self.latent_dim = latent_dim
+        self.base_channels = base_channels
+        self.generator = Generator(
+            image_shape=self.image_shape, latent_dim=latent_dim, base_channels=base_channels
+        )
+        self.discriminator = Discriminator(
+            image_shape=self.image_shape, base_channels=base_channels
+        )
+        self.apply(init_dcgan_weights)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, image_shape: Sequence[int]) -> DCGAN:
+        """Build from the `model` config section and the data's (C, H, W)."""
+        return cls(
+            image_shape=image_shape, latent_dim=cfg.latent_dim, base_channels=cfg.base_channels
+        )
+
+    def model_spec(self) -> dict[str, Any]:
+        """JSON-serialisable constructor arguments; `DCGAN(**spec minus "name")` rebuilds it."""
+        return {
+            "name": "dcgan",
+            "image_shape": list(self.image_shape),
+            "latent_dim": self.latent_dim,
+            "base_channels": self.base_channels,
+        }
+
+    def to_model_range(self, x01: Tensor) -> Tensor:
+        """Images in [0, 1] mapped to [-1, 1], the range of the generator's tanh."""
+        return to_range(x01, self.input_range)
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """n generated images, (n, C, H, W) in [0, 1].
+
+        z is drawn on the generator's device (CPU when None) and then moved, so a CPU generator
+        gives the same samples on any model device. The generator runs in eval mode (restored
+        afterwards): BatchNorm then uses its running statistics, so a sample depends only on its
+        own z, not on n or on how generation is chunked, and sampling leaves the statistics alone.
+        """
+        device = next(self.generator.parameters()).device
+        z = draw_normal(
+            (n, self.latent_dim), generator=generator, device=device, dtype=torch.float32
+        )
+        was_training = self.generator.training
+        self.generator.eval()
+        try:
+            images = self.generator(z)
+        finally:
+            self.generator.train(was_training)
+        return (images + 1.0) / 2.0

@@ -1,0 +1,77 @@
+"""The convolutional VAE family, `model.name: vae`.
+
+    network.py   the VAE: encoder, decoder, ELBO terms, samples, the importance-weighted bound
+    steps.py     its training step (negative ELBO) and validation sums
+
+It has a likelihood, so its scorecard adds ELBO, bits/dim and the IWAE bound; its decoder is
+the network that samples (and that compression transforms).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from genpar_models.models.family import Family
+from genpar_models.models.registry import register_family
+
+if TYPE_CHECKING:  # the network and its steps (torch) are imported when first used
+    import torch
+    from torch import Tensor, nn
+
+    from genpar_models.config import ModelConfig, TrainConfig
+    from genpar_models.models.family import StepTools
+    from genpar_models.models.vae.network import VAE
+    from genpar_models.models.vae.steps import VaeSteps
+
+
+def _build(cfg: ModelConfig, image_shape: Sequence[int]) -> VAE:
+    from genpar_models.models.vae.network import VAE
+
+    return VAE.from_config(cfg, image_shape)
+
+
+def _rebuild(spec: Mapping[str, Any]) -> VAE:
+    from genpar_models.models.vae.network import VAE
+
+    return VAE(**{k: v for k, v in spec.items() if k != "name"})
+
+
+def _steps(model: nn.Module, cfg: TrainConfig, tools: StepTools) -> VaeSteps:
+    from genpar_models.models.vae.steps import VaeSteps
+
+    return VaeSteps(model, cfg, tools)
+
+
+def _likelihood(model: nn.Module, x: Tensor, gen: torch.Generator, iw: int) -> dict[str, Tensor]:
+    out = dict(model(x, generator=gen))  # one-sample ELBO terms; draws from gen first
+    if iw > 0:
+        out["iw_bound"] = model.importance_weighted_bound(x, iw, generator=gen)
+    return out
+
+
+def _half(model: nn.Module, dtype: torch.dtype) -> None:
+    from torch import nn
+
+    from genpar_models.models.layers import Cast
+
+    # The decoder runs its last conv in fp32 by design (network.py): halve the rest.
+    dec = model.decoder
+    dec.project = nn.Sequential(Cast(dtype), dec.project.to(dtype))
+    dec.upsample = dec.upsample.to(dtype)
+
+
+FAMILY = register_family(
+    Family(
+        name="vae",
+        summary="convolutional VAE with a Bernoulli or discretised-Gaussian decoder",
+        build=_build,
+        rebuild=_rebuild,
+        make_steps=_steps,
+        input_range=(0.0, 1.0),
+        sampling_net="decoder",
+        options=("likelihood",),
+        likelihood=_likelihood,
+        half=_half,
+    )
+)

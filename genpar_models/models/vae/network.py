@@ -1,0 +1,253 @@
+"""The convolutional VAE (Kingma & Welling 2014, https://arxiv.org/abs/1312.6114).
+
+A stride-2 conv encoder to a diagonal Gaussian posterior q(z|x), a mirrored transposed-conv
+decoder to a Bernoulli or discretised-Gaussian p(x|z), and the quantities training and
+evaluation need: the per-sample ELBO terms, samples, reconstructions and the importance-weighted
+bound. GroupNorm instead of BatchNorm keeps every output independent of the batch it sits in,
+so DDP shards and evaluation batch sizes do not change the numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from genpar_models.models.layers import (
+    check_image_shape,
+    down_path,
+    draw_normal,
+    level_channels,
+    plan_levels,
+    to_range,
+    up_path,
+)
+from genpar_models.models.likelihoods import (
+    bernoulli_nll,
+    discretized_gaussian_nll,
+    gaussian_kl,
+    normal_log_prob,
+)
+
+if TYPE_CHECKING:
+    from genpar_models.config import ModelConfig
+
+Likelihood = Literal["bernoulli", "gaussian"]
+LIKELIHOODS = ("bernoulli", "gaussian")
+# Initial decoder scale 0.1 rather than 1: with Adam's ~lr-sized steps on log_scale, starting at
+# 1 (log 0) would spend thousands of steps just shrinking the scale to the data's noise level.
+_INIT_LOG_SCALE = math.log(0.1)
+
+
+class Encoder(nn.Module):
+    """x (N, C, S, S) -> (mu, logvar), each (N, latent_dim)."""
+
+    def __init__(
+        self, *, image_shape: tuple[int, int, int], latent_dim: int, base_channels: int
+    ) -> None:
+        super().__init__()
+        channels, side, _ = image_shape
+        n_down, base_side = plan_levels(side)
+        widths = level_channels(base_channels, n_down)
+        self.features = down_path(channels, widths, norm="group", activation=nn.SiLU)
+        self.to_stats = nn.Linear(widths[-1] * base_side**2, 2 * latent_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.features(x)  # (N, C, S, S) -> (N, C_top, s, s)
+        h = h.flatten(1)  # (N, C_top, s, s) -> (N, C_top*s*s)
+        mu, logvar = self.to_stats(h).chunk(2, dim=1)  # (N, 2*D) -> 2 x (N, D)
+        return mu, logvar
+
+
+class Decoder(nn.Module):
+    """z (N, latent_dim) -> (N, C, S, S) unconstrained outputs (logits or pre-sigmoid means)."""
+
+    def __init__(
+        self, *, image_shape: tuple[int, int, int], latent_dim: int, base_channels: int
+    ) -> None:
+        super().__init__()
+        channels, side, _ = image_shape
+        n_down, base_side = plan_levels(side)
+        widths = level_channels(base_channels, n_down)
+        self.base_shape = (widths[-1], base_side, base_side)
+        self.project = nn.Sequential(nn.Linear(latent_dim, widths[-1] * base_side**2), nn.SiLU())
+        self.upsample = up_path(widths, norm="group", activation=nn.SiLU)
+        self.to_image = nn.Conv2d(widths[0], channels, 3, padding=1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.project(z).view(-1, *self.base_shape)  # (N, D) -> (N, C_top, s, s)
+        h = self.upsample(h)  # (N, C_top, s, s) -> (N, base, S, S)
+        # The last conv runs in float32 even under bf16 autocast: bf16 keeps ~3 significant
+        # digits, coarser than the 1/255 bins the discretised likelihood tells apart.
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            return self.to_image(h.float())  # (N, base, S, S) -> (N, C, S, S)
+
+
+class VAE(nn.Module):
+    """Convolutional VAE on images in [0, 1] with a Bernoulli or discretised-Gaussian decoder."""
+
+    input_range = (0.0, 1.0)
+
+    def __init__(
+        self,
+        *,
+        image_shape: Sequence[int],
+        latent_dim: int,
+        base_channels: int,
+        likelihood: Likelihood = "bernoulli",
+    ) -> None:
+        super().__init__()
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        if latent_dim < 1 or base_channels < 1:
+            raise ValueError(
+                f"latent_dim and base_channels must be >= 1, got {latent_dim}, {base_channels}"
+            )
+        self.image_shape = check_image_shape(image_shape)
+        self.latent_dim = latent_dim
+        self.base_channels = base_channels
+        self.likelihood = likelihood
+        sizes = {"image_shape": self.image_shape, "latent_dim": latent_dim}
+        self.encoder = Encoder(**sizes, base_channels=base_channels)
+        self.decoder = Decoder(**sizes, base_channels=base_channels)
+        if likelihood == "gaussian":
+            # One learned scale per channel (the "calibrated decoder" of Rybkin et al. 2021,
+            # https://arxiv.org/abs/2006.13202), shape (C, 1, 1) to broadcast over pixels.
+            log_scale = torch.full((self.image_shape[0], 1, 1), _INIT_LOG_SCALE)
+            self.log_scale: nn.Parameter | None = nn.Parameter(log_scale)
+        else:
+            self.register_parameter("log_scale", None)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, image_shape: Sequence[int]) -> VAE:
+        """Build from the `model` config section and the data's (C, H, W)."""
+        return cls(
+            image_shape=image_shape,
+            latent_dim=cfg.latent_dim,
+            base_channels=cfg.base_channels,
+            likelihood=cfg.likelihood,
+        )
+
+    def model_spec(self) -> dict[str, Any]:
+        """JSON-serialisable constructor arguments; `VAE(**spec minus "name")` rebuilds it."""
+        return {
+            "name": "vae",
+            "image_shape": list(self.image_shape),
+            "latent_dim": self.latent_dim,
+            "base_channels": self.base_channels,
+            "likelihood": self.likelihood,
+        }
+
+    def to_model_range(self, x01: Tensor) -> Tensor:
+        """Images in [0, 1] as the model takes them (the VAE works in [0, 1] itself)."""
+        return to_range(x01, self.input_range)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior parameters (mu, logvar), each (N, latent_dim) in float32, of x in [0, 1]."""
+        # Centre the input: zero-mean inputs condition the first conv better than [0, 1].
+        mu, logvar = self.encoder(2.0 * x - 1.0)
+        return mu.float(), logvar.float()
+
+    def decode(self, z: Tensor) -> Tensor:
+        """(N, C, H, W) logits (bernoulli) or means in [0, 1] (gaussian) for z (N, latent_dim)."""
+        out = self.decoder(z)
+        return torch.sigmoid(out) if self.likelihood == "gaussian" else out
+
+    def nll(self, x: Tensor, decoded: Tensor) -> Tensor:
+        """-log p(x | z) per sample, (N,) nats, given `decode(z)`."""
+        if self.likelihood == "gaussian":
+            return discretized_gaussian_nll(x, decoded, self.log_scale)
+        return bernoulli_nll(x, decoded)
+
+    def forward(self, x: Tensor, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """One-sample ELBO terms of x (N, C, H, W) in [0, 1].
+
+        Returns:
+            {"recon", "kl", "elbo"}: (N,) tensors in nats, elbo = -(recon + kl).
+        """
+        mu, logvar = self.encode(x)
+        eps = draw_normal(
+            mu.shape,
+            generator=generator,
+            device=mu.device,
+            dtype=mu.dtype,
+            default_device=mu.device,
+        )
+        # Reparameterisation trick (Kingma & Welling 2014, section 2.4): z stays differentiable.
+        z = mu + torch.exp(0.5 * logvar) * eps
+        recon = self.nll(x, self.decode(z))
+        kl = gaussian_kl(mu, logvar)
+        return {"recon": recon, "kl": kl, "elbo": -(recon + kl)}
+
+    def loss(self, out: dict[str, Tensor], kl_weight: float) -> Tensor:
+        """Batch mean of recon + kl_weight * kl (kl_weight != 1 is a beta-VAE)."""
+        return (out["recon"] + kl_weight * out["kl"]).mean()
+
+    def _to_image(self, decoded: Tensor) -> Tensor:
+        # The Bernoulli mean, not a draw: a draw would add salt-and-pepper noise to samples.
+        if self.likelihood == "bernoulli":
+            return torch.sigmoid(decoded)
+        return decoded.clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """n decoded prior samples, (n, C, H, W) in [0, 1].
+
+        z is drawn on the generator's device (CPU when None) and then moved, so a CPU generator
+        gives the same samples on any model device.
+        """
+        device = next(self.parameters()).device
+        z = draw_normal(
+            (n, self.latent_dim), generator=generator, device=device, dtype=torch.float32
+        )
+        return self._to_image(self.decode(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Decoded posterior means of x, (N, C, H, W) in [0, 1]."""
+        mu, _ = self.encode(x)
+        return self._to_image(self.decode(mu))
+
+    @torch.no_grad()
+    def importance_weighted_bound(
+        self, x: Tensor, k: int, *, generator: torch.Generator | None = None, chunk: int = 16
+    ) -> Tensor:
+        """The k-sample IWAE bound on log p(x) (Burda et al. 2016, https://arxiv.org/abs/1509.00519).
+
+        log p(x) >= logmeanexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)]; tightens as k grows,
+        and its expectation at k=1 is the ELBO. For evaluation: runs without autograd, decoding
+        `chunk` posterior draws per pass so memory stays bounded for large k.
+
+        Returns:
+            (N,) bound in nats.
+        """
+        if k < 1 or chunk < 1:
+            raise ValueError(f"k and chunk must be >= 1, got k={k}, chunk={chunk}")
+        n = x.shape[0]
+        mu, logvar = self.encode(x)  # (N, D) each
+        # All k*N*D draws up front (small next to the decoder's activations), so the bound does
+        # not depend on the chunk size.
+        eps = draw_normal(
+            (k, n, self.latent_dim),
+            generator=generator,
+            device=mu.device,
+            dtype=mu.dtype,
+            default_device=mu.device,
+        )
+        zero = mu.new_zeros(())
+        log_weights = []
+        for eps_chunk in eps.split(chunk):  # (c, N, D)
+            c = eps_chunk.shape[0]
+            z = mu + torch.exp(0.5 * logvar) * eps_chunk  # (c, N, D)
+            # (N, C, H, W) -> (c, N, C, H, W) -> (c*N, C, H, W), matching z's row order
+            x_rep = x.expand(c, *x.shape).reshape(c * n, *x.shape[1:])
+            decoded = self.decode(z.reshape(c * n, self.latent_dim))  # (c, N, D) -> (c*N, D)
+            log_px = -self.nll(x_rep, decoded).view(c, n)  # (c*N,) -> (c, N)
+            log_pz = normal_log_prob(z, zero, zero)  # (c, N)
+            log_qz = normal_log_prob(z, mu, logvar)  # (c, N)
+            log_weights.append(log_px + log_pz - log_qz)
+        log_w = torch.cat(log_weights)  # (k, N)
+        return torch.logsumexp(log_w, dim=0) - math.log(k)

@@ -1,0 +1,65 @@
+"""Training entry point: one process, or one rank of a torchrun job.
+
+Alone (one process, no process group)::
+
+    python -m genpar_models.train --spec RUN_DIR/spec.json
+
+One node, two CPU ranks with gloo (what `genpar run` launches by default)::
+
+    python -m torch.distributed.run --standalone --nproc-per-node 2 \\
+        -m genpar_models.train --spec RUN_DIR/spec.json
+
+Several nodes (run on every node; shards and RUN_DIR on shared storage)::
+
+    python -m torch.distributed.run --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d \\
+        --rdzv-endpoint HOST:29400 --rdzv-id JOB -m genpar_models.train --spec RUN_DIR/spec.json
+
+The run spec (written by the Prefect training task) holds the config, the shard directory,
+the run directory and the MLflow run; rank 0 writes `result.json` next to it at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from genpar_models.train.dist import cleanup_distributed, setup_distributed
+from genpar_models.train.loop import train
+from genpar_models.train.runspec import read_spec
+
+
+def _configure_logging(rank: int) -> None:
+    # Only rank 0 speaks at INFO; the other ranks report warnings and errors.
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s rank{rank} %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stdout,
+        force=True,
+    )
+
+
+@record  # a failing rank's traceback lands in torchelastic's error.json for the launcher
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m genpar_models.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--spec", required=True, help="path to the run spec JSON")
+    args = parser.parse_args(argv)
+    spec = read_spec(args.spec)
+    ctx = setup_distributed(spec.config.compute.device)
+    _configure_logging(ctx.rank)
+    try:
+        train(spec, ctx)
+    finally:
+        cleanup_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""The training loop behind `python -m genpar_models.train`: data feed, steps, checkpoints, result.
+
+Read it top to bottom: load the verified shards, build the model with the same seed on every
+rank, restore the newest valid checkpoint, wrap in DDP, then loop over steps. Rank 0 writes
+checkpoints every `train.checkpoint_every_steps` (after the step, which DDP's all-reduce has
+already made identical on every rank), commits buffered metrics with them, and at the end
+exports the model and writes `result.json`. Data order comes from a DistributedSampler
+seeded by (seed, epoch), and noise from a generator seeded by (seed, rank, step), so a
+resumed run continues exactly where the checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from genpar_models.data.shards import open_shard_set
+from genpar_models.errors import CheckpointError
+from genpar_models.models.export import count_parameters, export_model, load_exported
+from genpar_models.models.family import Family
+from genpar_models.models.registry import check_model_config
+from genpar_models.train import checkpoint
+from genpar_models.train.dist import DistContext, all_reduce_sum, barrier
+from genpar_models.train.feed import BatchFeed
+from genpar_models.train.runspec import RunSpec
+from genpar_models.train.sink import make_sink
+from genpar_models.train.tools import step_tools
+from genpar_models.util import atomic, seeding
+
+log = logging.getLogger("genpar.train")
+
+
+class Meter:
+    """Sums metrics on-device between log steps; all-reduced only when read."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0) + v.double()
+        self.count += 1
+
+    def read(self, ctx: DistContext) -> dict[str, float]:
+        keys = sorted(self.sums)
+        packed = torch.stack(
+            [self.sums[k] for k in keys]
+            + [torch.tensor(self.count, dtype=torch.float64, device=self.sums[keys[0]].device)]
+        )
+        packed = all_reduce_sum(packed, ctx)
+        total = packed[-1].item()
+        out = {k: (packed[i] / total).item() for i, k in enumerate(keys)}
+        self.sums, self.count = {}, 0
+        return out
+
+
+def check_finite(metrics: dict[str, float], loss_key: str, step: int, ckpt: str | None) -> None:
+    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+    if bad:
+        newest = ckpt or "none yet"
+        raise FloatingPointError(
+            f"training diverged at step {step}: {', '.join(f'{k}={v}' for k, v in bad.items())} "
+            f"(watching {loss_key}); the newest good checkpoint is {newest}. Lower train.lr or "
+            "set train.grad_clip_norm."
+        )
+
+
+@torch.no_grad()
+def run_validation(
+    steps: Any, family: Family, images: np.ndarray, spec: RunSpec, ctx: DistContext
+) -> dict:
+    """Validation metrics over this rank's stride of the val split, all-reduced."""
+    if len(images) == 0:
+        return {}
+    mine = images[ctx.rank :: ctx.world_size]
+    noise = torch.Generator().manual_seed(seeding.validation_noise(spec.config.seed))
+    sums: dict[str, torch.Tensor] = {}
+    bs = spec.config.evaluate.batch_size
+    for i in range(0, len(mine), bs):
+        batch = torch.from_numpy(np.ascontiguousarray(mine[i : i + bs])).to(ctx.device)
+        x = family.to_input(batch)
+        for k, v in steps.validate(x, noise).items():
+            sums[k] = sums.get(k, 0) + v
+    keys = sorted(sums)
+    count = torch.tensor(float(len(mine)), dtype=torch.float64, device=ctx.device)
+    packed = all_reduce_sum(torch.stack([sums[k].to(ctx.device) for k in keys] + [count]), ctx)
+    return {k: (packed[i] / packed[-1]).item() for i, k in enumerate(keys)}
+
+
+def warm_start(model: torch.nn.Module, init_model_dir: str | None) -> str | None:
+    """Load an exported model's weights into `model` (same architecture); None if no init."""
+    if not init_model_dir:
+        return None
+    state, _ = load_exported(Path(init_model_dir))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"train.init_from: the model in {init_model_dir} does not fit this config's "
+            f"model ({e}); warm start needs the same model section"
+        ) from None
+    return init_model_dir
+
+
+def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
+    """Run (or resume) training; rank 0 returns the result dict, other ranks None."""
+    cfg = spec.config
+    if spec.threads_per_proc:
+        torch.set_num_threads(spec.threads_per_proc)
+    shardset = open_shard_set(spec.shards_dir)
+    train_images, _ = shardset.load("train")
+    val_images, _ = shardset.load("val")
+    family = check_model_config(cfg)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = family.build(cfg.model, shardset.image_shape).to(ctx.device)
+    steps = family.make_steps(model, cfg.train, step_tools(ctx, cfg.train))
+    expect = {"model_spec": model.model_spec(), "train_key": spec.train_key}
+    resumed = None
+    if cfg.train.resume:
+        resumed = checkpoint.restore_latest(
+            spec.checkpoint_dir, modules=steps.modules, optimizers=steps.optimizers, expect=expect
+        )
+    start = resumed.step if resumed else 0
+    warm = None if resumed else warm_start(model, spec.init_model_dir)
+    if ctx.is_main:  # leftovers of a writer killed mid-write (never visible to readers)
+        for directory in (spec.checkpoint_dir, spec.model_dir):
+            atomic.remove_stale_temps(directory)
+    steps.wrap()
+    feed = BatchFeed(train_images, cfg.train.batch_size_per_rank, ctx, cfg.seed)
+    sink = make_sink(
+        ctx.is_main, *(spec.tracking.uri, spec.tracking.run_id) if spec.tracking else (None, None)
+    )
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+    if ctx.is_main:
+        log.info(
+            "training %s (%s params) on %d %s rank(s), %d train / %d val samples, steps %d→%d%s",
+            cfg.model.name,
+            f"{count_parameters(model):,}",
+            ctx.world_size,
+            ctx.device.type,
+            len(train_images),
+            len(val_images),
+            start,
+            cfg.train.max_steps,
+            f", resumed from {resumed.path.name}" if resumed else "",
+        )
+        if warm:
+            log.info("warm start: weights from %s", warm)
+            sink.set_tags({"genpar.warm_started_from": warm})
+        sink.set_tags(
+            {
+                "genpar.world_size": ctx.world_size,
+                "genpar.device": ctx.device.type,
+                "genpar.resumed_from_step": start,
+                "genpar.elastic_restarts": restarts,
+            }
+        )
+        for msg in resumed.skipped if resumed else []:
+            log.warning("skipped corrupt checkpoint: %s", msg)
+        if resumed and resumed.skipped:
+            sink.set_tags({"genpar.skipped_checkpoints": " | ".join(resumed.skipped)[:4000]})
+        if resumed:
+            sink.replay(resumed.meta.get("pending_metrics", []))
+            sink.commit()
+    state = _loop(steps, family, feed, val_images, spec, ctx, sink, start, expect, resumed)
+    barrier(ctx)
+    if not ctx.is_main:
+        return None
+    return _finish(steps, model, spec, sink, state, start, restarts, expect)
+
+
+def _loop(
+    steps, family, feed, val_images, spec, ctx, sink, start, expect, resumed
+) -> dict[str, Any]:
+    cfg = spec.config.train
+    meter, noise = Meter(), torch.Generator()
+    last_ckpt = str(resumed.path) if resumed else None
+    last: dict[str, float] = dict(resumed.meta.get("metrics", {})) if resumed else {}
+    loop_start = time.perf_counter()
+    t0, n0 = loop_start, start
+    for step in range(start + 1, cfg.max_steps + 1):
+        noise.manual_seed(seeding.training_noise(spec.config.seed, ctx.rank, step))
+        x = family.to_input(feed(step - 1))
+        meter.add(steps.step(x, noise))
+        at_ckpt = step % cfg.checkpoint_every_steps == 0 or step == cfg.max_steps
+        logged = step % cfg.log_every_steps == 0 or at_ckpt
+        validated = step % cfg.val_every_steps == 0 or step == cfg.max_steps
+        if logged:
+            last = meter.read(ctx) if meter.count else last
+            check_finite(last, steps.loss_key, step, last_ckpt)
+            rate = (
+                (step - n0) * cfg.batch_size_per_rank * ctx.world_size / (time.perf_counter() - t0)
+            )
+            last["train/samples_per_s"] = rate
+            sink.log_metrics(last, step)
+            if ctx.is_main:
+                log.info("step %d/%d %s", step, cfg.max_steps, _fmt(last))
+        if validated:
+            val = run_validation(steps, family, val_images, spec, ctx)
+            sink.log_metrics(val, step)
+            last.update(val)
+        if at_ckpt:
+            if ctx.is_main:
+                last_ckpt = str(
+                    checkpoint.save_checkpoint(
+                        spec.checkpoint_dir,
+                        step=step,
+                        modules=steps.modules,
+                        optimizers=steps.optimizers,
+                        keep=cfg.keep_checkpoints,
+                        meta={**expect, "metrics": last, "pending_metrics": sink.pending()},
+                    )
+                )
+                sink.commit()  # a crash before this line is healed by replay on resume
+            barrier(ctx)
+        if logged or validated or at_ckpt:
+            # train/samples_per_s covers the training steps since the last log, validation or
+            # checkpoint: the current speed, not an average diluted by start-up and pauses.
+            t0, n0 = time.perf_counter(), step
+    elapsed = time.perf_counter() - loop_start
+    samples = (cfg.max_steps - start) * cfg.batch_size_per_rank * ctx.world_size
+    return {
+        "metrics": last,
+        "checkpoint": last_ckpt,
+        "wall_s": elapsed,
+        "samples_per_s": samples / elapsed if elapsed > 0 and samples else 0.0,
+    }
+
+
+def _finish(steps, model, spec, sink, state, start, restarts, expect) -> dict[str, Any]:
+    cfg = spec.config
+    spec_dict = model.model_spec()
+    model_path = export_model(
+        spec.model_dir,
+        module=model,
+        spec=spec_dict,
+        meta={
+            "train_key": spec.train_key,
+            "step": cfg.train.max_steps,
+            "metrics": state["metrics"],
+            "image_shape": list(spec_dict["image_shape"]),
+        },
+    )
+    flushed = sink.commit(force=True)
+    result = {
+        "step": cfg.train.max_steps,
+        "resumed_from_step": start,
+        "elastic_restarts": restarts,
+        "checkpoint": state["checkpoint"],
+        "model_path": str(model_path),
+        "metrics": state["metrics"],
+        "samples_per_s": state["samples_per_s"],
+        "wall_s": state["wall_s"],
+        "num_parameters": count_parameters(model),
+        "metrics_flushed": flushed,
+        # Tracking unreachable at the end: the task retries these (never lost, never twice).
+        "pending_metrics": [] if flushed else sink.pending(),
+    }
+    atomic.write_json(spec.result_path, result)
+    return result
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k.split('/', 1)[-1]}={v:.4g}" for k, v in metrics.items())

@@ -1,0 +1,181 @@
+"""Whole-or-nothing writes: every file and directory another stage reads goes through here.
+
+A file is written to `<name>.tmp-<uuid>` in the same directory, flushed and fsynced, then
+`os.replace`d onto its final name, which is atomic on one filesystem: a reader sees the old
+file, the new file, or no file, never a prefix. Retries (a Dask task re-run after a lost
+worker, an elastic restart) simply write the same file again.
+
+A directory (a shard set, cached reference statistics, a sample set) is built whole in a
+staging directory beside its final name and renamed into place (`staged_directory`); one that
+must disappear is renamed aside first, then deleted (`retire`), so nobody sees half of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genpar_models.errors import StorageError
+
+TMP_MARK = ".tmp-"
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Make the rename itself durable (POSIX: the directory entry lives in the directory).
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success rename it onto `path`, else delete it.
+
+    Raises:
+        StorageError: the disk or quota is full (naming `path`); nothing is left behind.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}{TMP_MARK}{uuid.uuid4().hex[:12]}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        if e.errno in _NO_SPACE:
+            raise StorageError(
+                f"{path}: {os.strerror(e.errno)} while writing; free space or move "
+                "GENPAR_HOME (nothing partial was left)"
+            ) from e
+        raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_bytes(path: str | Path, data: bytes) -> str:
+    """Write `data` atomically; return its sha256 hex."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_json(path: str | Path, obj: Any) -> str:
+    return write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_npy(path: str | Path, array: np.ndarray) -> str:
+    """Save one array as .npy atomically (never pickled); return the file's sha256."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return write_bytes(path, buf.getvalue())
+
+
+def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def remove_stale_temps(directory: Path) -> int:
+    """Delete leftover `*.tmp-*` files from killed writers; return how many."""
+    count = 0
+    if directory.is_dir():
+        for p in directory.iterdir():
+            if TMP_MARK in p.name and p.is_file():
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    count += 1
+    return count
+
+
+STAGING_PREFIX = "_staging-"
+RETIRED_PREFIX = "_retired-"
+_STAGING_NAME = re.compile(rf"^{STAGING_PREFIX}.+-(\d+)-[0-9a-f]{{8}}$")
+
+
+@contextlib.contextmanager
+def staged_directory(final: str | Path, *, replace: bool = False) -> Iterator[Path]:
+    """Yield a fresh staging directory beside `final`; when the body succeeds, rename it there.
+
+    The staging name, `_staging-<final name>-<pid>-<random>`, carries the writer's pid so a
+    later writer can remove what a killed one left (`remove_dead_staging`). If the body
+    raises, the staging directory is deleted and nothing appears at `final`.
+
+    Args:
+        replace: False (content-addressed entries: shard sets, cached statistics): when
+            `final` already exists at commit time (a concurrent writer won), ours is discarded
+            and theirs kept, since the same address means the same content. True: an existing
+            `final` is retired and ours takes its place.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_staging(final.parent)
+    staging = final.with_name(f"{STAGING_PREFIX}{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    staging.mkdir()
+    try:
+        yield staging
+        if replace and final.exists():
+            retire(final)
+        try:
+            os.rename(staging, final)
+        except OSError:
+            if replace or not final.exists():
+                raise
+        else:
+            _fsync_dir(final.parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def retire(path: str | Path) -> None:
+    """Make a directory disappear at once (rename aside), then delete it."""
+    path = Path(path)
+    aside = path.with_name(f"{RETIRED_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
+    os.rename(path, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def remove_dead_staging(root: str | Path) -> list[Path]:
+    """Remove staging directories under `root` whose writer's process no longer runs."""
+    removed: list[Path] = []
+    root = Path(root)
+    if not root.is_dir():
+        return removed
+    for p in root.glob(f"{STAGING_PREFIX}*"):
+        m = _STAGING_NAME.match(p.name)
+        if m and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,68 @@
+"""Whole-or-nothing files and directories: the one staging helper every stage commits through."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from genpar_models.util import atomic
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path: Path) -> None:
+    target = tmp_path / "x.npy"
+    with pytest.raises(RuntimeError), atomic.atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed mid-write")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_staged_directory_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    final = tmp_path / "set"
+    with atomic.staged_directory(final) as staging:
+        (staging / "a").write_text("1")
+        assert not final.exists()  # nothing visible while it is being written
+    assert (final / "a").read_text() == "1"
+    with pytest.raises(RuntimeError), atomic.staged_directory(tmp_path / "other") as staging:
+        (staging / "a").write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]  # no staging left behind
+
+
+def test_staged_directory_keeps_the_first_winner(tmp_path: Path) -> None:
+    final = tmp_path / "key"
+    with atomic.staged_directory(final) as ours:
+        (ours / "who").write_text("ours")
+        final.mkdir()  # a concurrent writer of the same address commits first
+        (final / "who").write_text("theirs")
+    assert (final / "who").read_text() == "theirs"  # same address, same content: theirs kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key"]
+
+
+def test_staged_directory_replace_retires_the_old_one(tmp_path: Path) -> None:
+    final = tmp_path / "samples"
+    final.mkdir()
+    (final / "old").write_text("x")
+    with atomic.staged_directory(final, replace=True) as staging:
+        (staging / "new").write_text("y")
+        assert (final / "old").exists()  # the old set stays readable until the new is whole
+    assert [p.name for p in final.iterdir()] == ["new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["samples"]
+
+
+def test_stale_staging_of_dead_process_is_removed(tmp_path: Path) -> None:
+    dead = tmp_path / f"{atomic.STAGING_PREFIX}abc-999999999-0123abcd"
+    alive = tmp_path / f"{atomic.STAGING_PREFIX}abc-{os.getpid()}-0123abcd"
+    dead.mkdir()
+    alive.mkdir()
+    assert atomic.remove_dead_staging(tmp_path) == [dead]
+    assert not dead.exists() and alive.exists()
+
+
+def test_retire_makes_a_directory_vanish_at_once(tmp_path: Path) -> None:
+    victim = tmp_path / "old"
+    victim.mkdir()
+    (victim / "f").write_text("x")
+    atomic.retire(victim)
+    assert list(tmp_path.iterdir()) == []
