@@ -9,10 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from genpar_models.config.pipeline import PipelineConfig
+from typing import Any
 
 
 def stable_hash(obj: Any) -> str:
@@ -20,8 +17,9 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def train_key(config: PipelineConfig, shards_key: str) -> str:
-    """Identity of a training job: what decides the weights (not eval/generate/compute)."""
+def train_key(config: Any, shards_key: str) -> str:
+    """Identity of a training job (of a `PipelineConfig`): what decides the weights, not
+    evaluation, generation or compute."""
     payload = config.model_dump(mode="json", include={"name", "seed", "model", "train"})
     payload["retrain"] = {"warm_start": config.retrain.warm_start}
     payload["train"].pop("resume", None)
