@@ -29,10 +29,11 @@ import psutil
 from distributed import Client, LocalCluster, as_completed
 
 from genpar_models.config import ComputeConfig
+from genpar_models.util.cores import available_cores
 
 
 def local_workers(cfg: ComputeConfig) -> int:
-    return cfg.dask_workers or max(1, os.cpu_count() or 1)
+    return cfg.dask_workers or available_cores()
 
 
 _PRE_SPAWN = "distributed.nanny.pre-spawn-environ"

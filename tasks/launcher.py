@@ -27,6 +27,7 @@ import psutil
 from genpar_models.config import ComputeConfig
 from genpar_models.errors import ConfigError, GenparError
 from genpar_models.train.runspec import RunSpec, write_spec
+from genpar_models.util.cores import available_cores
 
 GRACE_S = 30.0
 
@@ -50,15 +51,16 @@ def cuda_device_count() -> int:
 
 def plan_processes(cfg: ComputeConfig, cuda_devices: int) -> Plan:
     """How many ranks on which device, and torch threads per rank."""
-    cores = os.cpu_count() or 1
+    cores = available_cores()
     if cfg.device == "cuda" and cuda_devices == 0:
         raise ConfigError("compute.device=cuda but no CUDA device is visible")
     if cuda_devices and cfg.device in ("auto", "cuda"):
         return Plan(cuda_devices, "cuda", cfg.threads_per_proc or max(1, cores // cuda_devices))
     if cfg.cpu_procs > cores:
         raise ConfigError(
-            f"compute.cpu_procs={cfg.cpu_procs} is more than this machine's {cores} cores; "
-            f"use at most {cores} (ranks beyond the cores collapse throughput)"
+            f"compute.cpu_procs={cfg.cpu_procs} is more than the {cores} core(s) this process may "
+            f"use (CPU affinity and cgroup quota); use at most {cores} (ranks beyond the cores "
+            "collapse throughput)"
         )
     return Plan(cfg.cpu_procs, "cpu", cfg.threads_per_proc or max(1, cores // cfg.cpu_procs))
 
