@@ -77,18 +77,24 @@ def check_finite(metrics: dict[str, float], loss_key: str, step: int, ckpt: str 
 def run_validation(
     steps: Any, family: Family, images: np.ndarray, spec: RunSpec, ctx: DistContext
 ) -> dict:
-    """Validation metrics over this rank's stride of the val split, all-reduced."""
+    """Validation metrics over this rank's stride of the val split, all-reduced.
+
+    A rank whose stride is empty (fewer validation samples than ranks) still joins the
+    all-reduce with the same keys: it scores one sample and adds it with weight zero.
+    """
     if len(images) == 0:
         return {}
     mine = images[ctx.rank :: ctx.world_size]
+    weight = 1.0 if len(mine) else 0.0
     noise = torch.Generator().manual_seed(seeding.validation_noise(spec.config.seed))
     sums: dict[str, torch.Tensor] = {}
     bs = spec.config.evaluate.batch_size
-    for i in range(0, len(mine), bs):
-        batch = torch.from_numpy(np.ascontiguousarray(mine[i : i + bs])).to(ctx.device)
+    scored = mine if len(mine) else images[:1]
+    for i in range(0, len(scored), bs):
+        batch = torch.from_numpy(np.ascontiguousarray(scored[i : i + bs])).to(ctx.device)
         x = family.to_input(batch)
         for k, v in steps.validate(x, noise).items():
-            sums[k] = sums.get(k, 0) + v
+            sums[k] = sums.get(k, 0) + v * weight
     keys = sorted(sums)
     count = torch.tensor(float(len(mine)), dtype=torch.float64, device=ctx.device)
     packed = all_reduce_sum(torch.stack([sums[k].to(ctx.device) for k in keys] + [count]), ctx)

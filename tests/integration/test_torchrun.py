@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -33,20 +34,24 @@ def _rank_processes(root_pid: int) -> dict[int, psutil.Process]:
     return ranks
 
 
-def test_sigkilled_worker_restarts_and_resumes_from_checkpoint(
-    tmp_path: Path, tiny: PipelineConfig, mlflow_template: Path
+@pytest.mark.parametrize(("family", "steps"), [("vae", 600), ("dcgan", 300)])
+def test_sigkilled_worker_restarts_and_resumes_exactly(
+    tmp_path: Path, tiny: PipelineConfig, mlflow_template: Path, family: str, steps: int
 ) -> None:
+    """A rank SIGKILLed mid-run: torchrun restarts both ranks, they resume from the newest
+    checkpoint, and the final weights equal an uninterrupted 2-rank run's bit for bit."""
     cfg = tiny.model_copy(
         update={
+            "model": tiny.model.model_copy(update={"name": family}),
             "train": tiny.train.model_copy(
                 update={
-                    "max_steps": 600,
+                    "max_steps": steps,
                     "checkpoint_every_steps": 25,
                     "log_every_steps": 5,
                     "val_every_steps": 100,
                     "max_restarts": 1,
                 }
-            )
+            ),
         }
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -86,15 +91,42 @@ def test_sigkilled_worker_restarts_and_resumes_from_checkpoint(
 
     assert "pid" in killed, "the test did not manage to kill rank 1 mid-training"
     result = json.loads(spec.result_path.read_text())
-    assert result["step"] == 600
+    assert result["step"] == steps
     assert result["elastic_restarts"] == 1
     # Resumed from the newest checkpoint that existed when the rank died (or one completed
     # while torchrun noticed): at most checkpoint_every_steps steps are redone.
     assert result["resumed_from_step"] >= killed["newest_checkpoint"]
     assert result["resumed_from_step"] % 25 == 0
     # Metrics are committed with checkpoints, so the redone steps appear exactly once.
-    steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
-    assert steps == list(range(5, 601, 5))
+    key = "train/loss" if family == "vae" else "train/loss_g"
+    logged = [m.step for m in client.get_metric_history(run_id, key)]
+    assert logged == list(range(5, steps + 1, 5))
+    straight = spec.model_copy(update={"run_dir": str(tmp_path / "straight"), "tracking": None})
+    launch(straight)
+    assert _weights(straight) == _weights(spec)  # bit for bit, not just the same step count
+
+
+def _weights(spec: RunSpec) -> str:
+    return json.loads((spec.model_dir / "model.json").read_text())["sha256"]
+
+
+@pytest.mark.timeout(180)
+def test_a_rank_without_validation_samples_does_not_hang(
+    tmp_path: Path, tiny: PipelineConfig
+) -> None:
+    """Fewer validation samples than ranks: rank 1's stride is empty, and it must still take
+    part in the all-reduce (it used to send no keys, and the collective failed or hung)."""
+    data = tiny.data.model_copy(update={"val_fraction": 0.003, "test_fraction": 0.0})
+    train = tiny.train.model_copy(update={"max_steps": 4, "val_every_steps": 2})
+    cfg = tiny.model_copy(update={"data": data, "train": train})
+    shards_dir = make_shard_set(tmp_path / "shards", cfg, n=300)
+    assert json.loads((shards_dir / "manifest.json").read_text())["splits"]["val"]["count"] == 1
+    spec = RunSpec(
+        config=cfg, shards_dir=str(shards_dir), run_dir=str(tmp_path / "run"), train_key="k"
+    )
+    launch(spec)
+    metrics = json.loads(spec.result_path.read_text())["metrics"]
+    assert "val/elbo" in metrics and math.isfinite(metrics["val/elbo"])
 
 
 def test_failing_rank_error_becomes_the_error_message(tmp_path: Path, tiny: PipelineConfig) -> None:
