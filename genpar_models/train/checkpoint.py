@@ -152,6 +152,43 @@ def check_compatible(meta: dict[str, Any], expect: dict[str, Any], path: Path) -
             )
 
 
+def check_layout(have: dict[str, Any] | None, want: dict[str, Any], path: Path) -> None:
+    """Refuse to resume under another process layout (world size, device, precision).
+
+    The global batch and the data order follow the world size, the noise streams the ranks,
+    the numbers the precision: resuming under another layout would silently change the
+    experiment. A checkpoint written before layouts were recorded (`have` None) is accepted.
+
+    Raises:
+        CheckpointError: naming what differs and the settings that resume exactly.
+    """
+    if have is None:
+        return
+    diffs = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
+    if not diffs:
+        return
+    changed = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diffs.items())
+    fixes = []
+    if "device" in diffs:
+        fixes.append(f"compute.device={have['device']}")
+    if "world_size" in diffs:
+        ranks = have["world_size"]
+        on = have.get("device", want["device"])
+        fixes.append(f"compute.cpu_procs={ranks}" if on == "cpu" else f"{ranks} visible GPUs")
+    if "precision" in diffs:
+        fixes.append(f"train.precision={have['precision']}")
+    raise CheckpointError(
+        f"{path} was written with {_layout(have)}, this run has {_layout(want)} ({changed}): "
+        "resuming would silently change the experiment (the global batch and data order follow "
+        "the world size, the noise the ranks, the numbers the precision). To resume exactly, "
+        f"run with {' and '.join(fixes)}; to start over, set train.resume=false."
+    )
+
+
+def _layout(layout: dict[str, Any]) -> str:
+    return f"{layout.get('world_size')} {layout.get('device')} rank(s) in {layout.get('precision')}"
+
+
 @dataclass
 class Resumed:
     step: int
@@ -166,11 +203,13 @@ def restore_latest(
     modules: dict[str, torch.nn.Module],
     optimizers: dict[str, torch.optim.Optimizer],
     expect: dict[str, Any],
+    layout: dict[str, Any] | None = None,
 ) -> Resumed | None:
     """Load the newest valid, compatible checkpoint into modules and optimizers.
 
     Corrupt checkpoints are skipped (and reported in `skipped`); a checkpoint from a
-    different model or config raises, because resuming it would silently train the wrong thing.
+    different model or config, or (with `layout`) one written under another process layout,
+    raises, because resuming it would silently train the wrong thing.
     """
     skipped: list[str] = []
     for step, path in list_checkpoints(directory):
@@ -181,6 +220,8 @@ def restore_latest(
             skipped.append(str(e))
             continue
         check_compatible(meta, expect, path)
+        if layout is not None:
+            check_layout(meta.get("layout"), layout, path)
         _restore(tensors, meta["optimizers"], modules, optimizers)
         return Resumed(step=step, path=path, meta=meta, skipped=skipped)
     return None

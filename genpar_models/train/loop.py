@@ -31,7 +31,7 @@ from genpar_models.train.dist import DistContext, all_reduce_sum, barrier
 from genpar_models.train.feed import BatchFeed
 from genpar_models.train.runspec import RunSpec
 from genpar_models.train.sink import make_sink
-from genpar_models.train.tools import step_tools
+from genpar_models.train.tools import process_layout, step_tools
 from genpar_models.util import atomic, seeding
 
 log = logging.getLogger("genpar.train")
@@ -129,11 +129,17 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
     model = family.build(cfg.model, shardset.image_shape).to(ctx.device)
     steps = family.make_steps(model, cfg.train, step_tools(ctx, cfg.train))
     expect = {"model_spec": model.model_spec(), "train_key": spec.train_key}
+    layout = process_layout(ctx, cfg.train.precision)
     resumed = None
     if cfg.train.resume:
         resumed = checkpoint.restore_latest(
-            spec.checkpoint_dir, modules=steps.modules, optimizers=steps.optimizers, expect=expect
+            spec.checkpoint_dir,
+            modules=steps.modules,
+            optimizers=steps.optimizers,
+            expect=expect,
+            layout=layout,
         )
+    expect = {**expect, "layout": layout}  # recorded with every checkpoint from here on
     start = resumed.step if resumed else 0
     warm = None if resumed else warm_start(model, spec.init_model_dir)
     if ctx.is_main:  # leftovers of a writer killed mid-write (never visible to readers)

@@ -19,13 +19,27 @@ from genpar_models.models.family import StepTools
 from genpar_models.train.dist import DistContext
 
 
+def resolved_precision(ctx: DistContext, precision: str) -> str:
+    """What `train.precision` means on this device: auto is bf16 on CUDA, fp32 on CPU."""
+    if precision == "auto":
+        return "bf16" if ctx.device.type == "cuda" else "fp32"
+    return precision
+
+
 def autocast(ctx: DistContext, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (precision auto/bf16); plain fp32 otherwise."""
-    if ctx.device.type == "cuda" and precision in ("auto", "bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if ctx.device.type == "cpu" and precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+    """bf16 autocast where the resolved precision is bf16; plain fp32 otherwise."""
+    if resolved_precision(ctx, precision) == "bf16":
+        return torch.autocast(ctx.device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def process_layout(ctx: DistContext, precision: str) -> dict[str, object]:
+    """What a checkpoint must match to resume exactly: ranks, device type, precision."""
+    return {
+        "world_size": ctx.world_size,
+        "device": ctx.device.type,
+        "precision": resolved_precision(ctx, precision),
+    }
 
 
 def step_tools(ctx: DistContext, cfg: TrainConfig) -> StepTools:

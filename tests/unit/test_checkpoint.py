@@ -12,6 +12,7 @@ from genpar_models.config import PipelineConfig
 from genpar_models.errors import CheckpointError
 from genpar_models.models.export import build_model, load_exported, load_model
 from genpar_models.train import checkpoint
+from genpar_models.train.dist import DistContext
 from genpar_models.train.loop import train
 from genpar_models.train.runspec import RunSpec
 from tests.helpers import CPU, family_steps, make_shard_set
@@ -139,6 +140,27 @@ def test_resume_is_exact(tmp_path: Path, tiny: PipelineConfig) -> None:
     a, _ = load_exported(tmp_path / "straight" / "model")
     b, _ = load_exported(tmp_path / "resumed" / "model")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_under_another_layout_is_refused_saying_how_to_resume(
+    tmp_path: Path, tiny: PipelineConfig
+) -> None:
+    """The world size, device and precision decide the global batch, the data order, the
+    noise streams and the numbers: a resume under others is refused, naming what differs."""
+    shards_dir = make_shard_set(tmp_path / "shards", tiny)
+    train(_spec(tmp_path, tiny, shards_dir, "run", 10), CPU)
+    longer = _spec(tmp_path, tiny, shards_dir, "run", 20)
+    two_ranks = DistContext(rank=0, local_rank=0, world_size=2, device=torch.device("cpu"))
+    with pytest.raises(CheckpointError) as exc:
+        train(longer, two_ranks)
+    message = str(exc.value)
+    assert "ckpt-00000010.safetensors was written with 1 cpu rank(s) in fp32" in message
+    assert "world_size 1 -> 2" in message and "compute.cpu_procs=1" in message
+    assert "train.resume=false" in message
+    bf16 = tiny.train.model_copy(update={"precision": "bf16", "max_steps": 20})
+    with pytest.raises(CheckpointError, match=r"precision fp32 -> bf16.*train\.precision=fp32"):
+        train(longer.model_copy(update={"config": tiny.model_copy(update={"train": bf16})}), CPU)
+    assert train(longer, CPU)["resumed_from_step"] == 10  # the same layout resumes
 
 
 def test_nan_loss_stops_with_step_and_writes_no_newer_checkpoint(
