@@ -4,6 +4,7 @@ a PNG grid: into the pipeline's run directory, or whole into a user's output dir
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -81,15 +82,39 @@ def generate(config: PipelineConfig, model_dir: str, run_dir: str) -> dict[str, 
     return metrics
 
 
+SAMPLE_SET_FILE = re.compile(r"^(samples\.json|grid\.png|samples-\d{5}\.npy)$")
+
+
 def check_output(out: str | Path, overwrite: bool) -> Path:
     """The output directory of `genpar generate`, absolute; refused before any work when it
-    is a file, or not empty without `overwrite`."""
+    is a file, or not empty without `overwrite`. `overwrite` replaces only a previous genpar
+    sample set: a directory holding anything else (a home directory, a project) is refused,
+    naming what genpar did not write."""
     path = Path(out).expanduser().resolve()
     if path.exists() and not path.is_dir():
         raise GenparError(f"--out {path} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
+    if not path.is_dir() or not any(path.iterdir()):
+        return path
+    if not overwrite:
         raise GenparError(f"--out {path} is not empty; choose another directory or --overwrite")
+    foreign = sorted(p.name for p in path.iterdir() if not SAMPLE_SET_FILE.match(p.name))
+    if foreign or not _is_sample_set(path / "samples.json"):
+        what = ", ".join(foreign[:5]) + (" …" if len(foreign) > 5 else "")
+        raise GenparError(
+            f"--out {path} is not a genpar sample set"
+            + (f" (it holds {what})" if foreign else " (no valid samples.json)")
+            + "; --overwrite only replaces a directory genpar generate wrote: choose an empty "
+            "or new directory"
+        )
     return path
+
+
+def _is_sample_set(manifest: Path) -> bool:
+    try:
+        info = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and isinstance(info.get("chunks"), list) and "seed" in info
 
 
 @task(
