@@ -26,6 +26,7 @@ from genpar_models.eval.compression import (
 )
 from genpar_models.eval.protocol import QUALITY, TAG_PREFIX, protocol_id
 from genpar_models.eval.scorecard import prepare
+from genpar_models.util import atomic
 from tasks import mlflow_store as store
 from tasks.common import retry_unless_user_error, run_logger
 from tasks.evaluate import eval_device
@@ -48,8 +49,8 @@ def compress_model(
     result = measure_variants(
         model_dir, shards_dir, config, prepared=prepared, device=device, out_dir=out / "model"
     )
-    (out / "table.md").write_text(table_markdown(result))
-    (out / "table.json").write_text(json.dumps(result, indent=2))
+    atomic.write_text(out / "table.md", table_markdown(result))
+    atomic.write_json(out / "table.json", result, sort_keys=False)
     plot_quality_vs_speed(result, out / "quality_vs_speed.png")
     run_logger().info("compression (%s):\n%s", device, table_markdown(result))
     return result

@@ -9,7 +9,6 @@ this process, on the GPU when there is one.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from genpar_models.config import PipelineConfig
 from genpar_models.eval.samples import block_plan, collect, generated_block
 from genpar_models.eval.scorecard import evaluate_model, prepare, report_markdown
-from genpar_models.util import seeding
+from genpar_models.util import atomic, seeding
 from genpar_models.util.paths import genpar_home
 from tasks import mlflow_store as store
 from tasks import registry
@@ -85,8 +84,8 @@ def evaluate(
     report["timings"].update(prepare_s=prepare_s, total_s=report["metrics"]["eval/seconds"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(report_markdown(report))
+    atomic.write_json(out / "report.json", report, sort_keys=False)
+    atomic.write_text(out / "report.md", report_markdown(report))
     cache = report["cache"]
     log.info("evaluation on %s: %s extractor, %s reference", device, *cache.values())
     log.info("scorecard: %s", ", ".join(f"{k}={v:.4g}" for k, v in report["metrics"].items()))

@@ -44,20 +44,20 @@ def generate_to_dir(config: PipelineConfig, model_dir: str, out_dir: Path) -> di
         )
     elapsed = time.perf_counter() - t1
     chunks.sort(key=lambda c: c["index"])
-    (out_dir / "samples.json").write_text(
-        json.dumps(
-            {
-                "seed": seed,
-                "num_samples": gen.num_samples,
-                "chunk_size": gen.chunk_size,
-                "model_dir": model_dir,
-                "chunks": chunks,
-            },
-            indent=2,
-        )
+    atomic.write_json(
+        out_dir / "samples.json",
+        {
+            "seed": seed,
+            "num_samples": gen.num_samples,
+            "chunk_size": gen.chunk_size,
+            "model_dir": model_dir,
+            "chunks": chunks,
+        },
+        sort_keys=False,
     )
     first = np.load(out_dir / chunks[0]["file"], allow_pickle=False)
-    make_grid(first, gen.grid_rows).save(out_dir / "grid.png")
+    with atomic.atomic_path(out_dir / "grid.png") as tmp:
+        make_grid(first, gen.grid_rows).save(tmp, format="PNG")
     return {
         "gen/num_samples": float(gen.num_samples),
         "gen/samples_per_s": gen.num_samples / elapsed,

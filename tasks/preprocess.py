@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -25,6 +26,13 @@ from tasks.common import retry_unless_user_error, run_logger
 )
 def preprocess(config: PipelineConfig) -> str:
     """Return the directory of the committed shard set, building it only if the key is new."""
+    return str(build_shards(config))
+
+
+def build_shards(config: PipelineConfig, *, rebuild: bool = False) -> Path:
+    """The committed shard set of `config.data`, its partitions decoded on Dask. `rebuild`
+    builds it again even when it exists, and swaps the new set in whole: a run reading the old
+    one meanwhile never finds it missing or half-written."""
     log = run_logger()
 
     def on_dask(specs: list[PartitionSpec], staging: str) -> list[dict[str, Any]]:
@@ -39,4 +47,4 @@ def preprocess(config: PipelineConfig) -> str:
                 report=log.info,
             )
 
-    return str(build_shard_set(config.data, shards_root(), on_dask, log))
+    return build_shard_set(config.data, shards_root(), on_dask, log, rebuild=rebuild)

@@ -20,11 +20,11 @@ from genpar_models.data.manifest import shard_set_key
 from genpar_models.data.sources import plan_partitions
 from genpar_models.errors import ConfigError
 from genpar_models.eval.promotion import decide
-from genpar_models.util import atomic
 from genpar_models.util.paths import shards_root
 from tasks import mlflow_store as store
 from tasks import registry
 from tasks.common import retry_unless_user_error, run_logger
+from tasks.preprocess import build_shards
 from tasks.registry import ALIAS
 
 _IO = {
@@ -40,15 +40,15 @@ _IO = {
 def fingerprint_source(config: PipelineConfig) -> dict[str, Any]:
     """Fingerprint the source again; say whether its shard set exists (and will be reused).
 
-    With retrain.force_preprocess the existing set is retired first, so preprocessing
-    rebuilds it. Retiring is a rename (atomic), then a delete.
+    With retrain.force_preprocess the set is built again here and swapped in whole, so a run
+    still reading the old set never finds it missing.
     """
     info, _ = plan_partitions(config.data)
     key = shard_set_key(info.fingerprint, config.data)
     final = shards_root() / key
     reuse = (final / "manifest.json").is_file()
     if reuse and config.retrain.force_preprocess:
-        atomic.retire(final)
+        build_shards(config, rebuild=True)
         reuse = False
     run_logger().info(
         "source %s fingerprint %s: %s",

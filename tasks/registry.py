@@ -25,6 +25,7 @@ from mlflow.exceptions import MlflowException
 
 from genpar_models.config import redact_uri
 from genpar_models.errors import GenparError
+from genpar_models.util import atomic
 
 MODEL_ARTIFACT = "model"
 ALIAS = "champion"
@@ -71,12 +72,14 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
 
 
 def _download(client: MlflowClient, run_id: str, dst: Path) -> Path:
-    dst.mkdir(parents=True, exist_ok=True)
+    """Download the run's model into `dst` whole: into a staging directory that replaces
+    `dst` only when complete, so a killed download never leaves a partial model behind."""
     try:
-        local = client.download_artifacts(run_id, MODEL_ARTIFACT, str(dst))
+        with atomic.staged_directory(dst, replace=True) as staging:
+            client.download_artifacts(run_id, MODEL_ARTIFACT, str(staging))
     except (MlflowException, OSError) as e:
         raise ModelNotFound(f"run {run_id} has no '{MODEL_ARTIFACT}' artifact: {e}") from None
-    return Path(local)
+    return dst / MODEL_ARTIFACT
 
 
 def _version(client: MlflowClient, name: str, version: str | None, alias: str | None):

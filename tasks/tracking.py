@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from genpar_models.config import PipelineConfig, dump_config
 from genpar_models.data.manifest import read_manifest
+from genpar_models.util import atomic
 from tasks import mlflow_store as store
 from tasks import registry, runlock
 from tasks.common import retry_unless_user_error, run_logger
@@ -86,7 +86,7 @@ def start_run(config: PipelineConfig, uri: str, shards_dir: str) -> RunHandle:
     )
     if resumed:
         client.update_run(run_id, status="RUNNING")
-    (run_dir / "config.yaml").write_text(dump_config(config.redacted()))
+    atomic.write_text(run_dir / "config.yaml", dump_config(config.redacted()))
     log = run_logger()
     log.info("%s MLflow run %s (run dir %s)", "resuming" if resumed else "started", run_id, run_dir)
     return RunHandle(
@@ -191,7 +191,7 @@ def finish_run(
         "model_version": version,
         "metrics": metrics,
     }
-    (Path(run.run_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic.write_json(Path(run.run_dir) / "summary.json", summary, sort_keys=False)
     return summary
 
 

@@ -10,7 +10,6 @@ must fail the run, it raises with the list of them and the staging directory is 
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -105,16 +104,16 @@ def finish_shard_set(
 RunPartitions = Callable[[list[PartitionSpec], str], list[dict[str, Any]]]
 
 
-def _reusable(final: Path, info: SourceInfo, log: logging.Logger) -> bool:
-    """A committed set with this key that still verifies (a damaged one is removed)."""
+def _reusable(final: Path, info: SourceInfo, log: logging.Logger) -> bool | None:
+    """True: a committed set with this key verifies; False: none; None: one exists but is
+    damaged (it is rebuilt and swapped in whole, not deleted first)."""
     if not (final / manifests.MANIFEST).exists():
         return False
     try:
         manifest = open_shard_set(final).manifest
     except ShardError as e:  # damaged on disk: rebuild rather than train on it
         log.warning("shard set %s failed verification, rebuilding: %s", final, e)
-        shutil.rmtree(final)
-        return False
+        return None
     log.info(
         "reusing shards %s (%d samples, unchanged input %s)",
         final,
@@ -129,17 +128,22 @@ def build_shard_set(
     root: Path,
     run_partitions: RunPartitions,
     log: logging.Logger | logging.LoggerAdapter,
+    *,
+    rebuild: bool = False,
 ) -> Path:
     """The committed shard set for `cfg`: reused when its key exists, else built.
 
     `run_partitions(specs, staging_dir)` runs `process_partition` over every spec (the caller
     decides where: a Dask cluster, a loop) and returns their summaries. If another run
-    commits the same key first, its set is used (same key, same input and config).
+    commits the same key first, its set is used (same key, same input and config). `rebuild`
+    builds the set even when it exists and swaps it in whole (the old one stays readable
+    until then, and a reader never finds the key missing).
     """
     info, specs = plan_partitions(cfg)
     key = manifests.shard_set_key(info.fingerprint, cfg)
     final = root / key
-    if _reusable(final, info, log):
+    reusable = None if rebuild else _reusable(final, info, log)
+    if reusable:
         return final
     log.info(
         "preprocessing %s: %d samples in %d partitions -> %s",
@@ -155,7 +159,7 @@ def build_shard_set(
             ", ".join(info.ignored_files[:3]),
         )
     t0 = time.perf_counter()
-    with atomic.staged_directory(final) as staging:
+    with atomic.staged_directory(final, replace=reusable is None) as staging:
         parts = run_partitions(specs, str(staging))
         manifest = finish_shard_set(key=key, info=info, cfg=cfg, staging=staging, parts=parts)
     split = {s: e.count for s, e in manifest.splits.items()}

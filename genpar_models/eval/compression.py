@@ -26,7 +26,7 @@ from genpar_models.eval.scorecard import quality_protocol, score_quality
 from genpar_models.infer import compress
 from genpar_models.models.export import load_model
 from genpar_models.models.registry import get_family
-from genpar_models.util import seeding
+from genpar_models.util import atomic, seeding
 from genpar_models.util.threads import one_thread
 
 COLUMNS = [
@@ -187,7 +187,8 @@ def plot_quality_vs_speed(result: dict[str, Any], path: Path) -> Path:
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
     return path
 

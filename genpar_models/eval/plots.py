@@ -7,6 +7,8 @@ from pathlib import Path
 
 import matplotlib
 
+from genpar_models.util import atomic
+
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -39,6 +41,7 @@ def plot_curves(histories: dict[str, list[tuple[int, float]]], path: Path, title
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path

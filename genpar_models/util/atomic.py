@@ -13,6 +13,7 @@ must disappear is renamed aside first, then deleted (`retire`), so nobody sees h
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import io
@@ -79,8 +80,14 @@ def write_bytes(path: str | Path, data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_json(path: str | Path, obj: Any) -> str:
-    return write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+def write_json(path: str | Path, obj: Any, *, sort_keys: bool = True) -> str:
+    """Write `obj` as indented JSON atomically; return the file's sha256."""
+    return write_bytes(path, (json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n").encode())
+
+
+def write_text(path: str | Path, text: str) -> str:
+    """Write UTF-8 text atomically; return the file's sha256."""
+    return write_bytes(path, text.encode("utf-8"))
 
 
 def write_npy(path: str | Path, array: np.ndarray) -> str:
@@ -137,16 +144,42 @@ def staged_directory(final: str | Path, *, replace: bool = False) -> Iterator[Pa
     try:
         yield staging
         if replace and final.exists():
-            retire(final)
-        try:
-            os.rename(staging, final)
-        except OSError:
-            if replace or not final.exists():
-                raise
+            # Swap the two directories in one step: a reader sees the old or the new one,
+            # never neither; the old one ends up at the staging path and is removed below.
+            exchange(staging, final)
         else:
-            _fsync_dir(final.parent)
+            try:
+                os.rename(staging, final)
+            except OSError:
+                if replace or not final.exists():
+                    raise
+        _fsync_dir(final.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def exchange(a: str | Path, b: str | Path) -> None:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); where the call or the
+    filesystem lacks it, fall back to two renames (a brief moment where `b` is missing)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        rc = libc.renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    except (AttributeError, OSError):
+        rc, err = -1, errno.ENOSYS
+    else:
+        err = ctypes.get_errno() if rc != 0 else 0
+    if rc == 0:
+        return
+    if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        raise OSError(err, os.strerror(err), str(b))
+    aside = Path(b).with_name(f"{RETIRED_PREFIX}{Path(b).name}-{uuid.uuid4().hex[:8]}")
+    os.rename(b, aside)
+    os.rename(a, b)
+    os.rename(aside, a)
 
 
 def retire(path: str | Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,34 @@ def test_retire_makes_a_directory_vanish_at_once(tmp_path: Path) -> None:
     (victim / "f").write_text("x")
     atomic.retire(victim)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_replacing_a_directory_never_leaves_its_name_missing(tmp_path: Path) -> None:
+    """A reader that opens the directory by name while it is being replaced sees the old or
+    the new content, never nothing (the two are swapped in one rename)."""
+    final = tmp_path / "set"
+    with atomic.staged_directory(final) as staging:
+        (staging / "data").write_text("0")
+    errors: list[Exception] = []
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                seen.add((final / "data").read_text())
+            except OSError as e:
+                errors.append(e)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(1, 150):
+            with atomic.staged_directory(final, replace=True) as staging:
+                (staging / "data").write_text(str(i))
+    finally:
+        done.set()
+        reader.join()
+    assert errors == []
+    assert (final / "data").read_text() == "149" and len(seen) > 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]

@@ -89,3 +89,40 @@ def test_shard_key_depends_on_fingerprint_and_prep(tiny: PipelineConfig) -> None
     assert k != shard_set_key("f2", tiny.data)
     assert k != shard_set_key("f1", tiny.data.model_copy(update={"image_size": 16}))
     assert k == shard_set_key("f1", tiny.data.model_copy(update={"path": "/moved"}))
+
+
+def test_a_forced_rebuild_never_takes_the_set_from_a_reader(
+    tmp_path: Path, tiny: PipelineConfig
+) -> None:
+    """retrain.force_preprocess rebuilds a shard set that another run may be reading: the new
+    set is built beside it and swapped in whole, so the reader always opens a complete set."""
+    import logging
+    import threading
+
+    from genpar_models.data.preprocess import build_shard_set, process_partition
+
+    def loop(specs: list, staging: str) -> list[dict]:
+        return [process_partition(s, tiny.data, staging) for s in specs]
+
+    log = logging.getLogger("test")
+    final = build_shard_set(tiny.data, tmp_path, loop, log)
+    errors: list[Exception] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                shards.open_shard_set(final).load("train")
+            except (ShardError, OSError) as e:
+                errors.append(e)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for _ in range(4):
+            assert build_shard_set(tiny.data, tmp_path, loop, log, rebuild=True) == final
+    finally:
+        done.set()
+        reader.join()
+    assert errors == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [final.name]
