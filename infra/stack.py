@@ -17,7 +17,6 @@ unless the user set those); without it the embedded defaults apply. Layout::
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genpar_models.errors import GenparError
-from genpar_models.util import atomic
+from genpar_models.util import atomic, lease
 from genpar_models.util.paths import default_tracking_uri, genpar_home, mlflow_root
 from infra import processes
 from infra.processes import HOST, Proc
@@ -107,10 +106,9 @@ def _write_servers(servers: dict[str, Server]) -> None:
 
 @contextlib.contextmanager
 def _locked() -> Iterator[None]:
-    """One `up`/`down` at a time per home (two concurrent `up`s must not start two stacks)."""
-    stack_dir().mkdir(parents=True, exist_ok=True)
-    with open(stack_dir() / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    """One `up`/`down` at a time per home (two concurrent `up`s must not start two stacks);
+    a lease, so that hosts sharing the genpar home exclude each other too."""
+    with lease.held(stack_dir() / ".lease", timeout_s=600, what="starting or stopping the stack"):
         yield
 
 

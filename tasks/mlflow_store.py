@@ -10,7 +10,6 @@ next to the database, because MLflow's default (`./mlartifacts`) depends on the 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import time
 import urllib.error
@@ -25,6 +24,7 @@ from mlflow.exceptions import MlflowException
 
 from genpar_models.config import PipelineConfig, redact_uri
 from genpar_models.errors import ConfigError, GenparError
+from genpar_models.util import lease
 from genpar_models.util.paths import default_tracking_uri, runs_root
 
 # MLflow's HTTP client retries each call 7 times with exponential backoff (minutes per call
@@ -83,20 +83,16 @@ def connect(uri: str) -> MlflowClient:
 
 @contextlib.contextmanager
 def _creation_lock(uri: str) -> Iterator[None]:
-    """For a SQLite store, an exclusive flock on `<db>.lock` while the store is opened: two
-    pipelines sharing a GENPAR_HOME that start together otherwise race in MLflow's schema
-    migration ("table _alembic_tmp_tags already exists", seen in CI)."""
+    """For a SQLite store, a lease on `<db>.lease` while the store is opened: two pipelines
+    sharing a GENPAR_HOME that start together otherwise race in MLflow's schema migration
+    ("table _alembic_tmp_tags already exists", seen in CI). A lease, not flock, so that hosts
+    sharing the genpar home exclude each other too (genpar_models/util/lease.py)."""
     if not uri.startswith("sqlite:///"):
         yield
         return
     db = Path(uri[len("sqlite:///") :])
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with lease.held(db.with_name(db.name + ".lease"), what="opening the MLflow store"):
+        yield
 
 
 def artifact_location(uri: str, experiment: str) -> str | None:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from genpar_models.errors import StorageError
+from genpar_models.util import lease
 
 TMP_MARK = ".tmp-"
 
@@ -119,6 +120,7 @@ def remove_stale_temps(directory: Path) -> int:
 
 STAGING_PREFIX = "_staging-"
 RETIRED_PREFIX = "_retired-"
+LEASE_SUFFIX = ".lease"
 _STAGING_NAME = re.compile(rf"^{STAGING_PREFIX}.+-(\d+)-[0-9a-f]{{8}}$")
 
 
@@ -126,20 +128,24 @@ _STAGING_NAME = re.compile(rf"^{STAGING_PREFIX}.+-(\d+)-[0-9a-f]{{8}}$")
 def staged_directory(final: str | Path, *, replace: bool = False) -> Iterator[Path]:
     """Yield a fresh staging directory beside `final`; when the body succeeds, rename it there.
 
-    The staging name, `_staging-<final name>-<pid>-<random>`, carries the writer's pid so a
-    later writer can remove what a killed one left (`remove_dead_staging`). If the body
-    raises, the staging directory is deleted and nothing appears at `final`.
+    The staging directory, `_staging-<final name>-<pid>-<random>`, is claimed by a lease file
+    beside it (`<staging>.lease`, util/lease.py) that any host sharing the genpar home can
+    judge, so a later writer removes what a killed one left (`remove_dead_staging`) and never
+    a live writer's directory. If the body raises, the staging directory is deleted and
+    nothing appears at `final`.
 
     Args:
         replace: False (content-addressed entries: shard sets, cached statistics): when
             `final` already exists at commit time (a concurrent writer won), ours is discarded
-            and theirs kept, since the same address means the same content. True: an existing
-            `final` is retired and ours takes its place.
+            and theirs kept, since the same address means the same content. True: ours takes
+            its place, swapped in with one rename so a reader never finds `final` missing.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_staging(final.parent)
     staging = final.with_name(f"{STAGING_PREFIX}{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    claim = lease.try_acquire(staging.with_name(staging.name + LEASE_SUFFIX), final=final.name)
+    assert claim is not None, f"{staging}: a fresh staging name is already claimed"
     staging.mkdir()
     try:
         yield staging
@@ -156,6 +162,7 @@ def staged_directory(final: str | Path, *, replace: bool = False) -> Iterator[Pa
         _fsync_dir(final.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        claim.release()
 
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
@@ -191,15 +198,28 @@ def retire(path: str | Path) -> None:
 
 
 def remove_dead_staging(root: str | Path) -> list[Path]:
-    """Remove staging directories under `root` whose writer's process no longer runs."""
+    """Remove staging directories under `root` whose writer no longer lives (judged by their
+    lease, on this host or another one sharing the genpar home), and orphaned leases."""
     removed: list[Path] = []
     root = Path(root)
     if not root.is_dir():
         return removed
     for p in root.glob(f"{STAGING_PREFIX}*"):
-        m = _STAGING_NAME.match(p.name)
-        if m and not _pid_alive(int(m.group(1))):
+        if p.name.endswith(LEASE_SUFFIX):
+            if not p.with_name(p.name.removesuffix(LEASE_SUFFIX)).exists() and lease.is_free(p):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+            continue
+        claim = p.with_name(p.name + LEASE_SUFFIX)
+        if claim.exists():
+            dead = lease.is_free(claim)
+        else:  # written before staging leases: its pid, on this host
+            m = _STAGING_NAME.match(p.name)
+            dead = bool(m) and not _pid_alive(int(m.group(1)))
+        if dead and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                claim.unlink()
             removed.append(p)
     return removed
 
