@@ -8,6 +8,8 @@ or changes meaning, so config files, stored run specs and deployment parameters 
 Versions:
     1  genpar 0.1 up to the layout of one home per concern (no `version` key)
     2  `version` recorded in every config; fields unchanged
+    3  KID is the unbiased MMD^2 of the full sets: evaluate.kid_subsets and
+       evaluate.kid_subset_size are gone
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from genpar_models.errors import ConfigError
 
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3
 
 Tree = dict[str, Any]
 
@@ -27,8 +29,17 @@ def _v1_to_v2(tree: Tree) -> str:
     return "fields unchanged; the version is now recorded"
 
 
+def _v2_to_v3(tree: Tree) -> str:
+    evaluate = tree.get("evaluate")
+    gone = []
+    if isinstance(evaluate, dict):
+        gone = [k for k in ("kid_subsets", "kid_subset_size") if evaluate.pop(k, None) is not None]
+    dropped = f"; dropped {', '.join(f'evaluate.{k}' for k in gone)}" if gone else ""
+    return f"KID is now the unbiased MMD^2 of the full sets (no subsets){dropped}"
+
+
 # MIGRATIONS[n] takes a version-n tree to version n + 1 in place and describes the change.
-MIGRATIONS: dict[int, Callable[[Tree], str]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[Tree], str]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def migrate(tree: Tree) -> tuple[Tree, list[str]]:

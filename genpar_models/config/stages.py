@@ -48,12 +48,6 @@ class EvaluateConfig(Section):
     max_real_samples: int | None = Field(
         5000, ge=10, description="Use at most this many real reference images."
     )
-    kid_subsets: int = Field(100, ge=1, description="KID: number of random subsets.")
-    kid_subset_size: int = Field(
-        1000,
-        ge=2,
-        description="KID: samples per subset (capped at the smaller of the two set sizes).",
-    )
     nearest_k: int = Field(
         5, ge=1, description="Precision/recall/density/coverage: k of the k-NN balls."
     )

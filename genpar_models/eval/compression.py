@@ -39,7 +39,7 @@ COLUMNS = [
     "size_gzip_bytes",
     "fid",
     "delta_fid",
-    "kid_mean",
+    "kid",
     "delta_kid",
     "delta_elbo",
     "build_s",
@@ -78,8 +78,7 @@ def _score(row: dict, variant: nn.Module, cfg: PipelineConfig, data: dict, devic
         device=device,
     )
     scores = score_quality(ref, gen, data["ecfg"], data["seed"])
-    row.update(fid=scores["eval/fid"], kid_mean=scores["eval/kid_mean"])
-    data["m"] = scores["kid_subset_size"]
+    row.update(fid=scores["eval/fid"], kid=scores["eval/kid"])
     if data["test"] is not None:
         family = data["family"]
         lik = likelihood_terms(variant, family, data["test"], iw_samples=0, seed=data["seed"])
@@ -131,7 +130,7 @@ def measure_variants(
         compress.save_variant(
             out_dir / best["variant"], model, variants[best["variant"]], best["variant"], best
         )
-    protocol = quality_protocol(prepared[1], data["ecfg"], cfg.evaluate.num_samples, data["m"])
+    protocol = quality_protocol(prepared[1], data["ecfg"], cfg.evaluate.num_samples)
     return {
         "rows": rows,
         "best": best["variant"],
@@ -145,7 +144,7 @@ def _deltas(rows: list[dict[str, Any]]) -> None:
     base = rows[0]  # fp32, always first (config validator)
     for r in rows:
         r["delta_fid"] = r["fid"] - base["fid"]
-        r["delta_kid"] = r["kid_mean"] - base["kid_mean"]
+        r["delta_kid"] = r["kid"] - base["kid"]
         if "elbo" in r:
             r["delta_elbo"] = r["elbo"] - base["elbo"]
 

@@ -7,7 +7,7 @@ the metric itself never sees pixels, resizing or batch sizes.
   FrechetInceptionDistance fed with precomputed features; d^2 = |mu1 - mu2|^2 +
   Tr(S1 + S2 - 2 (S1 S2)^1/2), accumulated in float64.
 - KID, Bińkowski et al. 2018 (https://arxiv.org/abs/1801.01401): the unbiased MMD^2 with the
-  cubic polynomial kernel, torchmetrics' `poly_mmd`, averaged over seeded random subsets.
+  cubic polynomial kernel, torchmetrics' `poly_mmd`, of the full feature sets.
 - Precision and recall, Kynkäänniemi et al. 2019 (https://arxiv.org/abs/1904.06991), and
   density and coverage, Naeem et al. 2020 (https://arxiv.org/abs/2002.09797): the `prdc`
   package, the reference code of Naeem et al.
@@ -68,26 +68,15 @@ def fid(real: np.ndarray, fake: np.ndarray) -> float:
     return max(float(metric.compute()), 0.0)  # tiny negatives are round-off
 
 
-def kid(
-    real: np.ndarray, fake: np.ndarray, *, subsets: int, subset_size: int, seed: int
-) -> tuple[float, float, int]:
-    """KID: mean and std of unbiased MMD^2 over `subsets` seeded random subsets.
-
-    Returns:
-        (mean, std, subset size used): the size is capped at the smaller set.
+def kid(real: np.ndarray, fake: np.ndarray) -> float:
+    """KID: the unbiased MMD^2 of the two full feature sets under the cubic polynomial kernel
+    (Bińkowski et al. 2018, eq. 4). Its spread comes from the bootstrap
+    (uncertainty.kid_bootstrap), which resamples this same statistic.
     """
-    m = min(subset_size, len(real), len(fake))
-    if m < 2:
+    if min(len(real), len(fake)) < 2:
         raise ValueError(f"KID needs at least 2 samples per set, got {len(real)}, {len(fake)}")
     poly_mmd = quiet_import("torchmetrics.image.kid").poly_mmd
-    rng = np.random.default_rng(seed)
-    r, f = _t64(real), _t64(fake)
-    scores = []
-    for _ in range(subsets):
-        ir = torch.from_numpy(rng.choice(len(real), m, replace=False))
-        jf = torch.from_numpy(rng.choice(len(fake), m, replace=False))
-        scores.append(float(poly_mmd(r[ir], f[jf])))
-    return float(np.mean(scores)), float(np.std(scores)), m
+    return float(poly_mmd(_t64(real), _t64(fake)))
 
 
 def prdc(real: np.ndarray, fake: np.ndarray, *, nearest_k: int) -> dict[str, float]:

@@ -52,7 +52,7 @@ class Reference:
     protocol: dict[str, Any]  # dataset, extractor_fp, split, real_samples, seed
     features: np.ndarray  # (N, D) real reference features
     logits: np.ndarray | None  # (N, K) class logits (classifier extractors)
-    train_features: np.ndarray  # (M, D) training images: the real-vs-real floor
+    floor_features: np.ndarray  # (M, D) held-out real images the extractor never saw: the floor
     computed: bool  # True: computed by this call; False: found in the cache
 
 
@@ -136,8 +136,15 @@ def ensure_reference(
     floor_samples: int,
     device: str | torch.device = "cpu",
 ) -> Reference:
-    """Real reference features (and the train-split floor set): from the cache, or computed."""
+    """Real reference features and the floor set: from the cache, or computed.
+
+    The floor set is real images of another held-out split (val, or test when the reference is
+    val), which the extractor never trained on: FID(reference, floor) is what a model that
+    sampled the real distribution would score at that sample size.
+    """
     images = _pick(shardset.load(cfg.reference_split)[0], cfg.max_real_samples, cfg.seed)
+    floor_split = "test" if cfg.reference_split == "val" else "val"
+    held_out = _pick(shardset.load(floor_split)[0], floor_samples, seeding.floor_subset(cfg.seed))
     protocol = {
         "dataset": shardset.manifest.key,
         "extractor": extractor.kind,
@@ -145,15 +152,16 @@ def ensure_reference(
         "split": cfg.reference_split,
         "real_samples": int(len(images)),
         "seed": cfg.seed,
+        "floor_split": floor_split,
+        "floor_samples": int(len(held_out)),
     }
-    key = stable_hash({**protocol, "floor_samples": floor_samples})[:12]
+    key = stable_hash(protocol)[:12]
     final = root / "reference" / shardset.manifest.key / extractor.fingerprint[:16] / key
     if not (final / "reference.npz").is_file():
-        train = _pick(shardset.load("train")[0], floor_samples, seeding.floor_subset(cfg.seed))
         net, _ = features.load_extractor(extractor.directory)
         feats, logits = features.extract(net, images, batch_size=cfg.batch_size, device=device)
-        floor, _ = features.extract(net, train, batch_size=cfg.batch_size, device=device)
-        arrays = {"features": feats, "train_features": floor}
+        floor, _ = features.extract(net, held_out, batch_size=cfg.batch_size, device=device)
+        arrays = {"features": feats, "floor_features": floor}
         mu, sigma = (np.mean(feats, 0, dtype=np.float64), np.cov(feats.astype(np.float64).T))
         arrays.update(mu=mu, sigma=sigma, **({"logits": logits} if logits is not None else {}))
         with atomic.staged_directory(final) as staging:
@@ -165,5 +173,5 @@ def ensure_reference(
         computed = False
     with np.load(final / "reference.npz", allow_pickle=False) as z:
         logits = z["logits"] if "logits" in z.files else None
-        feats, floor = z["features"], z["train_features"]
+        feats, floor = z["features"], z["floor_features"]
     return Reference(final, protocol, feats, logits, floor, computed)

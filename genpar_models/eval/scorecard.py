@@ -2,11 +2,13 @@
 the families that have one.
 
 Sample quality (metrics.py) is measured in the feature space of an extractor trained once per
-dataset (features.py, cached by reference.py): FID with a bootstrap interval, KID (mean and std
-over subsets, plus an interval), precision, recall, density, coverage and a classifier
-inception score; `eval/fid_train_test` scores training images as if they were samples, the
-floor a model could reach. Samples are drawn in seeded blocks (samples.py). A family with a
-likelihood (`Family.likelihood`) adds the likelihood scorecard (likelihood.py).
+dataset (features.py, cached by reference.py): FID with a bootstrap interval, KID (the
+unbiased MMD^2 of the full sets, with a bootstrap interval and standard error of that same
+statistic), precision, recall, density, coverage and a classifier inception score;
+`eval/fid_floor` scores held-out real images the extractor never saw as if they were samples,
+the floor a model could reach at that sample size. Samples are drawn in seeded blocks
+(samples.py). A family with a likelihood (`Family.likelihood`) adds the likelihood scorecard
+(likelihood.py).
 
 Every report carries its protocols (protocol.py) and which cached parts were reused; results
 are plain dicts, written as JSON and Markdown by the caller.
@@ -42,17 +44,12 @@ from genpar_models.util.threads import one_thread
 def score_quality(ref: Reference, gen: Generated, cfg: EvaluateConfig, seed: int) -> dict:
     """Sample-quality metrics of generated features against the real reference."""
     fid = metrics.fid(ref.features, gen.features)
-    kid, kid_std, m = metrics.kid(
-        ref.features,
-        gen.features,
-        subsets=cfg.kid_subsets,
-        subset_size=cfg.kid_subset_size,
-        seed=seed,
-    )
-    out = {"eval/fid": fid, "eval/kid_mean": kid, "eval/kid_std": kid_std, "kid_subset_size": m}
+    kid = metrics.kid(ref.features, gen.features)
+    out = {"eval/fid": fid, "eval/kid": kid}
     prdc = metrics.prdc(ref.features, gen.features, nearest_k=cfg.nearest_k)
     out.update({f"eval/{k}": v for k, v in prdc.items()})
-    out["eval/fid_train_test"] = metrics.fid(ref.features, ref.train_features)
+    if len(ref.floor_features) >= 2:
+        out["eval/fid_floor"] = metrics.fid(ref.features, ref.floor_features)
     if gen.logits is not None:
         out["eval/inception_score"], out["eval/inception_score_std"] = metrics.inception_score(
             gen.logits, seed=seed
@@ -61,20 +58,19 @@ def score_quality(ref: Reference, gen: Generated, cfg: EvaluateConfig, seed: int
         kw = {"resamples": cfg.bootstrap, "confidence": cfg.confidence, "seed": seed}
         lo, hi = uncertainty.fid_interval(ref.features, gen.features, fid, **kw)
         out["eval/fid_ci_low"], out["eval/fid_ci_high"] = lo, hi
-        lo, hi = uncertainty.kid_interval(ref.features, gen.features, kid, **kw)
-        out["eval/kid_ci_low"], out["eval/kid_ci_high"] = lo, hi
+        lo, hi, std = uncertainty.kid_bootstrap(ref.features, gen.features, kid, **kw)
+        out["eval/kid_ci_low"], out["eval/kid_ci_high"], out["eval/kid_std"] = lo, hi, std
     return out
 
 
-def quality_protocol(ref: Reference, cfg: EvaluateConfig, n: int, m: int) -> dict:
+def quality_protocol(ref: Reference, cfg: EvaluateConfig, n: int) -> dict:
     return {
         **ref.protocol,
         "generated_samples": n,
         "sample_block": SAMPLE_BLOCK,
         "seed": cfg.seed,
         "precision": "fp32",
-        "kid_subsets": cfg.kid_subsets,
-        "kid_subset_size": m,
+        "kid": "unbiased MMD2 of the full sets, cubic kernel",
         "nearest_k": cfg.nearest_k,
         "bootstrap": cfg.bootstrap,
         "confidence": cfg.confidence,
@@ -124,8 +120,7 @@ def _evaluate(model_dir, shards_dir, cfg, prepared, generated, device, root) -> 
         model, extractor, ecfg.num_samples, seed=seed, batch_size=ecfg.batch_size, device=device
     )
     scores = score_quality(ref, gen, ecfg, seed)
-    m = scores.pop("kid_subset_size")
-    protocols = {QUALITY: quality_protocol(ref, ecfg, len(gen.features), m)}
+    protocols = {QUALITY: quality_protocol(ref, ecfg, len(gen.features))}
     metrics_ = {
         "eval/num_parameters": float(count_parameters(model)),
         "eval/checkpoint_bytes": float(meta["size_bytes"]),

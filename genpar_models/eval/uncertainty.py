@@ -84,7 +84,7 @@ def _distinct_pair_mean(k: np.ndarray, c: np.ndarray) -> float:
     return float((c @ k @ c - same @ np.diag(k)) / (c.sum() ** 2 - same.sum()))
 
 
-def kid_interval(
+def kid_bootstrap(
     real: np.ndarray,
     fake: np.ndarray,
     point: float,
@@ -92,8 +92,13 @@ def kid_interval(
     resamples: int,
     confidence: float,
     seed: int,
-) -> tuple[float, float]:
-    """Bootstrap interval of KID (unbiased MMD^2, cubic polynomial kernel) on the full sets."""
+) -> tuple[float, float, float]:
+    """Bootstrap interval and standard error of KID, the unbiased MMD^2 (cubic polynomial
+    kernel) of the full sets: the same statistic as its point value (metrics.kid).
+
+    Returns:
+        (low, high, std): the bias-corrected interval and the replicates' standard deviation.
+    """
     r, f = _t64(real), _t64(fake)
     poly_kernel = quiet_import("torchmetrics.image.kid").poly_kernel
     k_rr, k_ff = poly_kernel(r, r).numpy(), poly_kernel(f, f).numpy()
@@ -103,4 +108,6 @@ def kid_interval(
         cross = cr @ k_rf @ cf / (cr.sum() * cf.sum())
         return _distinct_pair_mean(k_rr, cr) + _distinct_pair_mean(k_ff, cf) - 2.0 * cross
 
-    return bc_interval(point, _replicates(one, len(real), len(fake), resamples, seed), confidence)
+    replicates = _replicates(one, len(real), len(fake), resamples, seed)
+    low, high = bc_interval(point, replicates, confidence)
+    return low, high, float(np.std(replicates, ddof=1))

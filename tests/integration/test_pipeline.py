@@ -47,17 +47,34 @@ def _shard_dirs() -> list[Path]:
 
 
 RECORDED = json.loads((REPO / "tests" / "fixtures" / "v1" / "tiny_run.json").read_text())
+# What changed on purpose since genpar 0.1 recorded tiny_run.json, and why; everything else
+# must be as recorded, values included.
+RENAMED_METRICS = {  # issue "every figure true": KID of the full sets, a floor of unseen images
+    "eval/kid_mean": "eval/kid",
+    "eval/fid_train_test": "eval/fid_floor",
+}
+CHANGED_VALUES = {"eval/kid", "eval/kid_std", "eval/kid_ci_low", "eval/kid_ci_high"}
+CHANGED_VALUES |= {"eval/fid_floor"}
+REMOVED_PARAMS = {"evaluate.kid_subsets", "evaluate.kid_subset_size"}
 
 
 def _same_as_recorded(client: MlflowClient, summary: dict, kind: str) -> None:
     """The run's MLflow keys, artifacts, scorecard, weights and samples equal those recorded
-    from genpar 0.1 (before the layout of one home per concern): same seed, same numbers."""
+    from genpar 0.1 (before the layout of one home per concern), but for the changes listed
+    above: same seed, same numbers."""
     recorded, run = RECORDED[kind], client.get_run(summary["run_id"])
-    assert sorted(run.data.metrics) == recorded["metrics"]
-    assert sorted(run.data.params) == recorded["params"]
+    assert sorted(run.data.metrics) == sorted(
+        RENAMED_METRICS.get(k, k) for k in recorded["metrics"]
+    )
+    assert sorted(run.data.params) == sorted(set(recorded["params"]) - REMOVED_PARAMS)
     assert sorted(run.data.tags) == recorded["tags"]
     assert sorted(_artifacts(client, run.info.run_id)) == recorded["artifacts"]
-    assert {k: run.data.metrics[k] for k in recorded["scorecard"]} == recorded["scorecard"]
+    same = {
+        k: v
+        for k, v in recorded["scorecard"].items()
+        if RENAMED_METRICS.get(k, k) not in CHANGED_VALUES
+    }
+    assert {k: run.data.metrics[k] for k in same} == same
     run_dir = Path(summary["run_dir"])
     assert (
         json.loads((run_dir / "model" / "model.json").read_text())["sha256"]
@@ -93,7 +110,7 @@ def test_vae_pipeline_records_everything_and_a_toy_family_run_reuses_shards(
         "eval/fid",
         "eval/fid_ci_low",
         "eval/fid_ci_high",
-        "eval/kid_mean",
+        "eval/kid",
         "eval/kid_std",
         "eval/kid_ci_low",
         "eval/precision",
@@ -232,8 +249,8 @@ def test_dcgan_pipeline(prefect_server, tracked_home: Path, tiny: PipelineConfig
         "train/d_real",
         "val/d_real",
         "eval/fid",
-        "eval/fid_train_test",
-        "eval/kid_mean",
+        "eval/fid_floor",
+        "eval/kid",
         "eval/precision",
         "eval/coverage",
         "gen/samples_per_s",

@@ -61,20 +61,26 @@ def _unbiased_mmd2(x: np.ndarray, y: np.ndarray) -> float:
     )
 
 
-def test_kid_is_the_unbiased_mmd_and_its_interval_brackets_it() -> None:
+def test_kid_point_and_interval_measure_the_same_statistic() -> None:
+    """The point is the full-set unbiased MMD^2 (a reference computation), and the bootstrap
+    interval and std are of that same statistic: the interval brackets the point, and its
+    std shrinks with more samples (it used to be the spread over subsets, which is zero when a
+    subset is the whole set)."""
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(60, 8)), rng.normal(0.3, 1.2, size=(60, 8))
-    # One subset of every sample: the estimate is the full-set unbiased MMD^2, whatever the order.
-    mean, std, m = metrics.kid(x, y, subsets=1, subset_size=1000, seed=0)
-    assert m == 60 and std == 0.0
-    assert mean == pytest.approx(_unbiased_mmd2(x, y), rel=1e-9)
-    mean, std, _ = metrics.kid(x, y, subsets=50, subset_size=30, seed=0)
-    assert std > 0 and abs(mean - _unbiased_mmd2(x, y)) < 3 * std
-    lo, hi = uncertainty.kid_interval(x, y, mean, resamples=200, confidence=0.9, seed=0)
-    assert lo < mean < hi
+    point = metrics.kid(x, y)
+    assert point == pytest.approx(_unbiased_mmd2(x, y), rel=1e-9)
+    lo, hi, std = uncertainty.kid_bootstrap(x, y, point, resamples=200, confidence=0.9, seed=0)
+    assert lo < point < hi and std > 0
+    assert std == pytest.approx((hi - lo) / (2 * 1.645), rel=0.5)  # a 90% interval ~ +-1.645 sd
+    x4, y4 = rng.normal(size=(240, 8)), rng.normal(0.3, 1.2, size=(240, 8))
+    big = metrics.kid(x4, y4)
+    _, _, std4 = uncertainty.kid_bootstrap(x4, y4, big, resamples=200, confidence=0.9, seed=0)
+    assert std4 < std / 1.5
     x2 = rng.normal(size=(60, 8))  # the same distribution as x: MMD^2 is 0 in expectation
-    same, same_std, _ = metrics.kid(x, x2, subsets=50, subset_size=30, seed=0)
-    assert abs(same) < 3 * same_std and abs(same) < mean / 3
+    same = metrics.kid(x, x2)
+    _, _, same_std = uncertainty.kid_bootstrap(x, x2, same, resamples=200, confidence=0.9, seed=0)
+    assert abs(same) < 3 * same_std and abs(same) < point / 3
 
 
 def test_precision_recall_of_a_set_against_itself_is_one() -> None:

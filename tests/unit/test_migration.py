@@ -32,11 +32,21 @@ def test_a_config_file_without_version_is_migrated_with_a_notice(
     with caplog.at_level(logging.WARNING, logger="genpar.config"):
         old = load_config(V1 / "tiny.yaml")
     assert old.version == CONFIG_VERSION
-    (notice,) = [r.getMessage() for r in caplog.records if r.name == "genpar.config"]
-    assert str(V1 / "tiny.yaml") in notice and "from version 1 -> 2" in notice
+    notices = [r.getMessage() for r in caplog.records if r.name == "genpar.config"]
+    assert all(str(V1 / "tiny.yaml") in n for n in notices)
+    assert [n.split("version ")[1][:6] for n in notices] == ["1 -> 2", "2 -> 3"]
     today = load_config(REPO / "configs" / "tiny.yaml")
     unpinned = today.compute.model_copy(update={"threads_per_proc": None})
     assert old == today.model_copy(update={"compute": unpinned})
+
+
+@pytest.mark.parametrize("kind", ["vae", "dcgan"])
+def test_the_config_a_genpar_0_1_run_stored_still_loads(kind: str) -> None:
+    """config.yaml of a 0.1 run (every field written out, KID's subset fields included), as
+    `genpar evaluate` reads it back from MLflow."""
+    cfg = load_config(V1 / f"model-{kind}" / "config.yaml")
+    assert cfg.version == CONFIG_VERSION and cfg.model.name == kind
+    assert "kid_subsets" not in cfg.evaluate.model_dump()
 
 
 def test_a_current_config_file_loads_silently(caplog: pytest.LogCaptureFixture) -> None:
