@@ -1,8 +1,9 @@
 """The evaluation's generated samples: drawn in fixed seeded blocks, featurised as they come.
 
 Samples are drawn in blocks of SAMPLE_BLOCK, each seeded by (evaluation seed, block index), so
-the same seed gives the same samples whether the blocks run here (batched, on a GPU when there
-is one) or on Dask workers (`generated_block`), in any order.
+the same seed gives bit-identical samples whether the blocks run here or on any number of Dask
+workers, in any order, on one device type; a GPU draws the same latents, and its samples are
+close to the CPU's but not bit-identical (other kernels; TF32 is off, so both are fp32).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ generates samples (for sampling and compression). Nothing outside a family's fol
 Contract of a family's network (an `nn.Module`):
     model_spec() -> dict         JSON-able constructor arguments, with "name" = family name
     sample(n, *, generator)      n samples in [0, 1], (n, C, H, W), drawn from `generator`
-                                 (a CPU torch.Generator: the same samples on any device)
+                                 (a CPU torch.Generator: the same latents on any device)
 
 Contract of its steps (`Steps`, made by `make_steps` with the trainer's `StepTools`):
     modules, optimizers          what checkpoints hold, by name

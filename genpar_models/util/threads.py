@@ -1,5 +1,6 @@
-"""Thread limits for torch and BLAS: samples must not depend on the thread count, and small
-evaluation work must not oversubscribe the cores beside other work."""
+"""Compute settings of evaluation and sampling: thread limits for torch and BLAS (samples must
+not depend on the thread count, and small evaluation work must not oversubscribe the cores
+beside other work), and true fp32 on CUDA (TF32 off), which the protocols' "fp32" promises."""
 
 from __future__ import annotations
 
@@ -31,7 +32,24 @@ def one_thread(device: str | torch.device = "cpu") -> Iterator[None]:
     with identical results. Parallelism across cores comes from Dask blocks instead.
     """
     if torch.device(device).type != "cpu":
-        yield
+        with exact_fp32():
+            yield
         return
     with threadpool_limits(limits=1), torch_threads(1):
         yield
+
+
+@contextlib.contextmanager
+def exact_fp32() -> Iterator[None]:
+    """TF32 off for CUDA matmuls and cuDNN convolutions in the block (restored afterwards).
+
+    PyTorch enables TF32 for cuDNN convolutions by default: their inputs are rounded to 10
+    mantissa bits, so "fp32" evaluation on an Ampere-or-newer GPU would not be fp32.
+    """
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -162,3 +162,21 @@ def test_extractor_features_do_not_depend_on_batch_size(digits_shards: Path) -> 
     one, _ = features.extract(net, images, batch_size=1)
     all_, _ = features.extract(net, images, batch_size=100)
     np.testing.assert_allclose(one, all_, rtol=1e-5, atol=1e-6)
+
+
+def test_cuda_evaluation_is_true_fp32() -> None:
+    """The protocols say fp32; PyTorch enables TF32 for cuDNN convolutions by default, so the
+    evaluation context turns TF32 off on CUDA (and restores the user's settings)."""
+    import torch
+
+    from genpar_models.util.threads import one_thread
+
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        with one_thread("cuda"):
+            assert not torch.backends.cuda.matmul.allow_tf32
+            assert not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -135,9 +135,10 @@ class DCGAN(nn.Module):
         """n generated images, (n, C, H, W) in [0, 1].
 
         z is drawn on the generator's device (CPU when None) and then moved, so a CPU generator
-        gives the same samples on any model device. The generator runs in eval mode (restored
-        afterwards): BatchNorm then uses its running statistics, so a sample depends only on its
-        own z, not on n or on how generation is chunked, and sampling leaves the statistics alone.
+        gives the same latents on any model device (bit-identical samples on one device type).
+        The generator runs in eval mode (restored afterwards): BatchNorm then uses its running
+        statistics, so a sample depends only on its own z, not on n or on how generation is
+        chunked, and sampling leaves the statistics alone.
         """
         device = next(self.generator.parameters()).device
         z = draw_normal(

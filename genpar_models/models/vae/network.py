@@ -197,7 +197,8 @@ class VAE(nn.Module):
         """n decoded prior samples, (n, C, H, W) in [0, 1].
 
         z is drawn on the generator's device (CPU when None) and then moved, so a CPU generator
-        gives the same samples on any model device.
+        gives the same latents on any model device (the samples then differ only by that
+        device's floating-point kernels: bit-identical on one device type, close across).
         """
         device = next(self.parameters()).device
         z = draw_normal(
