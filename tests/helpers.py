@@ -95,3 +95,35 @@ def clean_env(home: Path) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+def ddp_gan_forward(rank: int, world: int, init_file: str, norm: str, sn: bool, out: str) -> None:
+    """One rank of a `torch.multiprocessing.spawn` job: a DCGAN's two networks, DDP-wrapped as
+    training wraps them, run in training mode on this rank's share of one global batch; the
+    outputs are saved per rank (tests compare them with one process on the whole batch)."""
+    import torch.distributed as tdist
+
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        outputs = gan_forward_on(rank, world, norm, sn)
+        torch.save(outputs, f"{out}.{rank}")
+    finally:
+        tdist.destroy_process_group()
+
+
+def gan_forward_on(rank: int, world: int, norm: str, sn: bool) -> dict[str, torch.Tensor]:
+    """G(z) and D(x) of this rank's share of a fixed global batch of 8 (training mode)."""
+    from genpar_models.config import ModelConfig, TrainConfig
+    from genpar_models.models.export import build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(name="dcgan", latent_dim=4, base_channels=8, norm=norm, spectral_norm=sn)
+    model = build_model(cfg, (1, 16, 16)).train()
+    ctx = DistContext(rank=rank, local_rank=rank, world_size=world, device=torch.device("cpu"))
+    tools = step_tools(ctx, TrainConfig())
+    g, d = tools.wrap(model.generator), tools.wrap(model.discriminator)
+    gen = torch.Generator().manual_seed(1)
+    z, x = torch.randn(8, 4, generator=gen), torch.rand(8, 1, 16, 16, generator=gen) * 2 - 1
+    share = slice(rank * 8 // world, (rank + 1) * 8 // world)
+    with torch.no_grad():
+        return {"g": g(z[share]), "d": d(x[share])}

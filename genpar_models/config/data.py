@@ -33,6 +33,14 @@ class DataConfig(Section):
     alpha_background: Literal["black", "white"] = Field(
         "black", description="Colour that transparent pixels are composited onto."
     )
+    binarize: Literal["none", "static", "dynamic"] = Field(
+        "none",
+        description="What the model sees: none = 8-bit grey levels; static = pixels above "
+        "half-white are 1, the rest 0 (one fixed binary dataset); dynamic = each pixel is 1 "
+        "with probability grey/255, drawn anew whenever a training image is seen (evaluation "
+        "uses one seeded draw). A Bernoulli likelihood is a code length only on binary data. "
+        "Shards keep the grey levels.",
+    )
     val_fraction: float = Field(0.1, ge=0.0, le=0.5, description="Share of samples for validation.")
     test_fraction: float = Field(0.1, ge=0.0, le=0.5, description="Share of samples for test.")
     shard_size: int = Field(

@@ -9,12 +9,16 @@ Versions:
     1  genpar 0.1 up to the layout of one home per concern (no `version` key)
     2  `version` recorded in every config; fields unchanged
     3  KID is the unbiased MMD^2 of the full sets: evaluate.kid_subsets and
-       evaluate.kid_subset_size are gone
+       evaluate.kid_subset_size are gone. New defaults (a VAE likelihood that is a code length
+       of 8-bit pixels; a DCGAN without batch statistics): older files that relied on the old
+       defaults get them written in (model.likelihood: bernoulli; model.norm: batch and
+       model.spectral_norm: false), so they keep training the model they trained before.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -30,12 +34,22 @@ def _v1_to_v2(tree: Tree) -> str:
 
 
 def _v2_to_v3(tree: Tree) -> str:
+    notes = ["KID is now the unbiased MMD^2 of the full sets (no subsets)"]
     evaluate = tree.get("evaluate")
-    gone = []
     if isinstance(evaluate, dict):
         gone = [k for k in ("kid_subsets", "kid_subset_size") if evaluate.pop(k, None) is not None]
-    dropped = f"; dropped {', '.join(f'evaluate.{k}' for k in gone)}" if gone else ""
-    return f"KID is now the unbiased MMD^2 of the full sets (no subsets){dropped}"
+        notes += [f"dropped evaluate.{k}" for k in gone]
+    model = tree.setdefault("model", {})
+    if isinstance(model, dict):
+        old_defaults = {"vae": {"likelihood": "bernoulli"}}
+        old_defaults["dcgan"] = {"norm": "batch", "spectral_norm": False}
+        for key, value in old_defaults.get(model.get("name", "vae"), {}).items():
+            if key not in model:
+                model[key] = value
+                notes.append(f"kept the old default model.{key}={json.dumps(value)}")
+        if model.get("name") == "dcgan":  # a full dump of a 0.1 DCGAN config names the VAE's
+            model.pop("likelihood", None)  # likelihood, which a DCGAN never read
+    return "; ".join(notes)
 
 
 # MIGRATIONS[n] takes a version-n tree to version n + 1 in place and describes the change.

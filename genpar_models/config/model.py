@@ -32,9 +32,27 @@ class ModelConfig(Section):
     base_channels: int = Field(
         32, ge=4, le=512, description="Channels of the first conv layer; doubled per level."
     )
-    likelihood: Literal["bernoulli", "gaussian"] = Field(
-        "bernoulli",
-        description="vae: the decoder's likelihood, bernoulli (pixel intensities as "
-        "probabilities) or gaussian (discretised over 256 levels with a learned per-channel "
-        "scale).",
+    likelihood: Literal["bernoulli", "gaussian", "logistic_mixture"] = Field(
+        "logistic_mixture",
+        description="vae: the decoder's likelihood. gaussian: discretised over the 256 pixel "
+        "levels with a learned per-channel scale; logistic_mixture: a discretised mixture of "
+        "model.mixture_components logistics per pixel (PixelCNN++); both are distributions "
+        "over 8-bit pixels, so bits/dim is a code length. bernoulli: pixel intensities as "
+        "probabilities, a distribution over binary pixels: bits/dim is reported only with "
+        "data.binarize static or dynamic.",
+    )
+    mixture_components: int = Field(
+        5, ge=1, le=32, description="vae with logistic_mixture: logistics per pixel."
+    )
+    norm: Literal["group", "pixel", "batch", "none"] = Field(
+        "group",
+        description="dcgan: the generator's normalisation (and the discriminator's without "
+        "spectral norm). group and pixel use no batch statistics, so a batch gives the same "
+        "outputs on one rank or several; batch is the DCGAN paper's (and genpar 0.1's), whose "
+        "outputs depend on how DDP splits the batch.",
+    )
+    spectral_norm: bool = Field(
+        True,
+        description="dcgan: spectral normalisation of every discriminator layer (Miyato et al. "
+        "2018) instead of a normalisation layer.",
     )

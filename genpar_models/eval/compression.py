@@ -81,7 +81,14 @@ def _score(row: dict, variant: nn.Module, cfg: PipelineConfig, data: dict, devic
     row.update(fid=scores["eval/fid"], kid=scores["eval/kid"])
     if data["test"] is not None:
         family = data["family"]
-        lik = likelihood_terms(variant, family, data["test"], iw_samples=0, seed=data["seed"])
+        lik = likelihood_terms(
+            variant,
+            family,
+            data["test"],
+            iw_samples=0,
+            seed=data["seed"],
+            binarize=cfg.data.binarize,
+        )
         row["elbo"] = lik["eval/elbo"]
 
 

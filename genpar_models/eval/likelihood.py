@@ -24,12 +24,20 @@ from genpar_models.util import seeding
 
 @torch.no_grad()
 def likelihood_terms(
-    model: torch.nn.Module, family: Family, images_u8: np.ndarray, *, iw_samples: int, seed: int
+    model: torch.nn.Module,
+    family: Family,
+    images_u8: np.ndarray,
+    *,
+    iw_samples: int,
+    seed: int,
+    binarize: str = "none",
 ) -> dict[str, float]:
-    """Mean per-image ELBO terms (nats and bits/dim) and the IWAE bound over images_u8.
+    """Mean per-image ELBO terms and the IWAE bound over images_u8, in nats, and in bits/dim
+    when the family's likelihood is a code length of the data as seen under `binarize`.
 
-    Images go through in fixed blocks of SAMPLE_BLOCK, each with its own seeded noise, so the
-    figures do not depend on any batch size (the bound decodes in small chunks inside).
+    Images go through in fixed blocks of SAMPLE_BLOCK, each with its own seeded noise (and,
+    for dynamic binarisation, its own seeded draw), so the figures do not depend on any batch
+    size (the bound decodes in small chunks inside).
     """
     assert family.likelihood is not None, f"the {family.name} family has no likelihood"
     device = next(model.parameters()).device
@@ -38,9 +46,10 @@ def likelihood_terms(
     seen_iw = False  # a family may offer no importance-weighted bound
     for index, size in block_plan(len(images_u8)):
         lo = index * SAMPLE_BLOCK
-        x = family.to_input(torch.from_numpy(np.ascontiguousarray(images_u8[lo : lo + size])))
         # A CPU generator: the same noise whichever device the model is on.
         gen = torch.Generator().manual_seed(seeding.chunk(seed, index))
+        batch = torch.from_numpy(np.ascontiguousarray(images_u8[lo : lo + size]))
+        x = family.to_input(batch, binarize, gen)
         out = family.likelihood(model, x.to(device), gen, iw_samples)
         for k in sums:
             if k in out:
@@ -48,29 +57,48 @@ def likelihood_terms(
         seen_iw = "iw_bound" in out
     n, per_dim = len(images_u8), dims * math.log(2)
     res = {f"eval/{k}": sums[k] / n for k in ("recon", "kl", "elbo")}
-    res["eval/bits_per_dim"] = -res["eval/elbo"] / per_dim
-    res["eval/recon_bits_per_dim"] = res["eval/recon"] / per_dim
-    res["eval/kl_bits_per_dim"] = res["eval/kl"] / per_dim
     if iw_samples > 0 and seen_iw:
         res["eval/iw_bound"] = sums["iw_bound"] / n
-        res["eval/iw_bits_per_dim"] = -res["eval/iw_bound"] / per_dim
+    if family.reports_bits_per_dim(model.model_spec(), binarize):
+        res["eval/bits_per_dim"] = -res["eval/elbo"] / per_dim
+        res["eval/recon_bits_per_dim"] = res["eval/recon"] / per_dim
+        res["eval/kl_bits_per_dim"] = res["eval/kl"] / per_dim
+        if "eval/iw_bound" in res:
+            res["eval/iw_bits_per_dim"] = -res["eval/iw_bound"] / per_dim
     return res
 
 
 def likelihood_scorecard(
-    model: torch.nn.Module, family: Family, shardset: ShardSet, cfg: EvaluateConfig, seed: int
+    model: torch.nn.Module,
+    family: Family,
+    shardset: ShardSet,
+    cfg: EvaluateConfig,
+    seed: int,
+    binarize: str = "none",
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Test-split likelihood, the train-vs-test ELBO gap, and their protocol."""
+    """Test-split likelihood, the train-vs-test ELBO gap, and their protocol, which records
+    the likelihood and the binarisation: runs of other likelihoods are never ranked together."""
     test = shardset.load("test")[0] if shardset.count("test") else shardset.load("val")[0]
     test = test if cfg.max_test_samples is None else test[: cfg.max_test_samples]
-    out = likelihood_terms(model, family, test, iw_samples=cfg.iw_samples, seed=seed)
+    kw = {"seed": seed, "binarize": binarize}
+    out = likelihood_terms(model, family, test, iw_samples=cfg.iw_samples, **kw)
     train = shardset.load("train")[0]
     pick = np.sort(np.random.default_rng(seed).permutation(len(train))[: len(test)])
-    on_train = likelihood_terms(model, family, train[pick], iw_samples=0, seed=seed)
+    on_train = likelihood_terms(model, family, train[pick], iw_samples=0, **kw)
     out["eval/train_elbo"] = on_train["eval/elbo"]
     out["eval/elbo_gap"] = on_train["eval/elbo"] - out["eval/elbo"]  # > 0: better on train
-    out["eval/bits_per_dim_gap"] = out["eval/bits_per_dim"] - on_train["eval/bits_per_dim"]
+    if "eval/bits_per_dim" in out:
+        out["eval/bits_per_dim_gap"] = out["eval/bits_per_dim"] - on_train["eval/bits_per_dim"]
+    spec = model.model_spec()
     protocol = {
+        "likelihood": spec.get("likelihood", family.name),
+        **(
+            {"mixture_components": spec["mixture_components"]}
+            if "mixture_components" in spec
+            else {}
+        ),
+        "binarize": binarize,
+        "code_length": "eval/bits_per_dim" in out,
         "dataset": shardset.manifest.key,
         "split": "test" if shardset.count("test") else "val",
         "test_samples": int(len(test)),

@@ -131,7 +131,9 @@ def _evaluate(model_dir, shards_dir, cfg, prepared, generated, device, root) -> 
         metrics_["eval/extractor_accuracy"] = extractor.summary["val_accuracy"]
     family = get_family(meta["model_spec"]["name"])
     if family.likelihood is not None:
-        scores, protocols[LIKELIHOOD] = likelihood_scorecard(model, family, shardset, ecfg, seed)
+        scores, protocols[LIKELIHOOD] = likelihood_scorecard(
+            model, family, shardset, ecfg, seed, cfg.data.binarize
+        )
         metrics_.update(scores)
     metrics_["eval/seconds"] = time.perf_counter() - t0
     timings = {"prepare_s": t1 - t0, "generate_s": gen.seconds, "total_s": metrics_["eval/seconds"]}

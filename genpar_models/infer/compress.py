@@ -106,7 +106,7 @@ def finetune(model: nn.Module, cfg: PipelineConfig, train_u8: np.ndarray, steps:
     batch = min(cfg.train.batch_size_per_rank, len(train_u8))
     for _ in range(steps):
         x = torch.from_numpy(train_u8[rng.integers(0, len(train_u8), batch)])
-        trainer.step(family.to_input(x), noise)
+        trainer.step(family.to_input(x, cfg.data.binarize, noise), noise)
     model.eval()
 
 

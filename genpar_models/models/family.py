@@ -83,7 +83,34 @@ class Family:
     # None: the whole network runs in `dtype` between casts.
     half: Callable[[nn.Module, torch.dtype], None] | None = None
 
-    def to_input(self, batch_u8: Tensor) -> Tensor:
-        """uint8 pixels as floats in `input_range` (0..255 -> [lo, hi], linearly)."""
+    # Whether the likelihood of a network with this model_spec is a code length of the data as
+    # seen under data.binarize (only then is bits/dim reported); None: never.
+    code_length: Callable[[Mapping[str, Any], str], bool] | None = None
+
+    def to_input(
+        self, batch_u8: Tensor, binarize: str = "none", generator: torch.Generator | None = None
+    ) -> Tensor:
+        """uint8 pixels as floats in `input_range` (0..255 -> [lo, hi], linearly), binarised
+        first as data.binarize says (dynamic draws from `generator`, a CPU generator)."""
+        batch_u8 = binarized(batch_u8, binarize, generator)
         lo, hi = self.input_range
         return batch_u8.float().div_(255.0).mul_(hi - lo).add_(lo)
+
+    def reports_bits_per_dim(self, spec: Mapping[str, Any], binarize: str) -> bool:
+        return self.code_length is not None and self.code_length(spec, binarize)
+
+
+def binarized(batch_u8: Tensor, mode: str, generator: torch.Generator | None) -> Tensor:
+    """data.binarize on a uint8 batch: none = as is; static = 255 above half-white, else 0;
+    dynamic = 255 with probability x/255 (Salakhutdinov & Murray 2008), drawn from `generator`
+    on the CPU and moved, so the draw is the same on any device."""
+    import torch
+
+    if mode == "none":
+        return batch_u8
+    if mode == "static":
+        return (batch_u8 > 127).to(torch.uint8) * 255
+    if mode != "dynamic":
+        raise ValueError(f"data.binarize must be none, static or dynamic, got {mode!r}")
+    u = torch.rand(batch_u8.shape, generator=generator).to(batch_u8.device)
+    return (u * 255.0 < batch_u8.float()).to(torch.uint8) * 255

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-Norm = Literal["group", "batch", "none"]
+Norm = Literal["group", "batch", "pixel", "none"]
 
 MAX_LEVELS = 4
 MIN_BASE_SIDE = 4
@@ -69,11 +69,21 @@ def make_norm(kind: Norm, channels: int) -> nn.Module:
     """A normalisation layer over `channels` feature maps, or identity for "none"."""
     if kind == "batch":
         return nn.BatchNorm2d(channels)
+    if kind == "pixel":
+        return PixelNorm()
     if kind == "group":
         # Up to 8 groups (Wu & He 2018, https://arxiv.org/abs/1803.08494): statistics are per
         # sample, so outputs do not depend on batch size or on how DDP splits the batch.
         return nn.GroupNorm(math.gcd(channels, 8), channels)
     return nn.Identity()
+
+
+class PixelNorm(nn.Module):
+    """Each pixel's feature vector scaled to unit mean square (Karras et al. 2018,
+    https://arxiv.org/abs/1710.10196, section 4.2): per sample and pixel, no batch statistics."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + 1e-8)
 
 
 def down_block(

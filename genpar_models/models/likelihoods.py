@@ -1,9 +1,10 @@
 """Log-likelihoods and divergences the VAE is trained and evaluated with, all in nats.
 
-Pure tensor functions: the Bernoulli and discretised-Gaussian decoder likelihoods of an image
-batch, the closed-form KL of a diagonal Gaussian posterior from N(0, I), and a diagonal Gaussian
-log-density (for importance weights). Per-sample results have shape (N,), summed over pixels or
-latent dimensions, so bits/dim is -log p / (D * ln 2) for D = C*H*W.
+Pure tensor functions: the Bernoulli, discretised-Gaussian and discretised-logistic-mixture
+decoder likelihoods of an image batch, the closed-form KL of a diagonal Gaussian posterior from
+N(0, I), and a diagonal Gaussian log-density (for importance weights). Per-sample results have
+shape (N,), summed over pixels or latent dimensions, so bits/dim is -log p / (D * ln 2) for
+D = C*H*W.
 """
 
 from __future__ import annotations
@@ -118,3 +119,58 @@ def normal_log_prob(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     """
     z, mu, logvar = z.float(), mu.float(), logvar.float()
     return -0.5 * (_LOG_2PI + logvar + (z - mu).square() * torch.exp(-logvar)).sum(-1)
+
+
+# Floor of log-scales, as in PixelCNN++: a component narrower than this puts (almost) all its
+# mass in one bin anyway, and the log-density would overflow.
+_MIN_LOG_SCALE = -7.0
+
+
+def discretized_logistic_mixture_log_prob(x: Tensor, params: Tensor, components: int) -> Tensor:
+    """Elementwise log P(x) of 8-bit levels under a mixture of discretised logistics.
+
+    PixelCNN++ (Salimans et al. 2017, https://arxiv.org/abs/1701.05517, section 2.1) with one
+    independent mixture per channel and pixel: level x = k/255 owns [x - 1/510, x + 1/510], the
+    first bin extends to -inf and the last to +inf, so the 256 probabilities sum to one and
+    bits/dim is a real code length.
+
+    Args:
+        x: (N, C, H, W) pixels in [0, 1]; snapped to the nearest level first.
+        params: (N, 3 * K * C, H, W) decoder outputs: per component k the mixture logit, the
+            mean and the log-scale, laid out as (3, K, C) along the channel axis.
+        components: K.
+
+    Returns:
+        (N, C, H, W) log-probabilities (float64).
+    """
+    n, c, h, w = x.shape
+    p = params.double().view(n, 3, components, c, h, w)  # (N, 3*K*C, H, W) -> (N, 3, K, C, H, W)
+    logit_pi, mean, log_s = p[:, 0], p[:, 1], p[:, 2].clamp_min(_MIN_LOG_SCALE)  # (N, K, C, H, W)
+    level = (torch.round(x.double() * (LEVELS - 1)) / (LEVELS - 1)).unsqueeze(1)  # (N, 1, C, H, W)
+    inv_s = torch.exp(-log_s)
+    upper = (level - mean + HALF_BIN) * inv_s
+    lower = (level - mean - HALF_BIN) * inv_s
+    log_cdf_upper = F.logsigmoid(upper)  # the first bin: (-inf, upper]
+    log_sf_lower = F.logsigmoid(-lower)  # the last bin: [lower, inf)
+    # Interior bins: log(sigmoid(u) - sigmoid(l)), from the log-sigmoids so that it stays exact
+    # in the tails: log s(u) + log(1 - exp(log s(l) - log s(u))).
+    gap = (log_cdf_upper - F.logsigmoid(lower)).clamp_min(_MIN_LOG_GAP)
+    interior = log_cdf_upper + torch.log(-torch.expm1(-gap))
+    log_bin = torch.where(level < HALF_BIN, log_cdf_upper, interior)
+    log_bin = torch.where(level > 1 - HALF_BIN, log_sf_lower, log_bin)
+    log_mix = torch.log_softmax(logit_pi, dim=1)
+    return torch.logsumexp(log_mix + log_bin, dim=1)  # (N, K, C, H, W) -> (N, C, H, W)
+
+
+def discretized_logistic_mixture_nll(x: Tensor, params: Tensor, components: int) -> Tensor:
+    """-log P(x) per sample, (N,) nats, summed over pixels (see the log_prob above)."""
+    log_prob = discretized_logistic_mixture_log_prob(x, params, components)
+    return -log_prob.flatten(1).sum(1).to(torch.promote_types(x.dtype, torch.float32))
+
+
+def logistic_mixture_mean(params: Tensor, components: int, channels: int) -> Tensor:
+    """The mixture's mean per pixel, (N, C, H, W), clamped to [0, 1]: what a sample shows."""
+    n, _, h, w = params.shape
+    p = params.float().view(n, 3, components, channels, h, w)
+    weights = torch.softmax(p[:, 0], dim=1)  # (N, K, C, H, W)
+    return (weights * p[:, 1]).sum(1).clamp(0.0, 1.0)

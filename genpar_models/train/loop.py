@@ -75,12 +75,13 @@ def check_finite(metrics: dict[str, float], loss_key: str, step: int, ckpt: str 
 
 @torch.no_grad()
 def run_validation(
-    steps: Any, family: Family, images: np.ndarray, spec: RunSpec, ctx: DistContext
+    steps: Any, family: Family, images: np.ndarray, spec: RunSpec, ctx: DistContext, bits: bool
 ) -> dict:
     """Validation metrics over this rank's stride of the val split, all-reduced.
 
     A rank whose stride is empty (fewer validation samples than ranks) still joins the
-    all-reduce with the same keys: it scores one sample and adds it with weight zero.
+    all-reduce with the same keys: it scores one sample and adds it with weight zero. Without
+    `bits` (the likelihood is no code length of the data as seen), bits/dim is left out.
     """
     if len(images) == 0:
         return {}
@@ -92,9 +93,10 @@ def run_validation(
     scored = mine if len(mine) else images[:1]
     for i in range(0, len(scored), bs):
         batch = torch.from_numpy(np.ascontiguousarray(scored[i : i + bs])).to(ctx.device)
-        x = family.to_input(batch)
+        x = family.to_input(batch, spec.config.data.binarize, noise)
         for k, v in steps.validate(x, noise).items():
-            sums[k] = sums.get(k, 0) + v * weight
+            if bits or "bits_per_dim" not in k:
+                sums[k] = sums.get(k, 0) + v * weight
     keys = sorted(sums)
     count = torch.tensor(float(len(mine)), dtype=torch.float64, device=ctx.device)
     packed = all_reduce_sum(torch.stack([sums[k].to(ctx.device) for k in keys] + [count]), ctx)
@@ -182,7 +184,8 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
         if resumed:
             sink.replay(resumed.meta.get("pending_metrics", []))
             sink.commit()
-    state = _loop(steps, family, feed, val_images, spec, ctx, sink, start, expect, resumed)
+    bits = family.reports_bits_per_dim(model.model_spec(), cfg.data.binarize)
+    state = _loop(steps, family, feed, (val_images, bits), spec, ctx, sink, start, expect, resumed)
     barrier(ctx)
     if not ctx.is_main:
         return None
@@ -190,9 +193,11 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
 
 
 def _loop(
-    steps, family, feed, val_images, spec, ctx, sink, start, expect, resumed
+    steps, family, feed, validation, spec, ctx, sink, start, expect, resumed
 ) -> dict[str, Any]:
+    """The steps from `start` to train.max_steps; `validation` is (val images, bits/dim?)."""
     cfg = spec.config.train
+    val_images, bits = validation
     meter, noise = Meter(), torch.Generator()
     last_ckpt = str(resumed.path) if resumed else None
     last: dict[str, float] = dict(resumed.meta.get("metrics", {})) if resumed else {}
@@ -200,7 +205,7 @@ def _loop(
     t0, n0 = loop_start, start
     for step in range(start + 1, cfg.max_steps + 1):
         noise.manual_seed(seeding.training_noise(spec.config.seed, ctx.rank, step))
-        x = family.to_input(feed(step - 1))
+        x = family.to_input(feed(step - 1), spec.config.data.binarize, noise)
         meter.add(steps.step(x, noise))
         at_ckpt = step % cfg.checkpoint_every_steps == 0 or step == cfg.max_steps
         logged = step % cfg.log_every_steps == 0 or at_ckpt
@@ -216,9 +221,9 @@ def _loop(
             if ctx.is_main:
                 log.info("step %d/%d %s", step, cfg.max_steps, _fmt(last))
         if validated:
-            val = run_validation(steps, family, val_images, spec, ctx)
-            sink.log_metrics(val, step)
-            last.update(val)
+            scores = run_validation(steps, family, val_images, spec, ctx, bits)
+            sink.log_metrics(scores, step)
+            last.update(scores)
         if at_ckpt:
             if ctx.is_main:
                 last_ckpt = str(

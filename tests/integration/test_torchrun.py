@@ -148,3 +148,25 @@ def test_failing_rank_error_becomes_the_error_message(tmp_path: Path, tiny: Pipe
     assert "ConfigError" in message  # the rank's own exception type, from its error.json
     # nothing left running
     assert not _rank_processes(os.getpid())
+
+
+@pytest.mark.parametrize(("norm", "sn", "equal"), [("group", True, True), ("batch", False, False)])
+def test_a_global_batch_gives_the_same_gan_outputs_on_one_rank_or_two(
+    tmp_path: Path, norm: str, sn: bool, equal: bool
+) -> None:
+    """The default DCGAN has no batch statistics, so a batch split over 2 DDP ranks gives the
+    outputs of 1 rank on the whole batch (training mode, within 1e-5); genpar 0.1's BatchNorm
+    network does not (each rank normalised by its own half)."""
+    import torch
+    import torch.multiprocessing as mp
+
+    from tests.helpers import ddp_gan_forward, gan_forward_on
+
+    out = str(tmp_path / "out")
+    mp.spawn(ddp_gan_forward, args=(2, str(tmp_path / "init"), norm, sn, out), nprocs=2)
+    ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
+    one = gan_forward_on(0, 1, norm, sn)
+    for key in ("g", "d"):
+        split = torch.cat([r[key] for r in ranks])
+        close = torch.allclose(split, one[key], rtol=1e-5, atol=1e-5)
+        assert close == equal, (key, (split - one[key]).abs().max())

@@ -180,3 +180,36 @@ def test_cuda_evaluation_is_true_fp32() -> None:
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "binarize", "bits"),
+    [
+        ("bernoulli", "none", False),  # grey levels are not outcomes of a Bernoulli
+        ("bernoulli", "static", True),
+        ("bernoulli", "dynamic", True),
+        ("gaussian", "none", True),  # discretised over the 256 levels: a code length
+        ("logistic_mixture", "none", True),
+    ],
+)
+def test_bits_per_dim_is_reported_only_where_it_is_a_code_length(
+    likelihood: str, binarize: str, bits: bool
+) -> None:
+    import torch
+
+    from genpar_models.config import ModelConfig
+    from genpar_models.eval.likelihood import likelihood_terms
+    from genpar_models.models import get_family
+
+    torch.manual_seed(0)
+    model = build_model(
+        ModelConfig(name="vae", likelihood=likelihood, latent_dim=4, base_channels=4), (1, 8, 8)
+    )
+    images = np.random.default_rng(0).integers(0, 256, (20, 1, 8, 8), dtype=np.uint8)
+    out = likelihood_terms(
+        model.eval(), get_family("vae"), images, iw_samples=2, seed=0, binarize=binarize
+    )
+    assert {"eval/elbo", "eval/recon", "eval/kl", "eval/iw_bound"} <= set(out)
+    assert ("eval/bits_per_dim" in out) == bits and ("eval/iw_bits_per_dim" in out) == bits
+    if bits:
+        assert out["eval/bits_per_dim"] == pytest.approx(-out["eval/elbo"] / (64 * np.log(2)))

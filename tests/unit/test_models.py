@@ -18,6 +18,7 @@ from genpar_models.config import ModelConfig
 from genpar_models.errors import ConfigError
 from genpar_models.models import family_names, get_family
 from genpar_models.models.export import build_model, build_model_from_spec, count_parameters
+from genpar_models.models.family import binarized
 from genpar_models.models.gan.losses import discriminator_loss, generator_loss
 from genpar_models.models.gan.network import DCGAN
 from genpar_models.models.layers import plan_levels
@@ -25,6 +26,7 @@ from genpar_models.models.likelihoods import (
     bernoulli_nll,
     discretized_gaussian_log_prob,
     discretized_gaussian_nll,
+    discretized_logistic_mixture_log_prob,
     gaussian_kl,
 )
 from genpar_models.models.vae.network import VAE
@@ -141,13 +143,14 @@ def test_bad_image_shapes_are_rejected(image_shape: tuple[int, int, int]) -> Non
 
 @pytest.mark.parametrize("channels", CHANNELS)
 @pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "logistic_mixture"])
 def test_vae_shapes(size: int, channels: int, likelihood: str) -> None:
     model = make_vae(size, channels, likelihood)
     x = quantised_batch(2, channels, size)
     mu, logvar = model.encode(x)
     assert mu.shape == logvar.shape == (2, 4)
-    assert model.decode(mu).shape == x.shape
+    per_channel = 3 * model.mixture_components if likelihood == "logistic_mixture" else 1
+    assert model.decode(mu).shape == (2, channels * per_channel, size, size)
     out = model(x)
     assert set(out) == {"recon", "kl", "elbo"}
     for value in out.values():
@@ -299,6 +302,80 @@ def test_discretized_gaussian_nll_sums_pixels() -> None:
     torch.testing.assert_close(discretized_gaussian_nll(x, mean, log_scale), expected)
 
 
+@pytest.mark.parametrize("log_scale", [-10.0, -4.0, -1.5, 0.0, 3.0])
+@pytest.mark.parametrize("k", [1, 3])
+def test_discretized_logistic_mixture_sums_to_one_and_matches_scipy(
+    k: int, log_scale: float
+) -> None:
+    from scipy.stats import logistic
+
+    gen = torch.Generator().manual_seed(k)
+    logits, means = torch.randn(k, generator=gen), torch.rand(k, generator=gen) * 1.4 - 0.2
+    params = torch.cat([logits, means, torch.full((k,), log_scale)]).double().view(1, 3 * k, 1, 1)
+    log_prob = discretized_logistic_mixture_log_prob(
+        LEVELS.view(256, 1, 1, 1), params.expand(256, -1, -1, -1), k
+    ).flatten()
+    assert torch.isfinite(log_prob).all()
+    assert abs(log_prob.exp().sum().item() - 1.0) < 1e-6
+    # reference: the same bins under scipy's logistic CDF, mixed by the softmax weights
+    scale = math.exp(max(log_scale, -7.0))  # the floor the mixture applies
+    edges = LEVELS.numpy()[:, None] + [-1 / 510, 1 / 510]
+    weights = torch.softmax(logits.double(), 0).numpy()
+    expected = sum(
+        w * (logistic.cdf(edges[:, 1], m, scale) - logistic.cdf(edges[:, 0], m, scale))
+        for w, m in zip(weights, means.double().numpy(), strict=True)
+    )
+    expected[0] = sum(
+        w * logistic.cdf(edges[0, 1], m, scale) for w, m in zip(weights, means.numpy(), strict=True)
+    )
+    expected[-1] = sum(
+        w * logistic.sf(edges[-1, 0], m, scale) for w, m in zip(weights, means.numpy(), strict=True)
+    )
+    torch.testing.assert_close(log_prob.exp(), torch.from_numpy(expected), rtol=1e-6, atol=1e-9)
+
+
+def test_binarisation_static_dynamic_and_none() -> None:
+    x = torch.tensor([[0, 60, 127, 128, 200, 255]], dtype=torch.uint8)
+    assert binarized(x, "none", None) is x
+    assert binarized(x, "static", None).tolist() == [[0, 0, 0, 255, 255, 255]]
+    many = x.expand(20000, -1)
+    draws = binarized(many, "dynamic", torch.Generator().manual_seed(0))
+    assert set(draws.unique().tolist()) <= {0, 255}
+    torch.testing.assert_close(draws.float().mean(0) / 255, x[0].float() / 255, atol=0.02, rtol=0)
+    again = binarized(many, "dynamic", torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)  # seeded: the same draw for the same generator
+    with pytest.raises(ValueError, match="data.binarize"):
+        binarized(x, "sometimes", None)
+
+
+@pytest.mark.parametrize("norm", ["group", "pixel", "none"])
+def test_dcgan_without_batch_statistics_scores_each_image_on_its_own(norm: str) -> None:
+    """No output depends on the other images of its batch, so a global batch split over
+    ranks gives the same outputs (the 2-rank check is in tests/integration/test_torchrun.py)."""
+    torch.manual_seed(0)
+    model = DCGAN(image_shape=(1, 16, 16), norm=norm, spectral_norm=True, **TINY).train()
+    z, x = torch.randn(8, 4), torch.rand(8, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        model.discriminator.eval()  # the power iteration would advance between the two calls
+        full_g, full_d = model.generator(z), model.discriminator(x)
+        half_g = torch.cat([model.generator(z[:4]), model.generator(z[4:])])
+        half_d = torch.cat([model.discriminator(x[:4]), model.discriminator(x[4:])])
+    torch.testing.assert_close(half_g, full_g, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(half_d, full_d, rtol=1e-5, atol=1e-6)
+    assert not model.discriminator.uses_batch_statistics
+
+
+def test_spectral_norm_keeps_the_discriminators_largest_singular_values_near_one() -> None:
+    torch.manual_seed(0)
+    model = DCGAN(image_shape=(1, 16, 16), norm="group", spectral_norm=True, **TINY).train()
+    for _ in range(30):  # power iterations converge in training-mode passes
+        model.discriminator(torch.randn(4, 1, 16, 16))
+    for module in model.discriminator.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            w = module.weight.detach().flatten(1)
+            assert torch.linalg.matrix_norm(w, ord=2).item() == pytest.approx(1.0, abs=0.05)
+
+
 def test_dcgan_losses() -> None:
     real, fake = torch.tensor([2.0, -1.0]), torch.tensor([0.5, -3.0])
     expected_d = -torch.log(torch.sigmoid(real)).mean() - torch.log(1 - torch.sigmoid(fake)).mean()
@@ -309,7 +386,7 @@ def test_dcgan_losses() -> None:
 # --- bounds and training -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "logistic_mixture"])
 def test_iwae_bound_is_above_the_elbo(likelihood: str) -> None:
     # latent_dim 16 rather than 4: a wider gap to the ELBO (~30 standard errors of its estimate).
     torch.manual_seed(0)
@@ -338,7 +415,7 @@ def test_iwae_does_not_depend_on_chunk_and_k1_estimates_the_elbo() -> None:
     assert ((k1.mean(0) - elbo.mean(0)).abs() <= 4 * spread + 1e-3).all()
 
 
-@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "logistic_mixture"])
 def test_adam_steps_reduce_vae_loss(likelihood: str) -> None:
     model, x = make_vae(16, 3, likelihood), quantised_batch(8, 3, 16)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -368,7 +445,8 @@ def test_dcgan_generator_keeps_a_gradient_on_mnist() -> None:
     cfg = load_config(REPO / "configs" / "mnist-dcgan.yaml", [])
     images = torch.from_numpy(builtin_arrays("mnist5k")[0][:1024].copy()).unsqueeze(1)
     torch.manual_seed(0)
-    model = build_model(cfg.model, (1, 28, 28))
+    legacy = cfg.model.model_copy(update={"norm": "batch", "spectral_norm": False})
+    model = build_model(legacy, (1, 28, 28))  # the BatchNorm network this regression is about
     steps = family_steps(model, cfg.train)
     noise, order = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
     for _ in range(100):

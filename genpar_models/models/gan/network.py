@@ -4,6 +4,13 @@
 the family's steps (steps.py) wrap each in its own DDP with its own optimizer and alternate
 their updates with the losses of losses.py. Images inside the model live in [-1, 1] (the
 generator ends in tanh); `sample` maps them back to [0, 1].
+
+Normalisation: the paper's BatchNorm makes every output depend on the batch it sits in, so
+under DDP each rank normalised by its own half of the batch, and the discriminator's running
+statistics moved twice per step. The default is therefore without batch statistics: GroupNorm
+(or pixel norm) in the generator and spectral normalisation in the discriminator (Miyato et al.
+2018, https://arxiv.org/abs/1802.05957); a global batch then gives the same outputs on one rank
+or two. `norm="batch", spectral_norm=False` is genpar 0.1's network, which its models load as.
 """
 
 from __future__ import annotations
@@ -16,10 +23,12 @@ import torch
 from torch import Tensor, nn
 
 from genpar_models.models.layers import (
+    Norm,
     check_image_shape,
     down_path,
     draw_normal,
     level_channels,
+    make_norm,
     plan_levels,
     to_range,
     up_path,
@@ -48,17 +57,22 @@ class Generator(nn.Module):
     """z (N, latent_dim) -> images (N, C, S, S) in [-1, 1]."""
 
     def __init__(
-        self, *, image_shape: tuple[int, int, int], latent_dim: int, base_channels: int
+        self,
+        *,
+        image_shape: tuple[int, int, int],
+        latent_dim: int,
+        base_channels: int,
+        norm: Norm = "batch",
     ) -> None:
         super().__init__()
         channels, side, _ = image_shape
         n_down, base_side = plan_levels(side)
         widths = level_channels(base_channels, n_down)
         self.base_shape = (widths[-1], base_side, base_side)
-        # Project and reshape (DCGAN, figure 1); BatchNorm follows, so no bias.
-        self.project = nn.Linear(latent_dim, widths[-1] * base_side**2, bias=False)
-        self.project_act = nn.Sequential(nn.BatchNorm2d(widths[-1]), nn.ReLU())
-        self.upsample = up_path(widths, norm="batch", activation=nn.ReLU)
+        # Project and reshape (DCGAN, figure 1); a norm with its own shift follows, so no bias.
+        self.project = nn.Linear(latent_dim, widths[-1] * base_side**2, bias=norm == "none")
+        self.project_act = nn.Sequential(make_norm(norm, widths[-1]), nn.ReLU())
+        self.upsample = up_path(widths, norm=norm, activation=nn.ReLU)
         # No BatchNorm on the output layer (DCGAN, section 3): it made samples oscillate.
         self.to_image = nn.Sequential(nn.Conv2d(widths[0], channels, 3, padding=1), nn.Tanh())
 
@@ -71,21 +85,37 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """images (N, C, S, S) in [-1, 1] -> logits (N,) that they are real."""
 
-    def __init__(self, *, image_shape: tuple[int, int, int], base_channels: int) -> None:
+    def __init__(
+        self,
+        *,
+        image_shape: tuple[int, int, int],
+        base_channels: int,
+        norm: Norm = "batch",
+        spectral_norm: bool = False,
+    ) -> None:
         super().__init__()
         channels, side, _ = image_shape
         n_down, base_side = plan_levels(side)
         widths = level_channels(base_channels, n_down)
-        # No BatchNorm on the input layer (DCGAN, section 3).
+        # No norm on the input layer (DCGAN, section 3); with spectral norm, none at all.
         leaky = functools.partial(nn.LeakyReLU, _LEAK)
         self.features = down_path(
-            channels, widths, norm="batch", activation=leaky, norm_first=False
+            channels,
+            widths,
+            norm="none" if spectral_norm else norm,
+            activation=leaky,
+            norm_first=False,
         )
         self.to_logit = nn.Linear(widths[-1] * base_side**2, 1)
+        self.spectral_norm = spectral_norm
+        self.uses_batch_statistics = norm == "batch" and not spectral_norm
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.features(x).flatten(1)  # (N, C, S, S) -> (N, C_top, s, s) -> (N, C_top*s*s)
         return self.to_logit(h).squeeze(1)  # (N, 1) -> (N,)
+
+
+NORMS = ("batch", "group", "pixel", "none")
 
 
 class DCGAN(nn.Module):
@@ -93,38 +123,69 @@ class DCGAN(nn.Module):
 
     input_range = (-1.0, 1.0)
 
-    def __init__(self, *, image_shape: Sequence[int], latent_dim: int, base_channels: int) -> None:
+    def __init__(
+        self,
+        *,
+        image_shape: Sequence[int],
+        latent_dim: int,
+        base_channels: int,
+        norm: Norm = "batch",
+        spectral_norm: bool = False,
+    ) -> None:
         super().__init__()
         if latent_dim < 1 or base_channels < 1:
             raise ValueError(
                 f"latent_dim and base_channels must be >= 1, got {latent_dim}, {base_channels}"
             )
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         self.image_shape = check_image_shape(image_shape)
         self.latent_dim = latent_dim
         self.base_channels = base_channels
+        self.norm, self.spectral_norm = norm, bool(spectral_norm)
         self.generator = Generator(
-            image_shape=self.image_shape, latent_dim=latent_dim, base_channels=base_channels
+            image_shape=self.image_shape,
+            latent_dim=latent_dim,
+            base_channels=base_channels,
+            norm=norm,
         )
         self.discriminator = Discriminator(
-            image_shape=self.image_shape, base_channels=base_channels
+            image_shape=self.image_shape,
+            base_channels=base_channels,
+            norm=norm,
+            spectral_norm=spectral_norm,
         )
         self.apply(init_dcgan_weights)
+        if spectral_norm:  # after the init: spectral norm reparametrises the initial weights
+            for module in self.discriminator.modules():
+                if isinstance(module, (nn.Conv2d, nn.Linear)):
+                    nn.utils.parametrizations.spectral_norm(module)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, image_shape: Sequence[int]) -> DCGAN:
         """Build from the `model` config section and the data's (C, H, W)."""
         return cls(
-            image_shape=image_shape, latent_dim=cfg.latent_dim, base_channels=cfg.base_channels
+            image_shape=image_shape,
+            latent_dim=cfg.latent_dim,
+            base_channels=cfg.base_channels,
+            norm=cfg.norm,
+            spectral_norm=cfg.spectral_norm,
         )
 
     def model_spec(self) -> dict[str, Any]:
-        """JSON-serialisable constructor arguments; `DCGAN(**spec minus "name")` rebuilds it."""
-        return {
+        """JSON-serialisable constructor arguments; `DCGAN(**spec minus "name")` rebuilds it.
+
+        genpar 0.1's network (batch norm, no spectral norm) keeps 0.1's spec, which names
+        neither, so that its registered models and checkpoints keep matching."""
+        spec = {
             "name": "dcgan",
             "image_shape": list(self.image_shape),
             "latent_dim": self.latent_dim,
             "base_channels": self.base_channels,
         }
+        if (self.norm, self.spectral_norm) != ("batch", False):
+            spec.update(norm=self.norm, spectral_norm=self.spectral_norm)
+        return spec
 
     def to_model_range(self, x01: Tensor) -> Tensor:
         """Images in [0, 1] mapped to [-1, 1], the range of the generator's tanh."""

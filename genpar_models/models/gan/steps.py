@@ -55,7 +55,11 @@ class GanSteps:
         # statistics, D(fake) reads as "real" there and the generator's loss (and gradient)
         # collapses to ~0 while D wins on mixed batches (seen on mnist5k at 28x28).
         # D's own weight gradients are not needed here: freezing them saves their backward.
-        self.model.discriminator.requires_grad_(False)
+        # Without batch statistics D scores the batch in eval mode, so its spectral norm's
+        # power iteration advances once per step, in D's own update.
+        d = self.model.discriminator
+        d.requires_grad_(False)
+        d.train(d.uses_batch_statistics)
         try:
             with self.tools.no_sync(self.d), self.tools.autocast():
                 logits_fake = self.d(torch.cat([real, fake])).float()[n:]
@@ -63,7 +67,8 @@ class GanSteps:
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
         finally:
-            self.model.discriminator.requires_grad_(True)
+            d.requires_grad_(True)
+            d.train(True)
         self.tools.clip(self.model.generator.parameters())
         opt_g.step()
         return {

@@ -50,6 +50,11 @@ def _likelihood(model: nn.Module, x: Tensor, gen: torch.Generator, iw: int) -> d
     return out
 
 
+def _code_length(spec: Mapping[str, Any], binarize: str) -> bool:
+    # Discretised likelihoods are distributions over 8-bit pixels; a Bernoulli over binary ones.
+    return spec.get("likelihood") in ("gaussian", "logistic_mixture") or binarize != "none"
+
+
 def _half(model: nn.Module, dtype: torch.dtype) -> None:
     from torch import nn
 
@@ -64,14 +69,15 @@ def _half(model: nn.Module, dtype: torch.dtype) -> None:
 FAMILY = register_family(
     Family(
         name="vae",
-        summary="convolutional VAE with a Bernoulli or discretised-Gaussian decoder",
+        summary="convolutional VAE (Bernoulli, discretised-Gaussian or logistic-mixture decoder)",
         build=_build,
         rebuild=_rebuild,
         make_steps=_steps,
         input_range=(0.0, 1.0),
         sampling_net="decoder",
-        options=("likelihood",),
+        options=("likelihood", "mixture_components"),
         likelihood=_likelihood,
         half=_half,
+        code_length=_code_length,
     )
 )

@@ -28,15 +28,20 @@ from genpar_models.models.layers import (
 from genpar_models.models.likelihoods import (
     bernoulli_nll,
     discretized_gaussian_nll,
+    discretized_logistic_mixture_nll,
     gaussian_kl,
+    logistic_mixture_mean,
     normal_log_prob,
 )
 
 if TYPE_CHECKING:
     from genpar_models.config import ModelConfig
 
-Likelihood = Literal["bernoulli", "gaussian"]
-LIKELIHOODS = ("bernoulli", "gaussian")
+Likelihood = Literal["bernoulli", "gaussian", "logistic_mixture"]
+LIKELIHOODS = ("bernoulli", "gaussian", "logistic_mixture")
+# Likelihoods that are normalised distributions over 8-bit pixel values: their ELBO is a code
+# length of the data, so bits/dim means what it says. A Bernoulli is one only on binary pixels.
+DISCRETISED = ("gaussian", "logistic_mixture")
 # Initial decoder scale 0.1 rather than 1: with Adam's ~lr-sized steps on log_scale, starting at
 # 1 (log 0) would spend thousands of steps just shrinking the scale to the data's noise level.
 _INIT_LOG_SCALE = math.log(0.1)
@@ -63,10 +68,16 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """z (N, latent_dim) -> (N, C, S, S) unconstrained outputs (logits or pre-sigmoid means)."""
+    """z (N, latent_dim) -> (N, C * outputs_per_channel, S, S) unconstrained outputs (logits,
+    pre-sigmoid means, or a mixture's parameters)."""
 
     def __init__(
-        self, *, image_shape: tuple[int, int, int], latent_dim: int, base_channels: int
+        self,
+        *,
+        image_shape: tuple[int, int, int],
+        latent_dim: int,
+        base_channels: int,
+        outputs_per_channel: int = 1,
     ) -> None:
         super().__init__()
         channels, side, _ = image_shape
@@ -75,7 +86,7 @@ class Decoder(nn.Module):
         self.base_shape = (widths[-1], base_side, base_side)
         self.project = nn.Sequential(nn.Linear(latent_dim, widths[-1] * base_side**2), nn.SiLU())
         self.upsample = up_path(widths, norm="group", activation=nn.SiLU)
-        self.to_image = nn.Conv2d(widths[0], channels, 3, padding=1)
+        self.to_image = nn.Conv2d(widths[0], channels * outputs_per_channel, 3, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:
         h = self.project(z).view(-1, *self.base_shape)  # (N, D) -> (N, C_top, s, s)
@@ -86,8 +97,18 @@ class Decoder(nn.Module):
             return self.to_image(h.float())  # (N, base, S, S) -> (N, C, S, S)
 
 
+def _spread_components(conv: nn.Conv2d, k: int, channels: int) -> None:
+    """Start the K means spread over [0, 1] and every scale at 0.1, so each component has its
+    own part of the pixel range to take from the start (all at 0 they would learn as one)."""
+    with torch.no_grad():
+        bias = conv.bias.view(3, k, channels)  # the (3, K, C) layout of the decoder's output
+        bias[1] = ((torch.arange(k, dtype=bias.dtype) + 0.5) / k).unsqueeze(1)
+        bias[2] = _INIT_LOG_SCALE
+
+
 class VAE(nn.Module):
-    """Convolutional VAE on images in [0, 1] with a Bernoulli or discretised-Gaussian decoder."""
+    """Convolutional VAE on images in [0, 1] with a Bernoulli, discretised-Gaussian or
+    discretised-logistic-mixture decoder."""
 
     input_range = (0.0, 1.0)
 
@@ -98,6 +119,7 @@ class VAE(nn.Module):
         latent_dim: int,
         base_channels: int,
         likelihood: Likelihood = "bernoulli",
+        mixture_components: int = 5,
     ) -> None:
         super().__init__()
         if likelihood not in LIKELIHOODS:
@@ -109,10 +131,18 @@ class VAE(nn.Module):
         self.image_shape = check_image_shape(image_shape)
         self.latent_dim = latent_dim
         self.base_channels = base_channels
+        if mixture_components < 1:
+            raise ValueError(f"mixture_components must be >= 1, got {mixture_components}")
         self.likelihood = likelihood
+        self.mixture_components = mixture_components
         sizes = {"image_shape": self.image_shape, "latent_dim": latent_dim}
         self.encoder = Encoder(**sizes, base_channels=base_channels)
-        self.decoder = Decoder(**sizes, base_channels=base_channels)
+        per_channel = 3 * mixture_components if likelihood == "logistic_mixture" else 1
+        self.decoder = Decoder(
+            **sizes, base_channels=base_channels, outputs_per_channel=per_channel
+        )
+        if likelihood == "logistic_mixture":
+            _spread_components(self.decoder.to_image, mixture_components, self.image_shape[0])
         if likelihood == "gaussian":
             # One learned scale per channel (the "calibrated decoder" of Rybkin et al. 2021,
             # https://arxiv.org/abs/2006.13202), shape (C, 1, 1) to broadcast over pixels.
@@ -129,17 +159,21 @@ class VAE(nn.Module):
             latent_dim=cfg.latent_dim,
             base_channels=cfg.base_channels,
             likelihood=cfg.likelihood,
+            mixture_components=cfg.mixture_components,
         )
 
     def model_spec(self) -> dict[str, Any]:
         """JSON-serialisable constructor arguments; `VAE(**spec minus "name")` rebuilds it."""
-        return {
+        spec = {
             "name": "vae",
             "image_shape": list(self.image_shape),
             "latent_dim": self.latent_dim,
             "base_channels": self.base_channels,
             "likelihood": self.likelihood,
         }
+        if self.likelihood == "logistic_mixture":  # other specs stay as genpar 0.1 wrote them
+            spec["mixture_components"] = self.mixture_components
+        return spec
 
     def to_model_range(self, x01: Tensor) -> Tensor:
         """Images in [0, 1] as the model takes them (the VAE works in [0, 1] itself)."""
@@ -152,7 +186,8 @@ class VAE(nn.Module):
         return mu.float(), logvar.float()
 
     def decode(self, z: Tensor) -> Tensor:
-        """(N, C, H, W) logits (bernoulli) or means in [0, 1] (gaussian) for z (N, latent_dim)."""
+        """For z (N, latent_dim): (N, C, H, W) logits (bernoulli) or means in [0, 1]
+        (gaussian), or (N, 3*K*C, H, W) mixture parameters (logistic_mixture)."""
         out = self.decoder(z)
         return torch.sigmoid(out) if self.likelihood == "gaussian" else out
 
@@ -160,6 +195,8 @@ class VAE(nn.Module):
         """-log p(x | z) per sample, (N,) nats, given `decode(z)`."""
         if self.likelihood == "gaussian":
             return discretized_gaussian_nll(x, decoded, self.log_scale)
+        if self.likelihood == "logistic_mixture":
+            return discretized_logistic_mixture_nll(x, decoded, self.mixture_components)
         return bernoulli_nll(x, decoded)
 
     def forward(self, x: Tensor, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
@@ -190,6 +227,8 @@ class VAE(nn.Module):
         # The Bernoulli mean, not a draw: a draw would add salt-and-pepper noise to samples.
         if self.likelihood == "bernoulli":
             return torch.sigmoid(decoded)
+        if self.likelihood == "logistic_mixture":
+            return logistic_mixture_mean(decoded, self.mixture_components, self.image_shape[0])
         return decoded.clamp(0.0, 1.0)
 
     @torch.no_grad()
