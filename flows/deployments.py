@@ -27,7 +27,7 @@ from flows.evaluate import evaluate_flow
 from flows.nightly import nightly_retrain
 from flows.pipeline import pipeline
 from genpar_models.config import PipelineConfig
-from infra import stack
+from infra import serving
 
 PIPELINE, EVALUATE, NIGHTLY = "pipeline", "evaluate", "nightly-retrain"
 
@@ -88,7 +88,7 @@ def serve_deployments(
     names = deployment_names(deployments)
     api = os.environ.get("PREFECT_API_URL", "")
     me = psutil.Process()
-    stack.record_serve(
+    serving.record_serve(
         {
             "pid": me.pid,
             "create_time": me.create_time(),
@@ -109,6 +109,6 @@ def serve_deployments(
             *deployments, pause_on_shutdown=False, limit=limit, print_starting_message=False
         )
     finally:
-        found = stack.serve_state()
+        found = serving.serve_state()
         if found and found[0].get("pid") == me.pid:
-            stack.serve_state_path().unlink(missing_ok=True)
+            serving.serve_state_path().unlink(missing_ok=True)

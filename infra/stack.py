@@ -7,7 +7,8 @@ that started them; what runs is recorded in `stack.json` (pid + start time per s
 unless the user set those); without it the embedded defaults apply. Layout::
 
     $GENPAR_HOME/stack/stack.json           the servers: pids, start times, ports
-    $GENPAR_HOME/stack/serve.json           the `genpar serve` process while it runs
+    $GENPAR_HOME/stack/serve.json           the `genpar serve` process while it runs (serving.py)
+    $GENPAR_HOME/stack/credentials.json     with `genpar up --auth`: the servers' credentials (0600)
     $GENPAR_HOME/stack/logs/<server>.log    server output
     $GENPAR_HOME/prefect/prefect.db         Prefect's SQLite database (PREFECT_HOME)
     $GENPAR_HOME/mlflow/mlflow.db           MLflow's store: the embedded default's own file
@@ -20,7 +21,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,7 +29,7 @@ from pathlib import Path
 from genpar_models.errors import GenparError
 from genpar_models.util import atomic, lease
 from genpar_models.util.paths import default_tracking_uri, genpar_home, mlflow_root
-from infra import processes
+from infra import credentials, processes, serving
 from infra.processes import HOST, Proc
 
 SERVERS = ("prefect", "mlflow")
@@ -53,6 +53,7 @@ class Server:
     port: int
     proc: Proc
     log: str
+    auth: bool = False  # started requiring the stack's credentials (`genpar up --auth`)
 
     @property
     def url(self) -> str:
@@ -68,12 +69,19 @@ class Server:
         return f"{self.url}/api/health" if self.name == "prefect" else f"{self.url}/health"
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "port": self.port, "log": self.log, **self.proc.as_dict()}
+        return {
+            "name": self.name,
+            "port": self.port,
+            "log": self.log,
+            "auth": self.auth,
+            **self.proc.as_dict(),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> Server:
         proc = Proc(pid=int(d["pid"]), create_time=float(d["create_time"]))
-        return cls(name=d["name"], port=int(d["port"]), proc=proc, log=d["log"])
+        port, auth = int(d["port"]), bool(d.get("auth", False))
+        return cls(name=d["name"], port=port, proc=proc, log=d["log"], auth=auth)
 
 
 def stack_dir() -> Path:
@@ -82,10 +90,6 @@ def stack_dir() -> Path:
 
 def state_path() -> Path:
     return stack_dir() / "stack.json"
-
-
-def serve_state_path() -> Path:
-    return stack_dir() / "serve.json"
 
 
 def read_servers() -> dict[str, Server]:
@@ -117,9 +121,13 @@ def _executable(name: str) -> str:
     return str(beside) if beside.exists() else shutil.which(name) or name
 
 
-def server_command(name: str, port: int) -> tuple[list[str], dict[str, str]]:
-    """argv and environment of one server."""
+def server_command(
+    name: str, port: int, creds: dict[str, str] | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of one server; with `creds`, one that requires them."""
     env = dict(os.environ)
+    if creds is not None:
+        env.update(credentials.server_env(name, creds, stack_dir()))
     if name == "prefect":
         api = f"http://{HOST}:{port}/api"
         env.update(
@@ -140,6 +148,7 @@ def server_command(name: str, port: int) -> tuple[list[str], dict[str, str]]:
     served = (mlflow_root() / "served-artifacts").as_uri()
     argv = [_executable("mlflow"), "server", "--host", HOST, "--port", str(port)]
     argv += ["--backend-store-uri", default_tracking_uri(), "--default-artifact-root", served]
+    argv += ["--app-name", "basic-auth"] if creds is not None else []
     return argv + ["--no-serve-artifacts", "--workers", "1"], env
 
 
@@ -178,9 +187,14 @@ def _clear_stale(say: Callable[[str], None]) -> None:
 
 
 def up(
-    ports: dict[str, int], *, timeout_s: float = 180.0, say: Callable[[str], None] = print
+    ports: dict[str, int],
+    *,
+    timeout_s: float = 180.0,
+    say: Callable[[str], None] = print,
+    auth: bool = False,
 ) -> dict[str, Server]:
-    """Start both servers and wait until they answer their health checks.
+    """Start both servers and wait until they answer their health checks. With `auth`, both
+    require the stack's credentials (generated once, stored 0600; infra/credentials.py).
 
     Raises:
         AlreadyRunning: the stack is up already (nothing was started).
@@ -189,12 +203,13 @@ def up(
     with _locked():
         _clear_stale(say)
         _check_ports(ports)
+        creds = credentials.ensure_credentials(stack_dir()) if auth else None
         servers = {}
         for name in SERVERS:
-            argv, env = server_command(name, ports[name])
+            argv, env = server_command(name, ports[name], creds)
             log = stack_dir() / "logs" / f"{name}.log"
             proc = processes.spawn(argv, env, log, cwd=genpar_home())
-            servers[name] = Server(name=name, port=ports[name], proc=proc, log=str(log))
+            servers[name] = Server(name, ports[name], proc, str(log), auth=auth)
         _write_servers(servers)  # recorded at once: `down` can stop a stack still starting
         say(f"started Prefect and MLflow on {HOST}; waiting for their health checks …")
         checks = {n: (s.proc, s.health_url) for n, s in servers.items()}
@@ -219,7 +234,7 @@ def _startup_failure(servers: dict[str, Server], problems: dict[str, str]) -> st
 def down(say: Callable[[str], None] = print) -> bool:
     """Stop `genpar serve` (if recorded) and both servers; False when nothing was running."""
     with _locked():
-        stop_serve(say)
+        serving.stop_serve(say)
         servers = read_servers()
         if not servers:
             return False
@@ -260,32 +275,7 @@ def use_stack() -> str | None:
     env = {"prefect": "PREFECT_API_URL", "mlflow": "MLFLOW_TRACKING_URI"}
     for s, _ in states:
         os.environ.setdefault(env[s.name], s.api_url)
+    if any(s.auth for s, _ in states):  # its credentials, for this process and its children
+        for key, value in credentials.client_env(credentials.read_credentials(stack_dir())).items():
+            os.environ.setdefault(key, value)
     return None
-
-
-def record_serve(info: dict) -> None:
-    """Called by `genpar serve`: remember the serving process while it runs."""
-    stack_dir().mkdir(parents=True, exist_ok=True)
-    atomic.write_json(serve_state_path(), info)
-
-
-def serve_state() -> tuple[dict, str] | None:
-    """(serve.json, 'running' | 'not running …') or None when nothing serves."""
-    try:
-        info = json.loads(serve_state_path().read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    proc = Proc(pid=int(info["pid"]), create_time=float(info["create_time"]))
-    alive = processes.handle(proc) is not None
-    return info, "running" if alive else f"not running (stale: pid {proc.pid} is gone)"
-
-
-def stop_serve(say: Callable[[str], None]) -> None:
-    found = serve_state()
-    if found is None:
-        return
-    info, state = found
-    proc = Proc(pid=int(info["pid"]), create_time=float(info["create_time"]))
-    if state == "running" and processes.stop(proc, grace_s=30.0, sig=signal.SIGINT):
-        say(f"stopped genpar serve (pid {proc.pid})")
-    serve_state_path().unlink(missing_ok=True)

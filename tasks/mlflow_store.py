@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from mlflow import MlflowClient
 from mlflow.entities import Param, RunStatus, RunTag
@@ -47,8 +48,12 @@ redact = redact_uri  # credentials never reach logs, params or artifacts
 
 
 def resolve_uri(cfg: PipelineConfig) -> str:
-    """tracking.uri, else $MLFLOW_TRACKING_URI, else SQLite under the genpar home; absolute."""
+    """tracking.uri, else $MLFLOW_TRACKING_URI, else SQLite under the genpar home; absolute,
+    and without credentials: a password in $MLFLOW_TRACKING_URI moves to
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD of this process (and so of the
+    processes it starts), so the URI genpar stores and logs never holds it."""
     uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    uri = move_credentials_to_env(uri)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
     elif "://" not in uri and not uri.startswith("databricks"):
@@ -57,6 +62,39 @@ def resolve_uri(cfg: PipelineConfig) -> str:
             "an http(s):// tracking server, or leave it empty for the genpar default"
         )
     return uri
+
+
+def move_credentials_to_env(uri: str) -> str:
+    """`scheme://user:password@host...` -> `scheme://host...`, the credentials set (unless
+    already set) as MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, which MLflow's client
+    sends as basic auth."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(user))
+    if password:
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(password))
+    if os.environ.get("MLFLOW_TRACKING_URI") == uri:
+        os.environ["MLFLOW_TRACKING_URI"] = urlunsplit(parts._replace(netloc=host))
+    return urlunsplit(parts._replace(netloc=host))
+
+
+def load_password_secret(cfg: PipelineConfig) -> None:
+    """tracking.password_secret (a Prefect Secret block) into MLFLOW_TRACKING_PASSWORD, when
+    that is not set already; called where a flow run starts."""
+    name = cfg.tracking.password_secret
+    if not name or os.environ.get("MLFLOW_TRACKING_PASSWORD"):
+        return
+    from prefect.blocks.system import Secret
+
+    try:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = str(Secret.load(name).get())
+    except ValueError as e:
+        raise ConfigError(
+            f"tracking.password_secret={name!r}: no such Prefect Secret block ({e})"
+        ) from e
 
 
 def _check_http(uri: str) -> None:

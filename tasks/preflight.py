@@ -36,6 +36,7 @@ def preflight(config: PipelineConfig) -> str:
     plan = plan_processes(config.compute, cuda_device_count())
     if config.data.source not in BUILTIN_SOURCES and not Path(config.data.path).exists():
         raise DataError(f"data.path={config.data.path!r} does not exist")
+    store.load_password_secret(config)
     uri = store.resolve_uri(config)
     store.ensure_experiment(store.connect(uri), uri, config.experiment_name)
     log.info(

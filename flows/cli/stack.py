@@ -33,6 +33,15 @@ def up(
     prefect_port: PrefectPort = 4200,
     mlflow_port: MlflowPort = 5000,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the health checks.")] = 180,
+    auth: Annotated[
+        bool,
+        typer.Option(
+            "--auth/--no-auth",
+            help="Require credentials on both servers (MLflow basic auth, Prefect's auth "
+            "string), generated once into $GENPAR_HOME/stack/credentials.json (mode 0600); "
+            "genpar's commands pick them up.",
+        ),
+    ] = False,
 ) -> None:
     """Start the local stack: a Prefect server and an MLflow server on 127.0.0.1.
 
@@ -42,7 +51,8 @@ def up(
     from infra import stack
 
     try:
-        servers = stack.up({"prefect": prefect_port, "mlflow": mlflow_port}, timeout_s=timeout)
+        ports = {"prefect": prefect_port, "mlflow": mlflow_port}
+        servers = stack.up(ports, timeout_s=timeout, auth=auth)
     except stack.AlreadyRunning as e:
         console.print(f"{e}; nothing started (`genpar down` stops it)", highlight=False)
         return
@@ -52,6 +62,13 @@ def up(
     console.print(f"[bold green]genpar stack up[/] (home {stack.genpar_home()})")
     console.print(f"  Prefect UI  {prefect.url}   (API {prefect.api_url})", highlight=False)
     console.print(f"  MLflow UI   {mlflow.url}", highlight=False)
+    if auth:
+        creds = stack.credentials.credentials_path(stack.stack_dir())
+        console.print(
+            f"  both require credentials: {creds} (MLflow: user/password; Prefect UI: the "
+            "auth string)",
+            highlight=False,
+        )
     console.print(
         "next: [bold]genpar serve CONFIG[/] serves the deployments; `genpar run` now records "
         "here; `genpar down` stops the stack"
@@ -76,10 +93,10 @@ def status() -> None:
 
     Exit status: 0 all running, 1 something recorded is down or not answering, 3 no stack.
     """
-    from infra import stack
+    from infra import serving, stack
 
     states = stack.server_states()
-    served = stack.serve_state()
+    served = serving.serve_state()
     if not states:
         console.print(f"no genpar stack is running for {stack.genpar_home()} (`genpar up`)")
     for server, state in states:

@@ -65,13 +65,17 @@ class RetrainConfig(Section):
         return v
 
 
+INLINE_CREDENTIALS = re.compile(r"^[A-Za-z][\w+.-]*://[^/@\s]+@")
+
+
 class TrackingConfig(Section):
-    """Where runs are recorded."""
+    """Where runs are recorded. Credentials never go here: they come from the environment."""
 
     uri: str | None = Field(
         None,
-        description="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI if set, else a SQLite "
-        "store under the genpar home directory.",
+        description="MLflow tracking URI, without credentials. Default: $MLFLOW_TRACKING_URI "
+        "if set, else a SQLite store under the genpar home directory. A server's user and "
+        "password come from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.",
     )
     experiment: str | None = Field(
         None, description="MLflow experiment (default: the pipeline name)."
@@ -81,3 +85,22 @@ class TrackingConfig(Section):
         description="MLflow registered model that every run's model is added to as a "
         "version (default: the pipeline name).",
     )
+    password_secret: str | None = Field(
+        None,
+        description="Name of a Prefect Secret block holding the MLflow tracking password, "
+        "read into MLFLOW_TRACKING_PASSWORD when a flow run starts and that variable is not "
+        "set (for deployments whose workers cannot hold it in their environment).",
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _no_inline_credentials(cls, v: str | None) -> str | None:
+        if v is not None and INLINE_CREDENTIALS.match(v):
+            raise ValueError(
+                "holds credentials (user:password@), which genpar would store in the run "
+                "spec, MLflow params and the deployments' parameters (the Prefect UI form); "
+                "give the URI without them and set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD in the environment (for deployments: "
+                "tracking.password_secret names a Prefect Secret block)"
+            )
+        return v
