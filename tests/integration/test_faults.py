@@ -133,11 +133,19 @@ def _when(path_glob: Path, then, timeout: float = 180) -> threading.Thread:
 # --------------------------------------------------------------------------- tracking server
 
 
-def test_unreachable_tracking_server_fails_before_any_work(home: Path) -> None:
-    cfg = load_config(TINY, [f"tracking.uri=http://user:s3cret@127.0.0.1:{free_port()}"])
+def test_unreachable_tracking_server_fails_before_any_work(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A password inline in MLFLOW_TRACKING_URI moves to its own variable: the error names
+    the server (not a 'Name or service not known' of user:password@ as a host) and no secret."""
+    port = free_port()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:s3cret@127.0.0.1:{port}")
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
     with pytest.raises(store.TrackingError) as exc:
-        store.connect(store.resolve_uri(cfg))
-    assert "unreachable" in str(exc.value) and "s3cret" not in str(exc.value)
+        store.connect(store.resolve_uri(load_config(TINY)))
+    message = str(exc.value)
+    assert f"http://127.0.0.1:{port} is unreachable" in message and "s3cret" not in message
+    assert "Name or service not known" not in message
     assert not shards_root().exists()
 
 

@@ -115,9 +115,10 @@ def test_flat_params_and_train_key() -> None:
     assert cfg.train_key("s") != cfg.train_key("t")  # other data
 
 
-def test_credentials_never_reach_params_or_dumps() -> None:
+def test_credentials_never_reach_a_config_so_never_params_or_dumps() -> None:
     uri = "postgresql://alice:s3cret@db.internal:5432/mlflow"
-    cfg = load_config(REPO / "configs/tiny.yaml", [f"tracking.uri={uri}"])
-    assert cfg.tracking.uri == uri  # the real value stays usable
-    assert cfg.flat()["tracking.uri"] == "postgresql://***@db.internal:5432/mlflow"
+    with pytest.raises(ConfigError, match="tracking.uri: holds credentials"):
+        load_config(REPO / "configs/tiny.yaml", [f"tracking.uri={uri}"])
+    cfg = load_config(REPO / "configs/tiny.yaml", ["tracking.uri=http://db.internal:5000"])
+    assert cfg.flat()["tracking.uri"] == "http://db.internal:5000"
     assert "s3cret" not in dump_config(cfg.redacted())
