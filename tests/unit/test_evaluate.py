@@ -105,9 +105,8 @@ def test_scorecard_cache_hits_and_batch_size_independence(
     assert 0 <= m["eval/precision"] <= 1 and 0 <= m["eval/coverage"] <= 1
     assert 1 <= m["eval/inception_score"] <= 10
     assert m["eval/iw_bound"] >= m["eval/elbo"] - 0.5
-    assert m["eval/recon_bits_per_dim"] + m["eval/kl_bits_per_dim"] == pytest.approx(
-        m["eval/bits_per_dim"]
-    )
+    # tiny's Bernoulli decoder on grey levels is no code length: no bits/dim (see below)
+    assert not any(key.endswith("bits_per_dim") for key in m)
     quality = first["protocols"][QUALITY]
     assert quality["extractor_fp"] == first["extractor"]["fingerprint"][:16]
     assert quality["generated_samples"] == 300 and quality["split"] == "test"
@@ -213,3 +212,6 @@ def test_bits_per_dim_is_reported_only_where_it_is_a_code_length(
     assert ("eval/bits_per_dim" in out) == bits and ("eval/iw_bits_per_dim" in out) == bits
     if bits:
         assert out["eval/bits_per_dim"] == pytest.approx(-out["eval/elbo"] / (64 * np.log(2)))
+        assert out["eval/recon_bits_per_dim"] + out["eval/kl_bits_per_dim"] == pytest.approx(
+            out["eval/bits_per_dim"]
+        )
