@@ -14,6 +14,7 @@ import secrets
 from pathlib import Path
 
 from genpar_models.errors import GenparError
+from genpar_models.util import atomic
 
 MLFLOW_USER = "admin"
 PREFECT_USER = "admin"
@@ -60,11 +61,12 @@ def server_env(name: str, creds: dict[str, str], stack_dir: Path) -> dict[str, s
     if name == "prefect":
         return {"PREFECT_SERVER_API_AUTH_STRING": creds["prefect_auth_string"]}
     ini = stack_dir / "mlflow_auth.ini"
-    ini.write_text(
+    atomic.write_text(
+        ini,
         "[mlflow]\n"
         "default_permission = READ\n"
         f"database_uri = sqlite:///{stack_dir / 'mlflow_auth.db'}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
     )
     return {
         "MLFLOW_AUTH_CONFIG_PATH": str(ini),

@@ -47,8 +47,9 @@ def _v2_to_v3(tree: Tree) -> str:
             if key not in model:
                 model[key] = value
                 notes.append(f"kept the old default model.{key}={json.dumps(value)}")
-        if model.get("name") == "dcgan":  # a full dump of a 0.1 DCGAN config names the VAE's
-            model.pop("likelihood", None)  # likelihood, which a DCGAN never read
+        # A full dump of a 0.1 DCGAN config names the VAE's likelihood, which it never read.
+        for key in {"dcgan": ("likelihood",)}.get(model.get("name", "vae"), ()):
+            model.pop(key, None)
     return "; ".join(notes)
 
 
