@@ -68,15 +68,41 @@ def fid(real: np.ndarray, fake: np.ndarray) -> float:
     return max(float(metric.compute()), 0.0)  # tiny negatives are round-off
 
 
+def poly_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """KID's cubic polynomial kernel (x.y / d + 1)^3 (Bińkowski et al. 2018), float64."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a @ b.T / a.shape[1] + 1.0) ** 3
+
+
+def weighted_mmd2(
+    k_rr: np.ndarray, k_ff: np.ndarray, k_rf: np.ndarray, cr: np.ndarray, cf: np.ndarray
+) -> float:
+    """Unbiased MMD^2 of a multiset of real and of fake rows, row i drawn c[i] times (all ones:
+    the sets themselves; a bootstrap draw otherwise): within-set means over pairs of distinct
+    draws, the cross term over all pairs. Correct for sets of different sizes."""
+
+    def distinct_pair_mean(k: np.ndarray, c: np.ndarray) -> float:
+        same = c * c  # pairs of a draw with itself: c'Kc - sum_i c_i^2 K_ii
+        return float((c @ k @ c - same @ np.diag(k)) / (c.sum() ** 2 - same.sum()))
+
+    cross = float(cr @ k_rf @ cf / (cr.sum() * cf.sum()))
+    return distinct_pair_mean(k_rr, cr) + distinct_pair_mean(k_ff, cf) - 2.0 * cross
+
+
 def kid(real: np.ndarray, fake: np.ndarray) -> float:
     """KID: the unbiased MMD^2 of the two full feature sets under the cubic polynomial kernel
     (Bińkowski et al. 2018, eq. 4). Its spread comes from the bootstrap
     (uncertainty.kid_bootstrap), which resamples this same statistic.
+
+    Computed here rather than by torchmetrics' poly_mmd, which divides every term by the first
+    set's size and so is biased when the sets differ in size (a reference of 1,500 test images
+    against 1,000 samples).
     """
     if min(len(real), len(fake)) < 2:
         raise ValueError(f"KID needs at least 2 samples per set, got {len(real)}, {len(fake)}")
-    poly_mmd = quiet_import("torchmetrics.image.kid").poly_mmd
-    return float(poly_mmd(_t64(real), _t64(fake)))
+    ones_r, ones_f = np.ones(len(real)), np.ones(len(fake))
+    k_rr, k_ff, k_rf = poly_kernel(real, real), poly_kernel(fake, fake), poly_kernel(real, fake)
+    return weighted_mmd2(k_rr, k_ff, k_rf, ones_r, ones_f)
 
 
 def prdc(real: np.ndarray, fake: np.ndarray, *, nearest_k: int) -> dict[str, float]:

@@ -70,7 +70,7 @@ def quality_protocol(ref: Reference, cfg: EvaluateConfig, n: int) -> dict:
         "sample_block": SAMPLE_BLOCK,
         "seed": cfg.seed,
         "precision": "fp32",
-        "kid": "unbiased MMD2 of the full sets, cubic kernel",
+        "kid": "unbiased MMD2 of the full sets of any sizes, cubic kernel",
         "nearest_k": cfg.nearest_k,
         "bootstrap": cfg.bootstrap,
         "confidence": cfg.confidence,

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy.special import ndtr, ndtri  # the standard normal cdf and its inverse
 
-from genpar_models.eval.metrics import _t64, quiet_import
+from genpar_models.eval.metrics import poly_kernel, weighted_mmd2
 
 
 def frechet_from_stats(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
@@ -78,12 +78,6 @@ def fid_interval(
     return bc_interval(point, _replicates(one, len(r), len(f), resamples, seed), confidence)
 
 
-def _distinct_pair_mean(k: np.ndarray, c: np.ndarray) -> float:
-    # Sum over ordered pairs of drawn rows that are different rows: c'Kc - sum_i c_i^2 K_ii.
-    same = c * c
-    return float((c @ k @ c - same @ np.diag(k)) / (c.sum() ** 2 - same.sum()))
-
-
 def kid_bootstrap(
     real: np.ndarray,
     fake: np.ndarray,
@@ -99,14 +93,10 @@ def kid_bootstrap(
     Returns:
         (low, high, std): the bias-corrected interval and the replicates' standard deviation.
     """
-    r, f = _t64(real), _t64(fake)
-    poly_kernel = quiet_import("torchmetrics.image.kid").poly_kernel
-    k_rr, k_ff = poly_kernel(r, r).numpy(), poly_kernel(f, f).numpy()
-    k_rf = poly_kernel(r, f).numpy()
+    k_rr, k_ff, k_rf = poly_kernel(real, real), poly_kernel(fake, fake), poly_kernel(real, fake)
 
     def one(cr: np.ndarray, cf: np.ndarray) -> float:
-        cross = cr @ k_rf @ cf / (cr.sum() * cf.sum())
-        return _distinct_pair_mean(k_rr, cr) + _distinct_pair_mean(k_ff, cf) - 2.0 * cross
+        return weighted_mmd2(k_rr, k_ff, k_rf, cr, cf)
 
     replicates = _replicates(one, len(real), len(fake), resamples, seed)
     low, high = bc_interval(point, replicates, confidence)
