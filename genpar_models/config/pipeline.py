@@ -83,6 +83,10 @@ class PipelineConfig(Section):
         tracking = self.tracking.model_copy(update={"uri": identity.redact_uri(uri)})
         return self.model_copy(update={"tracking": tracking})
 
+    def run_identity(self) -> str:
+        """Identity of the whole run, compute included (see `identity.run_identity`)."""
+        return identity.run_identity(self)
+
     def train_key(self, shards_key: str) -> str:
         """Identity of the training job (see `identity.train_key`)."""
         return identity.train_key(self, shards_key)

@@ -14,6 +14,7 @@ from flows.evaluate import evaluate_flow
 from flows.pipeline import pipeline
 from genpar_models.config import PipelineConfig
 from genpar_models.models.export import load_model
+from genpar_models.util.lineage import lineage_tags
 from genpar_models.util.paths import default_tracking_uri, shards_root
 from tasks import registry
 from tasks.listing import list_runs
@@ -47,15 +48,22 @@ def _shard_dirs() -> list[Path]:
 
 
 RECORDED = json.loads((REPO / "tests" / "fixtures" / "v1" / "tiny_run.json").read_text())
+# What every run gained since 0.1, and nothing else: its run identity and lineage as tags
+# (issue 13; the git fields only from a checkout).
+ADDED_PARAMS: set[str] = set()
+ADDED_TAGS = {"genpar.run_identity", *lineage_tags()}
 
 
 def _same_as_recorded(client: MlflowClient, summary: dict, kind: str) -> None:
     """The run's MLflow keys, artifacts, scorecard, weights and samples equal those recorded
-    from genpar 0.1 (before the layout of one home per concern): same seed, same numbers."""
+    from genpar 0.1 (before the layout of one home per concern): same seed, same numbers;
+    the keys are exactly those recorded plus the ones added since (ADDED_*)."""
     recorded, run = RECORDED[kind], client.get_run(summary["run_id"])
+    assert not (ADDED_PARAMS & set(recorded["params"])) and not ADDED_TAGS & set(recorded["tags"])
     assert sorted(run.data.metrics) == recorded["metrics"]
-    assert sorted(run.data.params) == recorded["params"]
-    assert sorted(run.data.tags) == recorded["tags"]
+    assert sorted(run.data.params) == sorted([*recorded["params"], *ADDED_PARAMS])
+    assert sorted(run.data.tags) == sorted([*recorded["tags"], *ADDED_TAGS])
+    assert {k: run.data.tags[k] for k in lineage_tags()} == lineage_tags()
     assert sorted(_artifacts(client, run.info.run_id)) == recorded["artifacts"]
     assert {k: run.data.metrics[k] for k in recorded["scorecard"]} == recorded["scorecard"]
     run_dir = Path(summary["run_dir"])
