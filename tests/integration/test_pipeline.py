@@ -48,9 +48,9 @@ def _shard_dirs() -> list[Path]:
 
 
 RECORDED = json.loads((REPO / "tests" / "fixtures" / "v1" / "tiny_run.json").read_text())
-# What every run gained since 0.1, and nothing else: its run identity and lineage as tags
-# (issue 13; the git fields only from a checkout).
-ADDED_PARAMS: set[str] = set()
+# What every run gained since 0.1, and nothing else: the nightly's new settings as params
+# (issue 13), its run identity and lineage as tags (the git fields only from a checkout).
+ADDED_PARAMS = {"retrain.rule", "retrain.force", "retrain.notify_url", "retrain.notify_on"}
 ADDED_TAGS = {"genpar.run_identity", *lineage_tags()}
 
 
