@@ -137,8 +137,8 @@ def deliver(config: PipelineConfig, event: str, payload: dict[str, Any]) -> bool
 def notify_night(config: PipelineConfig, facts: dict[str, Any], decision: dict[str, Any]) -> bool:
     """POST the night's decision to retrain.notify_url when notify_on includes it."""
     event = EVENTS[decision["action"]]
-    facts = {**facts, "flow_run_id": str(runtime.flow_run.id or "")}
-    facts.setdefault("links", {})["prefect_flow_run"] = runtime.flow_run.ui_url
+    links = {**facts.get("links", {}), "prefect_flow_run": runtime.flow_run.ui_url}
+    facts = {**facts, "flow_run_id": str(runtime.flow_run.id or ""), "links": links}
     return deliver(config, event, night_payload(config, event, facts, decision))
 
 

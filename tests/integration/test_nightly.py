@@ -46,10 +46,11 @@ from genpar_models.config import PipelineConfig, load_config
 from genpar_models.eval.promotion import decide
 from genpar_models.util.lineage import lineage
 from genpar_models.util.paths import default_tracking_uri
-from tests.conftest import TINY
+from tests.conftest import REPO, TINY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+ARTIFACTS = REPO / "tests" / "artifacts"
 TOKEN = "s3cr3t-t0ken-in-the-path"
 MODEL = "nights"
 # Small everywhere but where the rules need numbers: 500 digits, quick evaluation, one rank,
@@ -229,8 +230,16 @@ def story(
         }
         told = Story(root / "home", hook, configs)
         _tell(told)
+        _keep_timings(told)
         yield told
     server.shutdown()
+
+
+def _keep_timings(story: Story) -> None:
+    """Each night's wall time, for whoever sizes CI (tests/artifacts is gitignored)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    times = {k: round(n.seconds, 1) for k, n in story.nights.items()}
+    (ARTIFACTS / "nightly-seconds.json").write_text(json.dumps(times, indent=2))
 
 
 def _client() -> MlflowClient:
