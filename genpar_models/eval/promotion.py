@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from genpar_models.config import PipelineConfig, RetrainConfig
-from genpar_models.eval.protocol import ProtocolMismatch, check_comparable
+from genpar_models.eval.protocol import ProtocolMismatch, check_comparable, protocol_kind
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,8 @@ def _protocol_check(
         shared = check_comparable(metric, {"challenger": protocols[0], "champion": protocols[1]})
     except ProtocolMismatch as e:
         return None, str(e)
+    if shared is None and protocol_kind(metric) is not None:  # same only in being unknown
+        return None, f"neither score's {protocol_kind(metric)} protocol was recorded"
     return shared, None
 
 

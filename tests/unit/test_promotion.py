@@ -132,6 +132,8 @@ def test_scores_under_different_protocols_are_never_compared() -> None:
     same = decide(1.0, 50.0, rule(), protocols=(ours, dict(ours)))
     assert same.promote and same.protocol == protocol_id(ours)
     assert not decide(1.0, 50.0, rule(), protocols=(ours, None)).promote  # champion unrecorded
+    unknown = decide(1.0, 50.0, rule(), protocols=(None, None))  # alike only in being unknown
+    assert not unknown.promote and "neither score's quality protocol was recorded" in unknown.reason
     assert decide(1.0, None, rule(), protocols=(ours, None)).promote  # no champion: no check
 
 
