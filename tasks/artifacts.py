@@ -137,6 +137,8 @@ def retrain_markdown(
     lines += ["", _rule_line(decision)]
     if facts.get("changes"):
         lines.append("- trained because: " + "; ".join(facts["changes"]))
+    elif champion and "changes" in facts:  # nothing changed: only retrain.force trains then
+        lines.append("- trained because: retrain.force: true (nothing changed since the champion)")
     data = facts["data"]
     lines.append(
         f"- data: fingerprint `{data['fingerprint'][:12]}`, "

@@ -109,3 +109,19 @@ def test_retrain_report_states_the_interval_rule(tiny: PipelineConfig) -> None:
     assert "kept the champion" in text and "does not lie entirely below" in text
     assert "rule: interval: the challenger's bootstrap interval [2.8, 3.6]" in text
     assert "trained because: data: source fingerprint aaa -> bbb" in text
+
+
+def test_forced_night_report_says_why_it_trained(tiny: PipelineConfig) -> None:
+    decision = decide(3.5, 3.5, tiny.retrain).as_dict()
+    facts = {
+        "data": {"fingerprint": "f" * 64, "reused": True},
+        "champion": {"version": "1", "run_id": "c" * 32, "experiment_id": "1"},
+        "challenger": _summary("r" * 32, "2") | {"metrics": {"eval/fid": 3.5}},
+        "defending": {"metrics": {"eval/fid": 3.5}},
+        "changes": [],  # nothing changed, yet it trained: retrain.force
+        "challenger_config": tiny.model_dump(mode="json"),
+    }
+    text = retrain_markdown(tiny, facts, decision, BASE)
+    assert "trained because: retrain.force: true (nothing changed since the champion)" in text
+    del facts["changes"]  # a report without the nightly's comparison claims nothing
+    assert "trained because" not in retrain_markdown(tiny, facts, decision, BASE)
