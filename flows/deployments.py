@@ -61,9 +61,10 @@ def build_deployments(config: PipelineConfig) -> list[RunnerDeployment]:
             concurrency_limit=ConcurrencyLimitConfig(
                 limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
             ),
-            description=f"Retrain {config.name}; promote the challenger to @champion only if "
-            f"it beats the champion on {config.retrain.primary_metric} by more than "
-            f"{config.retrain.min_improvement:g}.",
+            description=f"Retrain {config.name} unless nothing changed since the champion; "
+            f"promote the challenger to @champion only if it beats the champion on "
+            f"{config.retrain.primary_metric} by rule {config.retrain.rule} (margin "
+            f"{config.retrain.min_improvement:g}).",
             **common,
         ),
     ]

@@ -72,6 +72,7 @@ def evaluate_flow(
         "run_id": found["run_id"],
         "logged_to": logged_to,
         "metrics": report["metrics"],
+        "protocols": report["protocols"],
         "protocol_ids": report["protocol_ids"],
         "cache": report["cache"],
         "report": str(Path(out_dir) / "report.md"),

@@ -5,23 +5,32 @@ once by hand with `genpar retrain CONFIG`. One night:
 
 1. re-fingerprint the source: unchanged input reuses its shard set (unless
    `retrain.force_preprocess`);
-2. find the champion (the registered model's `champion` alias) and score it again on
-   today's test split with today's evaluation settings, so both models are judged by the
-   same protocol (the evaluate flow, recorded on the champion's run);
-3. train the challenger with the pipeline flow (warm-started from the champion's weights when
-   `retrain.warm_start`); it is registered as a new version like every pipeline run;
-4. decide: the first run with no champion promotes; otherwise the challenger must beat the
-   champion on `retrain.primary_metric` by more than `retrain.min_improvement`;
-5. record the decision, both scores and the reason in MLflow and in a Prefect artifact.
+2. find the champion (the registered model's `champion` alias) and compare what its run
+   recorded with tonight: data fingerprint, run identity (compute included) and lineage. When
+   nothing changed, a retrain would reproduce the champion (training is deterministic), so
+   the night trains nothing, records "unchanged since the champion, version N" and ends
+   (`retrain.force: true` trains anyway);
+3. otherwise score the champion again on today's test split with today's evaluation settings
+   (the evaluate flow, recorded on the champion's run), so both are measured under one
+   protocol, and train the challenger with the pipeline flow (warm-started from the
+   champion's weights when `retrain.warm_start`); it is registered as a new version;
+4. decide by `retrain.rule` (margin or interval; genpar_models/eval/promotion.py), after
+   checking that both scores share a protocol; the alias moves by compare-and-set against
+   the champion the night started with;
+5. record the decision in MLflow and in a Prefect artifact, and notify `retrain.notify_url`
+   (failed nights notify from the flow's failure hook).
 
-Two retrains of the same pipeline never overlap: the deployment has a concurrency limit of
-one (further runs queue), and the flow itself holds the global concurrency limit
-`genpar-retrain-<name>` (limit 1), which also covers runs started outside the deployment.
+Two retrains of one registered model never overlap: the flow holds the global concurrency
+limit `genpar-retrain-<registered model>` (limit 1), which also covers runs started outside
+the deployment and two pipelines that share a registered model; the deployment itself also
+has a concurrency limit of one (further runs queue).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,18 +41,31 @@ from flows.evaluate import evaluate_flow
 from flows.pipeline import pipeline
 from genpar_models.config import PipelineConfig
 from genpar_models.eval.promotion import challenger_config
-from tasks.artifacts import publish_retrain_report
+from tasks.artifacts import night_links, publish_retrain_report
+from tasks.notify import notify_failure, notify_night
 from tasks.preflight import preflight
-from tasks.promotion import decide_promotion, find_champion, fingerprint_source, record_decision
+from tasks.promotion import (
+    decide_promotion,
+    find_champion,
+    fingerprint_source,
+    record_decision,
+    record_unchanged,
+    what_changed,
+)
 
 
 def retrain_limit_name(config: PipelineConfig) -> str:
-    return f"genpar-retrain-{config.name}"
+    """One slot per registered model (names allow letters, digits, `-`, `_`, `.`)."""
+    name = config.registered_model_name
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:80] or "model"
+    if slug != name:  # two names that slug alike must not share a slot
+        slug += "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"genpar-retrain-{slug}"
 
 
 @contextlib.contextmanager
 def retrain_slot(config: PipelineConfig) -> Iterator[None]:
-    """Hold the pipeline's one retrain slot (created with limit 1 on first use)."""
+    """Hold the registered model's one retrain slot (created with limit 1 on first use)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -61,33 +83,66 @@ def retrain_slot(config: PipelineConfig) -> Iterator[None]:
         yield
 
 
-@flow(
-    name="genpar-nightly-retrain",
-    flow_run_name="nightly-{config.name}-{config.model.name}-{config.data.source}",
-)
-def nightly_retrain(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:  # noqa: B008
-    """Retrain; the challenger takes the `champion` alias only if it beats the champion on
-    retrain.primary_metric by more than retrain.min_improvement (the first run promotes)."""
-    with retrain_slot(config):
-        uri = preflight(config)
-        data = fingerprint_source(config)
-        champion = find_champion(config, uri)
-        contender = challenger_config(config, champion["ref"] if champion else None)
-        defending = evaluate_flow(champion["ref"], contender) if champion else None
-        challenger = pipeline(contender)
-        decision = decide_promotion(config, challenger, defending)
-        record_decision(config, uri, challenger, champion, decision)
-        facts = {
-            "data": data,
-            "champion": champion,
-            "challenger": challenger,
-            "defending": defending,
-            "challenger_config": contender.model_dump(mode="json"),
-        }
-        publish_retrain_report(config, uri, facts, decision)
+def _nothing_to_do(
+    config: PipelineConfig, uri: str, data: dict, champion: dict, contender: PipelineConfig
+) -> dict[str, Any]:
+    """Unchanged since the champion: record that, report it, notify; train nothing."""
+    skipped = record_unchanged(config, uri, data, champion, contender)
+    decision = skipped.pop("decision")
+    facts = {"data": data, "champion": champion, "challenger": None, "changes": []}
+    facts |= {"decision_run": skipped, "links": night_links(uri, None, champion)}
+    publish_retrain_report(config, uri, facts, decision)
+    notify_night(config, facts, decision, return_state=True)  # a lost POST never fails it
+    return {"decision": decision, "run_id": None, "model_version": None, "champion": champion}
+
+
+def _contest(
+    config: PipelineConfig,
+    uri: str,
+    data: dict,
+    champion: dict | None,
+    contender: PipelineConfig,
+    changes: list[str],
+) -> dict[str, Any]:
+    """Score the champion again, train the challenger, decide, record, report, notify."""
+    defending = evaluate_flow(champion["ref"], contender) if champion else None
+    challenger = pipeline(contender)
+    decision = decide_promotion(config, challenger, defending)
+    decision = record_decision(config, uri, challenger, champion, decision)
+    facts = {
+        "data": data,
+        "champion": champion,
+        "challenger": challenger,
+        "defending": defending,
+        "changes": changes,
+        "challenger_config": contender.model_dump(mode="json"),
+        "links": night_links(uri, challenger, champion),
+    }
+    publish_retrain_report(config, uri, facts, decision)
+    notify_night(config, facts, decision, return_state=True)
     return {
         "decision": decision,
         "run_id": challenger["run_id"],
         "model_version": challenger["model_version"],
         "champion": champion,
     }
+
+
+@flow(
+    name="genpar-nightly-retrain",
+    flow_run_name="nightly-{config.name}-{config.model.name}-{config.data.source}",
+    on_failure=[notify_failure],
+    on_crashed=[notify_failure],
+)
+def nightly_retrain(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:  # noqa: B008
+    """Retrain unless nothing changed since the champion; the challenger takes the `champion`
+    alias only if it beats the champion by retrain.rule (the first run promotes)."""
+    with retrain_slot(config):
+        uri = preflight(config)
+        data = fingerprint_source(config)
+        champion = find_champion(config, uri)
+        contender = challenger_config(config, champion["ref"] if champion else None)
+        changes = what_changed(contender, data, champion)
+        if champion and not changes and not config.retrain.force:
+            return _nothing_to_do(config, uri, data, champion, contender)
+        return _contest(config, uri, data, champion, contender, changes)

@@ -22,10 +22,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from genpar_models.config import PipelineConfig
+from genpar_models.eval.protocol import protocol_kind
 from tasks import mlflow_store as store
 from tasks import registry
 from tasks.common import run_logger
-from tasks.promotion import ALIAS
+from tasks.promotion import ALIAS, read_protocols
 
 LOCAL_UI = "http://127.0.0.1:5000"  # where `genpar ui` serves a SQLite store
 MAX_ROWS = 14
@@ -113,6 +114,8 @@ def retrain_markdown(
     config: PipelineConfig, facts: dict[str, Any], decision: dict[str, Any], base: str
 ) -> str:
     """The nightly retrain's report: decision and reason, both scores side by side, links."""
+    if decision.get("skipped"):
+        return _skipped_markdown(config, facts, decision, base)
     challenger, champion = facts["challenger"], facts["champion"]
     defending = (facts.get("defending") or {}).get("metrics", {})
     name = config.registered_model_name
@@ -131,8 +134,11 @@ def retrain_markdown(
     ours = challenger["metrics"]
     for k in key_metrics(ours, decision["metric"]):
         lines.append(f"| {_label(k, config)} | {_fmt(ours[k])} | {_fmt(defending.get(k))} |")
-    gain, margin = decision["improvement"], decision["min_improvement"]
-    lines += ["", f"- improvement {_fmt(gain)}, required: more than {_fmt(margin)}"]
+    lines += ["", _rule_line(decision)]
+    if facts.get("changes"):
+        lines.append("- trained because: " + "; ".join(facts["changes"]))
+    elif champion and "changes" in facts:  # nothing changed: only retrain.force trains then
+        lines.append("- trained because: retrain.force: true (nothing changed since the champion)")
     data = facts["data"]
     lines.append(
         f"- data: fingerprint `{data['fingerprint'][:12]}`, "
@@ -146,6 +152,55 @@ def retrain_markdown(
     return "\n".join(lines) + "\n"
 
 
+def _rule_line(decision: dict[str, Any]) -> str:
+    gain, margin = decision["improvement"], decision["min_improvement"]
+    if decision.get("rule") == "interval":
+        low, high = decision.get("challenger_ci_low"), decision.get("challenger_ci_high")
+        return (
+            f"- rule: interval: the challenger's bootstrap interval [{_fmt(low)}, {_fmt(high)}] "
+            f"must lie entirely on the better side of the champion's {_fmt(decision['champion'])}"
+            f" (by more than {_fmt(margin)})"
+        )
+    return f"- rule: margin: improvement {_fmt(gain)}, required: more than {_fmt(margin)}"
+
+
+def _skipped_markdown(
+    config: PipelineConfig, facts: dict[str, Any], decision: dict[str, Any], base: str
+) -> str:
+    champion, data = facts["champion"], facts["data"]
+    lines = [f"# Nightly retrain of {config.name}: nothing to do", ""]
+    lines.append(f"**Decision: skipped**: {decision['reason']}.")
+    lines += ["", f"- `@{ALIAS}` stays on version {champion['version']}; nothing was registered"]
+    lines.append(f"- data: fingerprint `{data['fingerprint'][:12]}`, unchanged")
+    theirs = run_url(base, champion["experiment_id"], champion["run_id"])
+    lines += ["", f"- [champion's MLflow run]({theirs})"]
+    record = facts.get("decision_run")
+    if record:
+        lines.append(
+            f"- [this night's decision in MLflow]"
+            f"({run_url(base, record['experiment_id'], record['run_id'])})"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def night_links(
+    uri: str, challenger: dict[str, Any] | None, champion: dict[str, Any] | None
+) -> dict[str, str]:
+    """The MLflow links of one night: the challenger's run, the champion's, and both compared."""
+    base, links = ui_base(uri), {}
+    if challenger:
+        links["challenger_run"] = run_url(base, challenger["experiment_id"], challenger["run_id"])
+    if champion:
+        links["champion_run"] = run_url(base, champion["experiment_id"], champion["run_id"])
+    if challenger and champion:
+        links["compare"] = compare_url(
+            base,
+            [challenger["experiment_id"], champion["experiment_id"]],
+            [challenger["run_id"], champion["run_id"]],
+        )
+    return links
+
+
 def _protocol_lines(protocols: dict[str, dict | None]) -> list[str]:
     def fmt(p: dict) -> str:
         return ", ".join(f"{k}={v}" for k, v in p.items())
@@ -156,14 +211,6 @@ def _protocol_lines(protocols: dict[str, dict | None]) -> list[str]:
         return [f"- evaluation protocol ({both}): {fmt(ours)}"]
     out = [f"- challenger's evaluation protocol: {fmt(ours)}"] if ours else []
     return out + ([f"- champion's evaluation protocol: {fmt(theirs)}"] if theirs else [])
-
-
-def read_protocol(report_json: Path) -> dict | None:
-    """The `protocol` of an evaluation report.json, if there is one."""
-    try:
-        return json.loads(report_json.read_text()).get("protocol")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def _data_vs_champion(data: dict[str, Any], champion: dict[str, Any] | None) -> str:
@@ -231,13 +278,12 @@ def publish_retrain_report(
     config: PipelineConfig, uri: str, facts: dict[str, Any], decision: dict[str, Any]
 ) -> str:
     """The nightly retrain's markdown artifact (decision, both scores, links)."""
-    defending = facts.get("defending")
-    protocols = {
-        "challenger": read_protocol(Path(facts["challenger"]["run_dir"]) / "eval" / "report.json"),
-        "champion": read_protocol(Path(defending["report"]).with_name("report.json"))
-        if defending and defending.get("report")
-        else None,
-    }
+    kind = protocol_kind(decision["metric"])
+    protocols = {}
+    if facts.get("challenger") and kind:
+        report = Path(facts["challenger"]["run_dir"]) / "eval" / "report.json"
+        protocols["challenger"] = read_protocols(report).get(kind)
+        protocols["champion"] = ((facts.get("defending") or {}).get("protocols") or {}).get(kind)
     text = retrain_markdown(config, {**facts, "protocols": protocols}, decision, ui_base(uri))
     create_markdown_artifact(
         text,

@@ -36,6 +36,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 TAG_TRAIN_KEY = "genpar.train_key"
 TAG_RUN_DIR = "genpar.run_dir"
+TAG_RUN_IDENTITY = "genpar.run_identity"  # config/identity.py: run_identity
 TAG_FLOW_RUN = "prefect.flow_run_id"
 PARAM_VALUE_LIMIT = 6000
 

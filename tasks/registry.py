@@ -64,6 +64,29 @@ def register(
     return str(version.version)
 
 
+def registered_version_of(client: MlflowClient, name: str, run_id: str) -> str | None:
+    """The version of `name` already registered from `run_id`, if any (the lowest)."""
+    try:
+        found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException:  # no such registered model yet
+        return None
+    return str(min(int(v.version) for v in found)) if found else None
+
+
+def register_once(
+    client: MlflowClient, run_id: str, *, name: str, tags: dict[str, str], description: str = ""
+) -> str:
+    """`register`, idempotent per run: a retried task (or a resumed run registering again)
+    gets the version the run already has instead of a duplicate. Its tags are brought up to
+    date."""
+    version = registered_version_of(client, name, run_id)
+    if version is None:
+        return register(client, run_id, name=name, tags=tags, description=description)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    return version
+
+
 def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     try:
         return str(client.get_model_version_by_alias(name, alias).version)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from genpar_models.config import PipelineConfig, dump_config
 from genpar_models.data.manifest import read_manifest
 from genpar_models.util import atomic
+from genpar_models.util.lineage import lineage_tags
 from tasks import mlflow_store as store
 from tasks import registry, runlock
 from tasks.common import retry_unless_user_error, run_logger
@@ -77,6 +78,8 @@ def start_run(config: PipelineConfig, uri: str, shards_dir: str) -> RunHandle:
         run_id,
         {
             store.TAG_RUN_DIR: str(run_dir),
+            store.TAG_RUN_IDENTITY: config.run_identity(),
+            **lineage_tags(),
             "genpar.shards_key": manifest.key,
             "genpar.model": config.model.name,
             "genpar.dataset": config.data.source,
@@ -155,10 +158,12 @@ def log_artifacts(
 
 @task(name="register-model", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
 def register_model(config: PipelineConfig, run: RunHandle, metrics: dict[str, float]) -> str:
-    """Register the run's model as a new version (tagged with its eval metrics)."""
+    """Register the run's model as a new version (tagged with its eval metrics, lineage and
+    run identity), once: a retry or a resumed run gets the version it already has."""
     client = store.connect(run.uri)
     tags = {k: f"{v:.6g}" for k, v in metrics.items() if k.startswith("eval/")}
-    version = registry.register(
+    tags |= lineage_tags() | {store.TAG_RUN_IDENTITY: config.run_identity()}
+    version = registry.register_once(  # a retry must not add a second version
         client,
         run.run_id,
         name=config.registered_model_name,

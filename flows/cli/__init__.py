@@ -2,6 +2,7 @@
 
     running.py   run, retrain               run a pipeline, or the nightly retrain, now
     models.py    evaluate, compress, generate   work on a logged or registered model
+    champion.py  promote, rollback, champion    move the champion alias by hand, its history
     runs.py      runs, config, ui, home     list and rank runs, inspect configs, open MLflow
     stack.py     up, down, status, serve    the local stack and its deployments
     common.py    consoles, options, `load_or_fail`, Prefect/MLflow environment defaults
@@ -20,6 +21,7 @@ from flows.cli.app import app
 # isort: off
 from flows.cli import running  # noqa: F401, E402
 from flows.cli import models  # noqa: F401, E402
+from flows.cli import champion  # noqa: F401, E402
 from flows.cli import runs  # noqa: F401, E402
 from flows.cli import stack  # noqa: F401, E402
 # isort: on

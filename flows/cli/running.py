@@ -73,7 +73,11 @@ def _print_summary(summary: dict) -> None:
 def retrain(
     config: Annotated[Path, typer.Argument(help="Pipeline config YAML.")], set_: SetOpt = None
 ) -> None:
-    """Run the nightly retrain once, now: train a challenger and promote it only if better."""
+    """Run the nightly retrain once, now: promote a challenger only if it wins by retrain.rule.
+
+    When data, config and lineage are unchanged since the champion it trains nothing
+    (retrain.force: true trains anyway).
+    """
     cfg = load_or_fail(config, set_)
     use_servers(required=False)
     with server_starting_alongside():
@@ -84,4 +88,7 @@ def retrain(
     except GenparError as e:
         fail(str(e), code=1)
     console.print(f"[bold]{result['decision']['action']}[/]: {result['decision']['reason']}")
-    console.print(f"challenger: MLflow run {result['run_id']}, version {result['model_version']}")
+    if result["run_id"]:
+        console.print(
+            f"challenger: MLflow run {result['run_id']}, version {result['model_version']}"
+        )

@@ -1,7 +1,12 @@
-"""What identifies a config: stable hashes, the training job's key, and redaction for logging.
+"""What identifies a config: stable hashes, the training job's key, the run's identity, and
+redaction for logging.
 
 `train_key` decides which checkpoints a run may resume: two configs with the same key train
 the same weights from the same shards, so a re-run continues the interrupted one.
+`run_identity` is wider: everything that decides what a pipeline run produces and measures,
+compute included (a different number of ranks or threads, another device or precision gives
+other numbers). The nightly retrain compares it, beside the data fingerprint and the lineage,
+with the champion's to find nights where nothing changed.
 """
 
 from __future__ import annotations
@@ -26,6 +31,37 @@ def train_key(config: Any, shards_key: str) -> str:
     payload["train"].pop("max_restarts", None)
     payload["shards"] = shards_key
     return stable_hash(payload)[:16]
+
+
+# Where things run, not how: an address changes no number (results do not depend on which
+# Dask cluster or rendezvous host served them), so a restarted cluster is not a new run.
+_ADDRESSES = {"dask_address", "rdzv_endpoint", "rdzv_id"}
+
+
+def run_identity(config: Any) -> str:
+    """Identity of a pipeline run (of a `PipelineConfig`): data, model, training, evaluation,
+    generation and compute settings, the seed and the name. Left out: where it is tracked,
+    the retrain rule (it decides promotion, not the run; warm start is part of `train`),
+    compression (another command), the schema version, `train.resume` and compute addresses.
+    """
+    payload = config.model_dump(
+        mode="json",
+        include={"name", "seed", "data", "model", "train", "evaluate", "generate", "compute"},
+    )
+    payload["retrain"] = {"warm_start": config.retrain.warm_start}
+    payload["train"].pop("resume", None)
+    for key in _ADDRESSES:
+        payload["compute"].pop(key, None)
+    return stable_hash(payload)[:16]
+
+
+def redact_webhook(url: str) -> str:
+    """A webhook URL safe to show: scheme and host only (tokens live in paths and queries);
+    an `env:NAME` reference is shown as is."""
+    if url.startswith("env:"):
+        return url
+    m = re.match(r"^(?P<scheme>[a-zA-Z][\w+.-]*://)(?:[^/@\s]*@)?(?P<host>[^/?#\s]*)", url)
+    return f"{m['scheme']}{m['host']}/***" if m else "***"
 
 
 def redact_uri(uri: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from genpar_models.config import identity
 from genpar_models.config.migrate import migrate
 from genpar_models.config.pipeline import PipelineConfig
 from genpar_models.errors import ConfigError
@@ -20,12 +21,24 @@ from genpar_models.errors import ConfigError
 log = logging.getLogger("genpar.config")
 
 
+def _shown(loc: str, value: Any) -> Any:
+    """A rejected value as an error may show it: URLs that can hold credentials or tokens
+    are masked (a typo in a webhook URL must not print its token)."""
+    if not isinstance(value, str):
+        return value
+    if loc == "retrain.notify_url":
+        return identity.redact_webhook(value) if "://" in value else value.split("/")[0]
+    if loc == "tracking.uri":
+        return identity.redact_uri(value)
+    return value
+
+
 def format_validation_error(err: ValidationError, origin: str) -> str:
     lines = [f"invalid config ({origin}):"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = e["msg"].removeprefix("Value error, ")
-        got = e.get("input")
+        got = _shown(loc, e.get("input"))
         shown = "" if isinstance(got, dict) or e["type"] == "missing" else f" (got {got!r})"
         lines.append(f"  {loc}: {msg}{shown}")
     return "\n".join(lines)
@@ -117,8 +130,13 @@ def load_config(
     tree = apply_overrides(tree, overrides or [])
     origin = str(path) if path else "defaults"
     if overrides:
-        origin += " with " + " ".join(overrides)
+        origin += " with " + " ".join(_shown_override(o) for o in overrides)
     return build_config(tree, origin)
+
+
+def _shown_override(override: str) -> str:
+    key, sep, value = override.partition("=")
+    return f"{key}{sep}{_shown(key.strip(), value.strip())}" if sep else override
 
 
 def dump_config(cfg: PipelineConfig) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import zoneinfo
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -31,6 +32,30 @@ class RetrainConfig(Section):
         description="A challenger must beat the champion on the primary metric by more than "
         "this margin (in the metric's units) to take the champion alias.",
     )
+    rule: Literal["margin", "interval"] = Field(
+        "margin",
+        description="How the challenger must beat the champion on the primary metric: "
+        "`margin`: its score by more than min_improvement; `interval`: its whole bootstrap "
+        "interval (`<metric>_ci_low`..`_ci_high`) on the better side of the champion's score "
+        "(by more than min_improvement); a metric without an interval never promotes under it.",
+    )
+    force: bool = Field(
+        False,
+        description="Train a challenger even when nothing changed since the champion (same "
+        "data fingerprint, run identity and lineage); off: such a night trains nothing.",
+    )
+    notify_url: str | None = Field(
+        None,
+        description="Webhook that receives a JSON POST (decision, scores, links) for the "
+        "nights in notify_on. `env:NAME` reads the URL from environment variable NAME when "
+        "sending, so a token in it stays out of configs, Prefect parameters and MLflow; a "
+        "literal URL is shown as scheme://host/*** wherever genpar logs or records it.",
+    )
+    notify_on: tuple[Literal["failed", "skipped", "promoted", "kept"], ...] = Field(
+        ("failed", "skipped", "promoted"),
+        description="Which nights notify: failed, skipped (nothing changed, nothing trained), "
+        "promoted (a new champion), kept (a challenger lost).",
+    )
     warm_start: bool = Field(
         False,
         description="Initialise the challenger's weights (not its optimizer) from the "
@@ -52,6 +77,17 @@ class RetrainConfig(Section):
                 f"(minute hour day-of-month month day-of-week), got {v!r}"
             )
         return " ".join(fields)
+
+    @field_validator("notify_url")
+    @classmethod
+    def _check_notify_url(cls, v: str | None) -> str | None:
+        if v is None or re.fullmatch(r"https?://[^\s/?#]+([/?#]\S*)?", v):
+            return v
+        if re.fullmatch(r"env:[A-Za-z_][A-Za-z0-9_]*", v):
+            return v
+        raise ValueError(
+            "must be an http(s):// URL or env:NAME (an environment variable holding the URL)"
+        )
 
     @field_validator("timezone")
     @classmethod

@@ -76,12 +76,21 @@ class PipelineConfig(Section):
         return identity.flatten(self.redacted().model_dump(mode="json", exclude={"version"}))
 
     def redacted(self) -> PipelineConfig:
-        """A copy safe to log or store as an artifact: credentials in URIs masked."""
-        uri = self.tracking.uri
-        if uri is None or identity.redact_uri(uri) == uri:
-            return self
-        tracking = self.tracking.model_copy(update={"uri": identity.redact_uri(uri)})
-        return self.model_copy(update={"tracking": tracking})
+        """A copy safe to log or store as an artifact: credentials in URIs masked, a literal
+        webhook URL cut to its host (its path or query may hold a token)."""
+        update: dict[str, Any] = {}
+        uri, hook = self.tracking.uri, self.retrain.notify_url
+        if uri is not None and identity.redact_uri(uri) != uri:
+            update["tracking"] = self.tracking.model_copy(update={"uri": identity.redact_uri(uri)})
+        if hook is not None and identity.redact_webhook(hook) != hook:
+            update["retrain"] = self.retrain.model_copy(
+                update={"notify_url": identity.redact_webhook(hook)}
+            )
+        return self.model_copy(update=update) if update else self
+
+    def run_identity(self) -> str:
+        """Identity of the whole run, compute included (see `identity.run_identity`)."""
+        return identity.run_identity(self)
 
     def train_key(self, shards_key: str) -> str:
         """Identity of the training job (see `identity.train_key`)."""

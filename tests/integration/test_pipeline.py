@@ -14,6 +14,7 @@ from flows.evaluate import evaluate_flow
 from flows.pipeline import pipeline
 from genpar_models.config import PipelineConfig
 from genpar_models.models.export import load_model
+from genpar_models.util.lineage import lineage_tags
 from genpar_models.util.paths import default_tracking_uri, shards_root
 from tasks import registry
 from tasks.listing import list_runs
@@ -66,6 +67,10 @@ REMOVED_METRICS = {
 }
 REMOVED_PARAMS = {"evaluate.kid_subsets", "evaluate.kid_subset_size"}
 ADDED_PARAMS = {"data.binarize", "model.mixture_components", "model.norm", "model.spectral_norm"}
+# The nightly's new settings as params (issue 13), its run identity and lineage as tags (the
+# git fields only from a checkout).
+ADDED_PARAMS |= {"retrain.rule", "retrain.force", "retrain.notify_url", "retrain.notify_on"}
+ADDED_TAGS = {"genpar.run_identity", *lineage_tags()}
 
 
 def _same_as_recorded(client: MlflowClient, summary: dict, kind: str, values: bool = True) -> None:
@@ -73,11 +78,13 @@ def _same_as_recorded(client: MlflowClient, summary: dict, kind: str, values: bo
     from genpar 0.1 (before the layout of one home per concern), but for the changes listed
     above: same seed, same numbers (`values=False`: keys only, for a network that changed)."""
     recorded, run = RECORDED[kind], client.get_run(summary["run_id"])
+    assert not (ADDED_PARAMS & set(recorded["params"])) and not ADDED_TAGS & set(recorded["tags"])
     metrics = {RENAMED_METRICS.get(k, k) for k in recorded["metrics"]} - REMOVED_METRICS
     assert sorted(run.data.metrics) == sorted(metrics)
     params = set(recorded["params"]) - REMOVED_PARAMS | ADDED_PARAMS
     assert sorted(run.data.params) == sorted(params)
-    assert sorted(run.data.tags) == recorded["tags"]
+    assert sorted(run.data.tags) == sorted([*recorded["tags"], *ADDED_TAGS])
+    assert {k: run.data.tags[k] for k in lineage_tags()} == lineage_tags()
     assert sorted(_artifacts(client, run.info.run_id)) == recorded["artifacts"]
     if not values:
         return

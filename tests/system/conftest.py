@@ -168,11 +168,11 @@ class Runs:
 
 @pytest.fixture(scope="session")
 def runs(stack: Stack, served: subprocess.Popen) -> Runs:
+    # retrain.force: the second night has unchanged data and config, so without it it would
+    # train nothing (tests/integration/test_nightly.py covers that); here both train.
+    changes = {"retrain.min_improvement": UNBEATABLE, "retrain.force": True}
     nightly = tuple(
-        stack.trigger(
-            "genpar-nightly-retrain/nightly-retrain", {"retrain.min_improvement": UNBEATABLE}
-        )
-        for _ in range(2)
+        stack.trigger("genpar-nightly-retrain/nightly-retrain", changes) for _ in range(2)
     )
     pipeline = stack.trigger("genpar-pipeline/pipeline", {"train.max_steps": 20})
     return Runs(pipeline=pipeline, nightly=nightly)

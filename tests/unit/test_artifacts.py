@@ -74,3 +74,54 @@ def test_retrain_report_shows_both_scores_and_the_reason(tiny: PipelineConfig) -
     assert "same data as the champion's" in text and "warm start: off" in text
     assert "evaluation protocol (both models): split=test" in text
     assert "#/compare-runs?runs=" in text
+
+
+def test_skipped_night_report_says_nothing_was_trained(tiny: PipelineConfig) -> None:
+    from genpar_models.eval.promotion import unchanged
+
+    decision = unchanged("4", "f" * 64, "abc123", tiny.retrain).as_dict()
+    champion = {"version": "4", "run_id": "c" * 32, "experiment_id": "1"}
+    facts = {
+        "data": {"fingerprint": "f" * 64, "reused": True},
+        "champion": champion,
+        "challenger": None,
+        "decision_run": {"run_id": "d" * 32, "experiment_id": "1"},
+    }
+    text = retrain_markdown(tiny, facts, decision, BASE)
+    assert "# Nightly retrain of tiny: nothing to do" in text
+    assert "**Decision: skipped**: unchanged since the champion, version 4" in text
+    assert "stays on version 4; nothing was registered" in text
+    assert f"runs/{'d' * 32}" in text and f"runs/{'c' * 32}" in text
+
+
+def test_retrain_report_states_the_interval_rule(tiny: PipelineConfig) -> None:
+    rule = tiny.retrain.model_copy(update={"rule": "interval"})
+    decision = decide(3.0, 3.5, rule, interval=(2.8, 3.6)).as_dict()
+    facts = {
+        "data": {"fingerprint": "f" * 64, "reused": False},
+        "champion": {"version": "1", "run_id": "c" * 32, "experiment_id": "1"},
+        "challenger": _summary("r" * 32, "2") | {"metrics": {"eval/fid": 3.0}},
+        "defending": {"metrics": {"eval/fid": 3.5}},
+        "changes": ["data: source fingerprint aaa -> bbb"],
+        "challenger_config": tiny.model_dump(mode="json"),
+    }
+    text = retrain_markdown(tiny, facts, decision, BASE)
+    assert "kept the champion" in text and "does not lie entirely below" in text
+    assert "rule: interval: the challenger's bootstrap interval [2.8, 3.6]" in text
+    assert "trained because: data: source fingerprint aaa -> bbb" in text
+
+
+def test_forced_night_report_says_why_it_trained(tiny: PipelineConfig) -> None:
+    decision = decide(3.5, 3.5, tiny.retrain).as_dict()
+    facts = {
+        "data": {"fingerprint": "f" * 64, "reused": True},
+        "champion": {"version": "1", "run_id": "c" * 32, "experiment_id": "1"},
+        "challenger": _summary("r" * 32, "2") | {"metrics": {"eval/fid": 3.5}},
+        "defending": {"metrics": {"eval/fid": 3.5}},
+        "changes": [],  # nothing changed, yet it trained: retrain.force
+        "challenger_config": tiny.model_dump(mode="json"),
+    }
+    text = retrain_markdown(tiny, facts, decision, BASE)
+    assert "trained because: retrain.force: true (nothing changed since the champion)" in text
+    del facts["changes"]  # a report without the nightly's comparison claims nothing
+    assert "trained because" not in retrain_markdown(tiny, facts, decision, BASE)
