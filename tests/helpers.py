@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genpar_models.config import PipelineConfig, TrainConfig
+from genpar_models.config import SHARED_FIELDS, ModelConfig, PipelineConfig, TrainConfig
 from genpar_models.data import shards
 from genpar_models.data.manifest import build_manifest
 from genpar_models.models import get_family
@@ -67,6 +67,15 @@ def make_shard_set(
 
 
 CPU = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+
+
+def as_family(model: ModelConfig, name: str) -> ModelConfig:
+    """`model` for family `name`: the shared fields (size) kept, the other family's options
+    (tiny's VAE likelihood) back to their defaults, which the new family refuses otherwise."""
+    if model.name == name:
+        return model
+    shared = {k: getattr(model, k) for k in SHARED_FIELDS}
+    return ModelConfig(**{**shared, "name": name})
 
 
 def family_steps(model: torch.nn.Module, cfg: TrainConfig, ctx: DistContext = CPU) -> Steps:

@@ -63,7 +63,6 @@ SMALL = [
     "evaluate.num_samples=100",
     "evaluate.extractor_steps=100",
     "evaluate.bootstrap=50",
-    "evaluate.kid_subsets=10",
     "evaluate.iw_samples=2",
     "generate.num_samples=16",
     f"tracking.registered_model={MODEL}",

@@ -20,6 +20,7 @@ from tasks import registry
 from tasks.listing import list_runs
 from tasks.scorecard import EXTRACTOR_EXPERIMENT
 from tests.conftest import REPO
+from tests.helpers import as_family
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -67,6 +68,7 @@ REMOVED_METRICS = {
 }
 REMOVED_PARAMS = {"evaluate.kid_subsets", "evaluate.kid_subset_size"}
 ADDED_PARAMS = {"data.binarize", "model.mixture_components", "model.norm", "model.spectral_norm"}
+ADDED_PARAMS |= {"tracking.password_secret"}  # a Prefect Secret block with the MLflow password
 # The nightly's new settings as params (issue 13), its run identity and lineage as tags (the
 # git fields only from a checkout).
 ADDED_PARAMS |= {"retrain.rule", "retrain.force", "retrain.notify_url", "retrain.notify_on"}
@@ -181,7 +183,7 @@ def test_vae_pipeline_records_everything_and_a_toy_family_run_reuses_shards(
     monkeypatch.setenv("GENPAR_FAMILIES", "tests.toy_family")  # torchrun ranks, Dask workers
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     again = pipeline(
-        tiny.model_copy(update={"model": tiny.model.model_copy(update={"name": toy.NAME})})
+        tiny.model_copy(update={"model": as_family(tiny.model, toy.NAME)})
     )
     assert again["run_id"] != summary["run_id"]  # the first run finished: a new run
     toy_run = client.get_run(again["run_id"])
@@ -256,7 +258,7 @@ def test_dcgan_pipeline(prefect_server, tracked_home: Path, tiny: PipelineConfig
     cfg = tiny.model_copy(
         update={
             "name": "tiny-gan",
-            "model": tiny.model.model_copy(update={"name": "dcgan"}),
+            "model": as_family(tiny.model, "dcgan"),
             "train": tiny.train.model_copy(update={"lr": 2e-4, "adam_beta1": 0.5}),
         }
     )

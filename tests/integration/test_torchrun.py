@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from genpar_models.config import PipelineConfig
 from genpar_models.train.runspec import RunSpec, TrackingTarget
 from tasks.launcher import TrainingFailed
-from tests.helpers import launch, make_shard_set
+from tests.helpers import as_family, launch, make_shard_set
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -42,7 +42,7 @@ def test_sigkilled_worker_restarts_and_resumes_exactly(
     checkpoint, and the final weights equal an uninterrupted 2-rank run's bit for bit."""
     cfg = tiny.model_copy(
         update={
-            "model": tiny.model.model_copy(update={"name": family}),
+            "model": as_family(tiny.model, family),
             "train": tiny.train.model_copy(
                 update={
                     "max_steps": steps,
