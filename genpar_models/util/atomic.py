@@ -215,7 +215,7 @@ def remove_dead_staging(root: str | Path) -> list[Path]:
             dead = lease.is_free(claim)
         else:  # written before staging leases: its pid, on this host
             m = _STAGING_NAME.match(p.name)
-            dead = bool(m) and not _pid_alive(int(m.group(1)))
+            dead = bool(m) and not lease.pid_runs(int(m.group(1)))
         if dead and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):
@@ -223,12 +223,4 @@ def remove_dead_staging(root: str | Path) -> list[Path]:
             removed.append(p)
     return removed
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True

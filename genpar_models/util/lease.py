@@ -56,7 +56,8 @@ def _read(path: str) -> str:
         return ""
 
 
-def _pid_runs(pid: int) -> bool:
+def pid_runs(pid: int) -> bool:
+    """Whether process `pid` runs on this host (one we may not signal still runs)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -69,7 +70,7 @@ def _pid_runs(pid: int) -> bool:
 def holder_alive(info: dict[str, Any], *, stale_s: float = STALE_S) -> bool:
     """Whether the holder a lease file names still lives (see the module docstring)."""
     if info.get("host") == host_id():
-        return _pid_runs(int(info.get("pid", -1)))
+        return pid_runs(int(info.get("pid", -1)))
     return time.time() - float(info.get("heartbeat", 0)) < stale_s
 
 
