@@ -12,7 +12,7 @@ import torch
 from genpar_models.config import PipelineConfig
 from genpar_models.train.runspec import RunSpec
 from tasks.launcher import plan_processes
-from tests.helpers import launch, make_shard_set
+from tests.helpers import as_family, launch, make_shard_set
 
 pytestmark = [
     pytest.mark.gpu,
@@ -25,7 +25,7 @@ pytestmark = [
 def test_torchrun_on_every_gpu_with_bf16(tmp_path: Path, tiny: PipelineConfig, model: str) -> None:
     cfg = tiny.model_copy(
         update={
-            "model": tiny.model.model_copy(update={"name": model}),
+            "model": as_family(tiny.model, model),
             "compute": tiny.compute.model_copy(update={"device": "cuda"}),
             "train": tiny.train.model_copy(update={"precision": "bf16"}),
         }
