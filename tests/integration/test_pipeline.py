@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -78,7 +79,12 @@ ADDED_TAGS = {"genpar.run_identity", *lineage_tags()}
 def _same_as_recorded(client: MlflowClient, summary: dict, kind: str, values: bool = True) -> None:
     """The run's MLflow keys, artifacts, scorecard, weights and samples equal those recorded
     from genpar 0.1 (before the layout of one home per concern), but for the changes listed
-    above: same seed, same numbers (`values=False`: keys only, for a network that changed)."""
+    above: same seed, same numbers (`values=False`: keys only, for a network that changed).
+
+    "Same numbers" is float equality up to the rounding of the CPU's kernels: the recording
+    was made on another x86 model (AVX-512 kernels differ between CPU generations, so the
+    last bits of a 30-step training differ). Any change of the maths, the seeds or the data
+    moves the numbers by orders of magnitude more than the tolerances below."""
     recorded, run = RECORDED[kind], client.get_run(summary["run_id"])
     assert not (ADDED_PARAMS & set(recorded["params"])) and not ADDED_TAGS & set(recorded["tags"])
     metrics = {RENAMED_METRICS.get(k, k) for k in recorded["metrics"]} - REMOVED_METRICS
@@ -95,14 +101,45 @@ def _same_as_recorded(client: MlflowClient, summary: dict, kind: str, values: bo
         for k, v in recorded["scorecard"].items()
         if RENAMED_METRICS.get(k, k) not in CHANGED_VALUES and k not in REMOVED_METRICS
     }
-    assert {k: run.data.metrics[k] for k in same} == same
+    assert {k: run.data.metrics[k] for k in same} == pytest.approx(same, rel=1e-5, abs=1e-9)
     run_dir = Path(summary["run_dir"])
-    assert (
-        json.loads((run_dir / "model" / "model.json").read_text())["sha256"]
-        == (recorded["weights_sha256"])
-    )
-    chunks = json.loads((run_dir / "samples" / "samples.json").read_text())["chunks"]
-    assert [c["sha256"] for c in chunks] == recorded["samples_sha256"]
+    _same_weights_and_samples(run_dir, RECORDED_MODEL[kind], recorded["samples_sha256"])
+
+
+# The weights genpar 0.1 exported from that run (their sha256 is tiny_run.json's).
+RECORDED_MODEL = {"vae": REPO / "tests" / "fixtures" / "v1" / "model-vae"}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _same_weights_and_samples(run_dir: Path, recorded_dir: Path, recorded_chunks: list) -> None:
+    """Weights within float rounding of the recorded ones, and samples as the recorded weights
+    give them through today's sampling code (a pixel may round to the next of 256 levels)."""
+    from safetensors.numpy import load_file
+
+    from genpar_models.infer.sampling import chunk_plan, sample_uint8
+    from genpar_models.util import seeding
+    from genpar_models.util.threads import torch_threads
+
+    assert _sha256(recorded_dir / "model.safetensors") == RECORDED["vae"]["weights_sha256"]
+    ours, theirs = (load_file(d / "model.safetensors") for d in (run_dir / "model", recorded_dir))
+    assert sorted(ours) == sorted(theirs)
+    for name, value in theirs.items():
+        np.testing.assert_allclose(ours[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+    info = json.loads((run_dir / "samples" / "samples.json").read_text())
+    assert len(info["chunks"]) == len(recorded_chunks)
+    model = load_model(recorded_dir)[0]
+    for chunk, (index, size) in zip(
+        info["chunks"], chunk_plan(info["num_samples"], info["chunk_size"]), strict=True
+    ):
+        got = np.load(run_dir / "samples" / chunk["file"], allow_pickle=False).astype(int)
+        with torch_threads(1):  # as generate_chunk samples
+            want = sample_uint8(model, size, seeding.chunk(info["seed"], index)).astype(int)
+        assert got.shape == want.shape
+        off = np.abs(got - want)
+        assert off.max() <= 1 and (off > 0).mean() < 0.01, f"chunk {index}: {off.max()=}"
 
 
 def test_vae_pipeline_records_everything_and_a_toy_family_run_reuses_shards(
