@@ -56,7 +56,9 @@ def test_an_authenticated_stack_lets_no_one_else_in_and_stores_no_password(tmp_p
 
         # genpar picks the credentials up; here the MLflow URI even carries them inline
         inline = {**env, "MLFLOW_TRACKING_URI": f"http://admin:{password}@127.0.0.1:{ports[1]}"}
-        steps = ["--set", "train.max_steps=10", "--set", "evaluate.num_samples=50"]
+        small = ["train.max_steps=10", "compute.cpu_procs=1", "evaluate.num_samples=50"]
+        small += ["evaluate.extractor_steps=50", "evaluate.bootstrap=20", "generate.num_samples=16"]
+        steps = [arg for value in small for arg in ("--set", value)]
         run = genpar(inline, "run", str(TINY), *steps, timeout=600)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         assert password not in run.stdout + run.stderr
