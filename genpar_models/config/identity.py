@@ -42,7 +42,8 @@ def run_identity(config: Any) -> str:
     """Identity of a pipeline run (of a `PipelineConfig`): data, model, training, evaluation,
     generation and compute settings, the seed and the name. Left out: where it is tracked,
     the retrain rule (it decides promotion, not the run; warm start is part of `train`),
-    compression (another command), the schema version, `train.resume` and compute addresses.
+    compression (another command), the schema version, `train.resume`, compute addresses
+    and where generation runs (`generate.parallel`: the samples are the same).
     """
     payload = config.model_dump(
         mode="json",
@@ -52,6 +53,7 @@ def run_identity(config: Any) -> str:
     payload["train"].pop("resume", None)
     for key in _ADDRESSES:
         payload["compute"].pop(key, None)
+    payload["generate"].pop("parallel", None)  # where chunks are sampled, not what they hold
     return stable_hash(payload)[:16]
 
 

@@ -77,6 +77,14 @@ class GenerateConfig(Section):
     )
     grid_rows: int = Field(8, ge=1, le=32, description="The PNG grid shows rows x rows samples.")
     seed: int | None = Field(None, ge=0, description="Generation seed (default: the run seed).")
+    parallel: Literal["auto", "local", "dask"] = Field(
+        "auto",
+        description="Where the chunks are sampled (the samples are the same either way): "
+        "dask (compute.dask_address, else a LocalCluster for the stage), local (in this "
+        "process, chunk after chunk), auto (dask when compute.dask_address names a cluster; "
+        "otherwise the first chunk in this process, and the rest on a LocalCluster only when "
+        "the time it measured says the cluster's start-up pays for itself).",
+    )
 
 
 Variant = Literal["fp32", "bf16", "fp16", "compile", "int8", "prune30", "prune50", "prune70"]

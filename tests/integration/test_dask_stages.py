@@ -92,26 +92,32 @@ def _digest_dir(directory: Path) -> dict[str, str]:
 
 
 def test_one_and_two_workers_give_identical_samples(tmp_path: Path, tiny: PipelineConfig) -> None:
+    """The same files from 1 or 2 Dask workers, in this process (local), and from auto, which
+    samples tiny's 64 in this process: a cluster's start-up would cost more than it saves."""
     shards_dir = make_shard_set(tmp_path / "shards", tiny)
     cfg = tiny.model_copy(update={"train": tiny.train.model_copy(update={"max_steps": 10})})
     spec = RunSpec(
         config=cfg, shards_dir=str(shards_dir), run_dir=str(tmp_path / "run"), train_key="k"
     )
     train(spec, DistContext(0, 0, 1, torch.device("cpu")))
-    results = {}
-    for workers in (1, 2):
+    results, startup = {}, {}
+    for where, workers in (("dask", 1), ("dask", 2), ("local", None), ("auto", None)):
         compute = cfg.compute.model_copy(update={"dask_workers": workers})
-        c = cfg.model_copy(update={"compute": compute})
-        metrics = generate_to_dir(c, str(spec.model_dir), tmp_path / f"gen{workers}")
+        generate = cfg.generate.model_copy(update={"parallel": where})
+        c = cfg.model_copy(update={"compute": compute, "generate": generate})
+        key = f"{where}{workers or ''}"
+        metrics = generate_to_dir(c, str(spec.model_dir), tmp_path / f"gen{key}")
         assert metrics["gen/num_samples"] == cfg.generate.num_samples
-        results[workers] = _digest_dir(tmp_path / f"gen{workers}")
+        results[key], startup[key] = _digest_dir(tmp_path / f"gen{key}"), metrics["gen/startup_s"]
+    results[1], results[2] = results["dask1"], results["dask2"]
     assert len(results[1]) == 4  # 64 samples in chunks of 16
-    assert results[1] == results[2]
-    meta = json.loads((tmp_path / "gen2" / "samples.json").read_text())
+    assert results[1] == results[2] == results["local"] == results["auto"]
+    assert startup["dask2"] > 0 and startup["local"] == startup["auto"] == 0  # no cluster
+    meta = json.loads((tmp_path / "gendask2" / "samples.json").read_text())
     assert [c["index"] for c in meta["chunks"]] == [0, 1, 2, 3]
-    first = np.load(tmp_path / "gen1" / "samples-00000.npy")
+    first = np.load(tmp_path / "gendask1" / "samples-00000.npy")
     assert first.shape == (16, 1, 8, 8) and first.std() > 0  # real, varied images
-    assert (tmp_path / "gen1" / "grid.png").stat().st_size > 0
+    assert (tmp_path / "gendask1" / "grid.png").stat().st_size > 0
 
 
 def test_local_cluster_listens_on_loopback_only(tiny: PipelineConfig) -> None:

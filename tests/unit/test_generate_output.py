@@ -51,3 +51,15 @@ def test_overwrite_replaces_a_previous_sample_set_and_empty_dirs_need_nothing(
     (tmp_path / "file").write_text("x")
     with pytest.raises(GenparError, match="exists and is not a directory"):
         check_output(tmp_path / "file", overwrite=True)
+
+
+def test_a_cluster_is_started_only_when_its_start_up_pays() -> None:
+    from tasks.generate import CLUSTER_COST_S, dask_pays
+
+    # tiny: 3 chunks left of a few ms each -> this process; 2 workers halve a long job's time
+    assert not dask_pays(0.005, 3, workers=2)
+    assert dask_pays(1.0, 10, workers=2)  # 10 s alone, 2.5 s + 5 s on two workers
+    assert not dask_pays(1.0, 10, workers=1)  # one worker never beats this process
+    # the break-even: half of the in-process time saved equals the cluster's cost
+    assert not dask_pays(CLUSTER_COST_S * 2 / 10, 10, workers=2)
+    assert dask_pays(CLUSTER_COST_S * 2.1 / 10, 10, workers=2)
