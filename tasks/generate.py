@@ -22,7 +22,6 @@ from genpar_models.util import atomic
 from tasks.cluster import dask_client, local_workers, map_with_progress
 from tasks.common import run_logger
 
-
 # What a LocalCluster costs before its first chunk: start-up, each worker loading the model,
 # and closing it (measured on this project's 2-core machine: about 2.2 s a stage, see
 # benchmarks/results/latest.md). auto compares it with the in-process time it would save.

@@ -220,9 +220,7 @@ def test_vae_pipeline_records_everything_and_a_toy_family_run_reuses_shards(
 
     monkeypatch.setenv("GENPAR_FAMILIES", "tests.toy_family")  # torchrun ranks, Dask workers
     monkeypatch.setenv("PYTHONPATH", str(REPO))
-    again = pipeline(
-        tiny.model_copy(update={"model": as_family(tiny.model, toy.NAME)})
-    )
+    again = pipeline(tiny.model_copy(update={"model": as_family(tiny.model, toy.NAME)}))
     assert again["run_id"] != summary["run_id"]  # the first run finished: a new run
     toy_run = client.get_run(again["run_id"])
     assert toy_run.data.params["model.name"] == toy.NAME and toy_run.info.status == "FINISHED"
