@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -85,6 +86,55 @@ def dask_client(cfg: ComputeConfig) -> Iterator[Client]:
     memory = int(0.8 * psutil.virtual_memory().total / n)
     with local_cluster(n, memory) as cluster, Client(cluster) as client:
         yield client
+
+
+# What a LocalCluster costs before its first result: start-up, each worker loading what it
+# needs, and closing it (measured on this project's 2-core machine: about 2.2 s a stage, see
+# benchmarks/results/latest.md). `auto` stages compare it with the in-process time it saves.
+CLUSTER_COST_S = 2.5
+
+
+def dask_pays(item_s: float, items_left: int, workers: int) -> bool:
+    """Whether a LocalCluster of `workers` finishes `items_left` items of `item_s` seconds
+    each sooner than this process does alone (one thread per item either way)."""
+    alone = item_s * items_left
+    return workers > 1 and CLUSTER_COST_S + alone / workers < alone
+
+
+def here_or_on_dask(
+    mode: str,
+    cfg: ComputeConfig,
+    items: list[Any],
+    run_here: Callable[[Any], dict[str, Any]],
+    run_on_dask: Callable[[Client, list[Any]], list[dict[str, Any]]],
+    *,
+    label: str,
+    report: Callable[[str], None],
+) -> tuple[list[dict[str, Any]], bool]:
+    """Results of every item, and whether a cluster ran any. `mode` is a stage's `parallel`:
+    dask (compute.dask_address, else a LocalCluster), local (this process), auto (a cluster
+    when compute.dask_address names one; otherwise the first item here, and the rest on a
+    LocalCluster only when its measured time says the start-up pays: `dask_pays`)."""
+    done: list[dict[str, Any]] = []
+    rest = items
+    if items and (mode == "local" or (mode == "auto" and not cfg.dask_address)):
+        t0 = time.perf_counter()
+        done.append(run_here(items[0]))
+        rest = items[1:]
+        if mode == "local" or not dask_pays(
+            time.perf_counter() - t0, len(rest), local_workers(cfg)
+        ):
+            report(f"{label}: {len(items)} in this process (a cluster would not pay)")
+            step = max(1, len(items) // 10)
+            for i, item in enumerate(rest, start=2):
+                done.append(run_here(item))
+                if i % step == 0 or i == len(items):
+                    report(f"{label}: {i}/{len(items)} done")
+            return done, False
+    if not rest:
+        return done, False
+    with dask_client(cfg) as client:
+        return done + run_on_dask(client, rest), True
 
 
 def map_with_progress(

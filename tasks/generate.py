@@ -19,20 +19,8 @@ from genpar_models.config import PipelineConfig
 from genpar_models.errors import GenparError
 from genpar_models.infer.sampling import chunk_plan, generate_chunk, make_grid, warm_model
 from genpar_models.util import atomic
-from tasks.cluster import dask_client, local_workers, map_with_progress
+from tasks.cluster import here_or_on_dask, map_with_progress
 from tasks.common import run_logger
-
-# What a LocalCluster costs before its first chunk: start-up, each worker loading the model,
-# and closing it (measured on this project's 2-core machine: about 2.2 s a stage, see
-# benchmarks/results/latest.md). auto compares it with the in-process time it would save.
-CLUSTER_COST_S = 2.5
-
-
-def dask_pays(chunk_s: float, chunks_left: int, workers: int) -> bool:
-    """Whether a LocalCluster of `workers` finishes `chunks_left` chunks of `chunk_s` seconds
-    each sooner than this process does alone (one thread per chunk either way)."""
-    alone = chunk_s * chunks_left
-    return workers > 1 and CLUSTER_COST_S + alone / workers < alone
 
 
 def generate_to_dir(config: PipelineConfig, model_dir: str, out_dir: Path) -> dict[str, float]:
@@ -47,33 +35,30 @@ def generate_to_dir(config: PipelineConfig, model_dir: str, out_dir: Path) -> di
     plan = chunk_plan(gen.num_samples, gen.chunk_size)
     sample = functools.partial(generate_chunk, model_dir=model_dir, seed=seed, out_dir=str(out_dir))
     t0 = time.perf_counter()
-    chunks: list[dict[str, Any]] = []
-    rest = plan
-    if gen.parallel == "local" or (gen.parallel == "auto" and not config.compute.dask_address):
-        warm_model(model_dir)
-        chunks.append(sample(*plan[0]))  # in this process: its time tells whether Dask pays
-        rest = plan[1:]
-        workers = local_workers(config.compute)
-        if gen.parallel == "local" or not dask_pays(chunks[0]["seconds"], len(rest), workers):
-            log.info("generate: %d chunk(s) in this process", len(plan))
-            chunks += [sample(i, n) for i, n in rest]
-            rest = []
-    t1 = time.perf_counter()
-    if rest:
-        with dask_client(config.compute) as client:
-            client.run(warm_model, model_dir)  # every worker loads the model once, up front
-            t1 = time.perf_counter()
-            chunks += map_with_progress(
-                client,
-                generate_chunk,
-                [i for i, _ in rest],
-                [n for _, n in rest],
-                model_dir=model_dir,
-                seed=seed,
-                out_dir=str(out_dir),
-                label="generate",
-                report=log.info,
-            )
+    started: list[float] = []
+
+    def here(item: tuple[int, int]) -> dict[str, Any]:
+        warm_model(model_dir)  # once per process (cached)
+        return sample(*item)
+
+    def on_dask(client: Any, rest: list[tuple[int, int]]) -> list[dict[str, Any]]:
+        client.run(warm_model, model_dir)  # every worker loads the model once, up front
+        started.append(time.perf_counter())
+        return map_with_progress(
+            client,
+            generate_chunk,
+            [i for i, _ in rest],
+            [n for _, n in rest],
+            model_dir=model_dir,
+            seed=seed,
+            out_dir=str(out_dir),
+            label="generate",
+            report=log.info,
+        )
+
+    chunks, _ = here_or_on_dask(
+        gen.parallel, config.compute, plan, here, on_dask, label="generate", report=log.info
+    )
     elapsed = time.perf_counter() - t0
     chunks.sort(key=lambda c: c["index"])
     atomic.write_json(
@@ -94,7 +79,7 @@ def generate_to_dir(config: PipelineConfig, model_dir: str, out_dir: Path) -> di
         "gen/num_samples": float(gen.num_samples),
         "gen/samples_per_s": gen.num_samples / elapsed,
         # before the first chunk could start on a cluster (0 when none was started)
-        "gen/startup_s": t1 - t0 if rest else 0.0,
+        "gen/startup_s": started[0] - t0 if started else 0.0,
     }
 
 

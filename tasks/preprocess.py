@@ -1,4 +1,5 @@
-"""Prefect task: Dask-parallel preprocessing of the configured source into a verified shard set."""
+"""Prefect task: preprocessing of the configured source into a verified shard set, its
+partitions on Dask when that pays (data.parallel)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from genpar_models.config import PipelineConfig
 from genpar_models.data.preprocess import build_shard_set, process_partition
 from genpar_models.data.sources import PartitionSpec
 from genpar_models.util.paths import shards_root
-from tasks.cluster import dask_client, map_with_progress
+from tasks.cluster import here_or_on_dask, map_with_progress
 from tasks.common import retry_unless_user_error, run_logger
 
 
@@ -30,21 +31,36 @@ def preprocess(config: PipelineConfig) -> str:
 
 
 def build_shards(config: PipelineConfig, *, rebuild: bool = False) -> Path:
-    """The committed shard set of `config.data`, its partitions decoded on Dask. `rebuild`
+    """The committed shard set of `config.data`, its partitions decoded on Dask when that pays
+    (data.parallel; the shards are the same either way). `rebuild`
     builds it again even when it exists, and swaps the new set in whole: a run reading the old
     one meanwhile never finds it missing or half-written."""
     log = run_logger()
 
-    def on_dask(specs: list[PartitionSpec], staging: str) -> list[dict[str, Any]]:
-        with dask_client(config.compute) as client:
-            return map_with_progress(
-                client,
-                process_partition,
-                specs,
-                cfg=config.data,
-                staging=staging,
-                label="preprocess",
-                report=log.info,
-            )
+    def here(spec: PartitionSpec, staging: str) -> dict[str, Any]:
+        return process_partition(spec, cfg=config.data, staging=staging)
 
-    return build_shard_set(config.data, shards_root(), on_dask, log, rebuild=rebuild)
+    def on_dask(client: Any, specs: list[PartitionSpec], staging: str) -> list[dict[str, Any]]:
+        return map_with_progress(
+            client,
+            process_partition,
+            specs,
+            cfg=config.data,
+            staging=staging,
+            label="preprocess",
+            report=log.info,
+        )
+
+    def run_partitions(specs: list[PartitionSpec], staging: str) -> list[dict[str, Any]]:
+        parts, _ = here_or_on_dask(
+            config.data.parallel,
+            config.compute,
+            specs,
+            lambda spec: here(spec, staging),
+            lambda client, rest: on_dask(client, rest, staging),
+            label="preprocess",
+            report=log.info,
+        )
+        return parts
+
+    return build_shard_set(config.data, shards_root(), run_partitions, log, rebuild=rebuild)

@@ -51,6 +51,14 @@ class DataConfig(Section):
         description="fail: stop and list every unreadable or invalid sample; "
         "skip: leave them out and count them in the manifest and in MLflow.",
     )
+    parallel: Literal["auto", "local", "dask"] = Field(
+        "auto",
+        description="Where the partitions are decoded (the shards are the same either way): "
+        "dask (compute.dask_address, else a LocalCluster for the stage), local (in this "
+        "process), auto (dask when compute.dask_address names a cluster; otherwise the first "
+        "partition in this process, and the rest on a LocalCluster only when the time it "
+        "measured says the cluster's start-up pays for itself).",
+    )
     max_samples: int | None = Field(
         None, ge=1, description="Use only the first N samples of the source (in source order)."
     )

@@ -43,7 +43,8 @@ def run_identity(config: Any) -> str:
     generation and compute settings, the seed and the name. Left out: where it is tracked,
     the retrain rule (it decides promotion, not the run; warm start is part of `train`),
     compression (another command), the schema version, `train.resume`, compute addresses
-    and where generation runs (`generate.parallel`: the samples are the same).
+    and where preprocessing and generation run (`data.parallel`, `generate.parallel`: the
+    shards and samples are the same).
     """
     payload = config.model_dump(
         mode="json",
@@ -54,6 +55,7 @@ def run_identity(config: Any) -> str:
     for key in _ADDRESSES:
         payload["compute"].pop(key, None)
     payload["generate"].pop("parallel", None)  # where chunks are sampled, not what they hold
+    payload["data"].pop("parallel", None)  # likewise for the partitions decoded
     return stable_hash(payload)[:16]
 
 

@@ -66,9 +66,10 @@ def shard_set_key(source_fingerprint: str, data_cfg: DataConfig) -> str:
     """Address of a shard set: hash of (source fingerprint, preprocessing config, format).
 
     `data.path` is left out on purpose: moving an unchanged folder keeps its shards; so is
-    `data.binarize`, which changes what the model sees, not what the shards hold.
+    `data.binarize`, which changes what the model sees, not what the shards hold, and
+    `data.parallel`, where the partitions were decoded.
     """
-    prep = data_cfg.model_dump(mode="json", exclude={"path", "binarize"})
+    prep = data_cfg.model_dump(mode="json", exclude={"path", "binarize", "parallel"})
     return stable_hash({"format": FORMAT, "source": source_fingerprint, "prep": prep})[:20]
 
 
@@ -106,7 +107,7 @@ def build_manifest(
         key=key,
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         source=source,
-        preprocess=data_cfg.model_dump(mode="json", exclude={"binarize"}),
+        preprocess=data_cfg.model_dump(mode="json", exclude={"binarize", "parallel"}),
         image_shape=(c, s, s),
         num_classes=max(num_classes, 0),
         class_names=class_names,

@@ -39,7 +39,9 @@ def _image_folder(root: Path, per_class: int = 40) -> Path:
     return root
 
 
-def _folder_cfg(tiny: PipelineConfig, path: Path, on_bad: str) -> PipelineConfig:
+def _folder_cfg(
+    tiny: PipelineConfig, path: Path, on_bad: str, parallel: str = "dask"
+) -> PipelineConfig:
     data = tiny.data.model_copy(
         update={
             "source": "folder",
@@ -47,6 +49,7 @@ def _folder_cfg(tiny: PipelineConfig, path: Path, on_bad: str) -> PipelineConfig
             "on_bad": on_bad,
             "max_samples": None,
             "shard_size": 32,
+            "parallel": parallel,
         }
     )
     return tiny.model_copy(update={"data": data})
@@ -82,6 +85,23 @@ def test_bad_files_skipped_and_counted_then_reused(
     assert (Path(first) / "manifest.json").stat().st_mtime_ns == stamp
     (tmp_path / "imgs" / "cats" / "000.png").touch()  # a changed file means new shards
     assert preprocess.fn(cfg) != first
+
+
+def test_shards_are_the_same_decoded_here_or_on_dask(
+    home: Path, tmp_path: Path, tiny: PipelineConfig
+) -> None:
+    """auto decodes this small folder in this process; its shards are those of a cluster."""
+    from tasks.preprocess import build_shards
+
+    folder = _image_folder(tmp_path / "imgs")
+    digests = {}
+    for where in ("auto", "dask"):
+        built = build_shards(_folder_cfg(tiny, folder, "skip", where), rebuild=True)
+        digests[where] = {
+            str(p.relative_to(built)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(built.rglob("*.npy"))
+        }
+    assert len(digests["auto"]) >= 3 and digests["auto"] == digests["dask"]
 
 
 def _digest_dir(directory: Path) -> dict[str, str]:

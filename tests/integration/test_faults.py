@@ -266,6 +266,7 @@ def test_killed_while_writing_shards_leaves_nothing_visible(home: Path, tmp_path
         "data.shard_size=100",
         "data.max_samples=null",
         "compute.dask_workers=2",
+        "data.parallel=dask",  # a cluster even where this process alone would be quicker
     ]
     env = {**os.environ, "GENPAR_HOME": str(home)}
     proc = _run_python(
@@ -354,6 +355,7 @@ def test_disk_full_while_preprocessing(small_disk: Path, monkeypatch: pytest.Mon
             "data.max_samples=null",
             "data.shard_size=500",
             "compute.dask_workers=2",
+            "data.parallel=dask",  # the error comes back from a worker
         ],
     )
     with pytest.raises(StorageError) as exc:  # 5,000 x 784 bytes of shards cannot fit in 3 MB

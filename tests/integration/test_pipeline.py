@@ -70,7 +70,7 @@ REMOVED_METRICS = {
 REMOVED_PARAMS = {"evaluate.kid_subsets", "evaluate.kid_subset_size"}
 ADDED_PARAMS = {"data.binarize", "model.mixture_components", "model.norm", "model.spectral_norm"}
 ADDED_PARAMS |= {"tracking.password_secret"}  # a Prefect Secret block with the MLflow password
-ADDED_PARAMS |= {"generate.parallel"}  # in this process when a cluster would not pay (issue 18)
+ADDED_PARAMS |= {"data.parallel", "generate.parallel"}  # in this process unless a cluster pays
 # The nightly's new settings as params (issue 13), its run identity and lineage as tags (the
 # git fields only from a checkout).
 ADDED_PARAMS |= {"retrain.rule", "retrain.force", "retrain.notify_url", "retrain.notify_on"}
