@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from torch.distributed.elastic.multiprocessing.errors import record
@@ -61,5 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _exit_now(rc: int) -> None:
+    """Leave without the interpreter's teardown. With torch loaded, finalising modules and
+    garbage costs a rank 0.5-1 s (measured on 2 cores), every launch, and buys nothing here:
+    checkpoints, the model and result.json are written whole and closed, metrics were sent
+    synchronously. Output is flushed first (torchrun tees it into the logs)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit_now(main())  # an exception propagates as usual (torchelastic's error file)
