@@ -74,6 +74,7 @@ ADDED_PARAMS |= {"data.parallel", "generate.parallel"}  # in this process unless
 # The nightly's new settings as params (issue 13), its run identity and lineage as tags (the
 # git fields only from a checkout).
 ADDED_PARAMS |= {"retrain.rule", "retrain.force", "retrain.notify_url", "retrain.notify_on"}
+ADDED_PARAMS |= {"generate.max_samples_per_request"}  # the served model's limit (issue 19)
 ADDED_TAGS = {"genpar.run_identity", *lineage_tags()}
 
 
