@@ -45,7 +45,7 @@ def png_base64(image: np.ndarray) -> str:
     c = image.shape[0]
     pil = Image.fromarray(image[0] if c == 1 else image.transpose(1, 2, 0))
     buf = io.BytesIO()
-    pil.save(buf, format="PNG")
+    pil.save(fp=buf, format="PNG")  # into memory, not a file
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
