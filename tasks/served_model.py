@@ -69,15 +69,12 @@ def requirements() -> list[str]:
 
 
 def signature() -> ModelSignature:
-    """Rows of n/seed (sampling) or image/seed (reconstruct, elbo); every column optional
-    because which are needed depends on `params.task`, which predict checks."""
+    """Rows of n/seed (sampling) or image/seed (reconstruct, elbo). Every column is optional
+    (which are needed depends on `params.task`) and of any type: MLflow's enforcement of
+    `long` truncates n = 2.5 to 2 and reads true as 1, so predict checks the values itself and
+    refuses those, naming the field."""
     inputs = Schema(
-        [
-            ColSpec("long", "n", required=False),
-            ColSpec("long", "seed", required=False),
-            ColSpec("long", "label", required=False),
-            ColSpec(AnyType(), "image", required=False),
-        ]
+        [ColSpec(AnyType(), name, required=False) for name in ("n", "seed", "label", "image")]
     )
     params = ParamSchema(
         [ParamSpec("task", "string", "sample"), ParamSpec("format", "string", "json")]

@@ -36,6 +36,7 @@ from genpar_models.util import seeding
 from genpar_models.util.threads import torch_threads
 
 TASKS = ("sample", "reconstruct", "elbo")
+COLUMNS = "n, seed, label, image"
 SERVING_FILE = "serving.json"
 _SEED_LIMIT = 2**63
 
@@ -78,6 +79,10 @@ def parse_params(params: Mapping[str, Any] | None) -> tuple[str, str]:
 def rows_of(data: Any) -> list[dict[str, Any]]:
     """Request rows as dicts, missing cells (None, NaN) dropped."""
     if isinstance(data, pd.DataFrame):  # what MLflow's pyfunc hands over
+        if len(data.columns) == 0:  # MLflow drops columns its signature does not name
+            raise RequestError(
+                f"missing column: the request's {len(data)} row(s) name none of {COLUMNS}"
+            )
         data = data.to_dict(orient="records")
     elif isinstance(data, Mapping):
         data = [data]
