@@ -23,7 +23,6 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import pandas as pd
@@ -39,7 +38,9 @@ from genpar_models.infer.serving import SERVING_FILE, ServingSpec
 from genpar_models.models.export import read_meta
 from genpar_models.util import atomic
 
-LOGGED_NAME = "model"
+# Not "model": MLflow lists and downloads `runs:/RUN/<name>/...` from a logged model of that
+# name, which would shadow the run's own model/ artifact that genpar's resolvers read.
+LOGGED_NAME = "genpar-model"
 # What loading the model imports (genpar itself must be installed beside them: serve with
 # `--env-manager local` from genpar's environment).
 REQUIREMENTS = (
@@ -173,12 +174,3 @@ def log_served_model(
         client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
         raise
     return logged.model_uri
-
-
-def logged_model_of(client: MlflowClient, run_id: str) -> Any | None:
-    """The run's logged genpar model (the newest), if it has one: a retry reuses it."""
-    found = client.search_logged_models(
-        experiment_ids=[client.get_run(run_id).info.experiment_id],
-        filter_string=f"source_run_id = '{run_id}' AND name = '{LOGGED_NAME}'",
-    )
-    return max(found, key=lambda m: m.creation_timestamp) if found else None

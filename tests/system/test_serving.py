@@ -10,13 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -26,55 +20,11 @@ from PIL import Image
 
 from genpar_models.infer.serving import sample_images
 from genpar_models.models.export import load_model
+from infra import model_server
 from tests.served import V1, register_v1
 from tests.system.conftest import ARTIFACTS, free_port
 
 pytestmark = [pytest.mark.system]
-BIN = Path(sys.executable).parent
-START_TIMEOUT_S = 120
-
-
-def serve_env(uri: str) -> dict[str, str]:
-    """The environment `mlflow models serve` needs: the store, and this venv's bin on PATH
-    (MLflow starts `uvicorn` by name)."""
-    return {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": uri,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-
-
-def start_serving(model_uri: str, uri: str, port: int, log: Path) -> subprocess.Popen:
-    """`mlflow models serve` in its own session (so its uvicorn child is stopped with it)."""
-    with open(log, "w") as out:
-        return subprocess.Popen(
-            [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-             "--host", "127.0.0.1", "--port", str(port)],
-            env=serve_env(uri), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-
-
-def wait_until_up(proc: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"not serving after {START_TIMEOUT_S} s: {log.read_text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=20)
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +35,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log = ARTIFACTS / "mlflow-models-serve.log"
-    proc = start_serving("models:/tiny@champion", uri, port, log)
+    proc = model_server.start("models:/tiny@champion", uri, port, log)
     try:
-        wait_until_up(proc, f"http://127.0.0.1:{port}", log)
+        model_server.wait_serving(proc, f"http://127.0.0.1:{port}", log, timeout_s=120)
         yield f"http://127.0.0.1:{port}"
     finally:
-        stop(proc)
+        model_server.stop(proc)
 
 
 def _post(url: str, body: dict) -> httpx.Response:
