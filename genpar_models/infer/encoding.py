@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -97,3 +98,20 @@ def _from_png(text: str, field: str, channels: int) -> np.ndarray:
         raise EncodingError(f"{field}: a string must be a base64-encoded PNG") from None
     except (UnidentifiedImageError, OSError) as e:
         raise EncodingError(f"{field}: not a readable PNG ({e})") from None
+
+
+def use_c_json_encoder() -> None:
+    """Let MLflow's scoring server encode answers with the C JSON encoder.
+
+    It writes predictions with `json.dump(..., cls=NumpyEncoder)`, and `json.dump` always takes
+    the stdlib's pure-Python encoder (only one-shot `dumps` uses the C one): for n = 256 MNIST
+    samples (200,704 integers) that took 94 ms against 17 ms, more than sampling them. Encoding
+    in one shot gives the same bytes (the C encoder implements the same format and still calls
+    the class's `default` for numpy values); only the speed changes.
+    """
+    from mlflow.utils.proto_json_utils import NumpyEncoder
+
+    def iterencode(self: json.JSONEncoder, o: Any, _one_shot: bool = False) -> Any:
+        return json.JSONEncoder.iterencode(self, o, _one_shot=True)
+
+    NumpyEncoder.iterencode = iterencode

@@ -21,6 +21,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 from genpar_models.errors import GenparError
+from genpar_models.infer.encoding import use_c_json_encoder
 
 
 class GenparModel(PythonModel):
@@ -34,6 +35,7 @@ class GenparModel(PythonModel):
         model, meta = load_model(context.artifacts["model"])
         spec = ServingSpec.from_json(json.loads(Path(context.artifacts["serving"]).read_text()))
         self._server = Server(model, get_family(meta["model_spec"]["name"]), spec)
+        use_c_json_encoder()  # the answers' JSON costs more than sampling otherwise
 
     # No type hints on model_input: MLflow would read them as the signature, which the logged
     # model already carries explicitly.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from genpar_models.infer.encoding import EncodingError, decode_image, encode_images, png_base64
+from genpar_models.infer.encoding import (
+    EncodingError,
+    decode_image,
+    encode_images,
+    png_base64,
+    use_c_json_encoder,
+)
 from genpar_models.infer.sampling import chunk_plan, generate_chunk
 from genpar_models.infer.serving import (
     RequestError,
@@ -154,3 +161,17 @@ def test_a_vae_reconstructs_and_scores_images_a_gan_says_it_cannot() -> None:
         gan.predict(rows, params={"task": "reconstruct"})
     with pytest.raises(RequestError, match="params.task: the dcgan family has no likelihood"):
         gan.predict(rows, params={"task": "elbo"})
+
+
+def test_the_scoring_servers_json_is_the_same_bytes_with_the_c_encoder() -> None:
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+
+    answer = [encode_images(np.arange(2 * 64, dtype=np.uint8).reshape(2, 1, 8, 8), "json")]
+    answer.append({"x": np.float32(1.5), "y": np.arange(3), "z": float("nan"), "s": "é"})
+    before = io.StringIO()
+    predictions_to_json(answer, before)
+    use_c_json_encoder()
+    after = io.StringIO()
+    predictions_to_json(answer, after)
+    assert after.getvalue() == before.getvalue()
+    assert json.loads(after.getvalue())["predictions"][0]["shape"] == [2, 1, 8, 8]
