@@ -106,18 +106,20 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         nargs="*",
         default=None,
-        choices=["preprocess", "train", "generate", "evaluate", "orchestration", "gpu"],
+        choices=["preprocess", "train", "generate", "evaluate", "orchestration", "gpu", "serve"],
         help="run only these sections",
     )
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    only = set(args.only or ["preprocess", "train", "generate", "evaluate", "orchestration", "gpu"])
+    everything = ["preprocess", "train", "generate", "evaluate", "orchestration", "gpu", "serve"]
+    only = set(args.only or everything)
     from benchmarks import (
         eval_bench,
         generate_bench,
         gpu_bench,
         orchestration_bench,
         preprocess_bench,
+        serve_bench,
         train_bench,
     )
 
@@ -139,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                     train_bench.load_train_images(shards), full_cfg.model, args.quick
                 ),
             ),
+            ("serve", lambda: serve_bench.run(model_dir, args.quick)),
         ]
         for name, fn in steps:
             if name not in only:

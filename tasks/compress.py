@@ -4,7 +4,8 @@ The measurements land on a child run of the model's run (`compress-<variant>`): 
 `compress/<variant>/<column>` metrics, the table (Markdown and JSON) and the quality-versus-
 speed plot under `compress/`, and the chosen variant as its `model` artifact, registered as a
 new version of `<registered name>-compressed` tagged with its measurements. Like every genpar
-model it is safetensors + JSON, never a pickled flavor.
+version it is a pyfunc model from code around safetensors + JSON (tasks/served_model.py),
+never a pickled flavor.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -28,6 +28,7 @@ from genpar_models.eval.protocol import QUALITY, TAG_PREFIX, protocol_id
 from genpar_models.eval.scorecard import prepare
 from genpar_models.util import atomic
 from tasks import mlflow_store as store
+from tasks import registry, served_model
 from tasks.common import retry_unless_user_error, run_logger
 from tasks.evaluate import eval_device
 from tasks.registry import MODEL_ARTIFACT
@@ -54,15 +55,6 @@ def compress_model(
     plot_quality_vs_speed(result, out / "quality_vs_speed.png")
     run_logger().info("compression (%s):\n%s", device, table_markdown(result))
     return result
-
-
-def _register(client: Any, name: str, source: str, run_id: str, tags: dict[str, str]) -> str:
-    try:
-        client.create_registered_model(name, tags={"genpar": "1"}, description="compressed")
-    except MlflowException as e:
-        if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
-            raise
-    return str(client.create_model_version(name, source, run_id=run_id, tags=tags).version)
 
 
 @task(name="log-compression", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
@@ -95,8 +87,16 @@ def log_compression(
     row = next(r for r in result["rows"] if r["variant"] == best)
     tags = {k: f"{v:.6g}" for k, v in row.items() if isinstance(v, int | float)}
     name = f"{config.registered_model_name}-compressed"
-    source = f"{client.get_run(child).info.artifact_uri}/{MODEL_ARTIFACT}"
-    version = _register(client, name, source, child, {**tags, "variant": best, "base_run": run_id})
+    model_uri = served_model.log_served_model(
+        client,
+        child,
+        Path(out_dir) / "model" / best,
+        binarize=config.data.binarize,
+        max_samples=config.generate.max_samples_per_request,
+    )
+    registry.ensure_registered_model(client, name, "compressed")
+    tags |= {"variant": best, "base_run": run_id}
+    version = registry.register(client, child, name=name, tags=tags, model_uri=model_uri)
     store.finish(client, child)
     run_logger().info("best variant %s registered as %s version %s", best, name, version)
     return {"run_id": child, "registered_model": name, "version": version}

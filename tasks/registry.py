@@ -1,9 +1,13 @@
 """The MLflow model registry: every pipeline run's model becomes a version; references resolve.
 
-A version's source is the run's `model/` artifact directory (safetensors + model.json), not an
-MLflow flavor: `mlflow.pytorch`/pyfunc models are pickled or executed code, while genpar
-rebuilds the network from JSON and loads tensors only. Versions carry the run's key metrics as
-tags; aliases (`champion`) move between versions.
+A version's source is the run's logged MLflow model (`models:/m-...`): a pyfunc model written
+as models from code around the run's exported weights (tasks/served_model.py), so
+`mlflow.pyfunc.load_model("models:/NAME@champion")` and `mlflow models serve` work on it.
+Versions registered before that point at the run's `model/` artifact directory (safetensors +
+model.json) instead. genpar's own consumers resolve both the same way: through the version's
+run, whose `model/` artifact both kinds have, so genpar rebuilds the network from JSON and
+loads tensors only. Versions carry the run's key metrics as tags; aliases (`champion`) move
+between versions.
 
 A model reference, wherever the CLI takes one, is any of:
     <run id>                       that run's model
@@ -17,6 +21,7 @@ A model reference, wherever the CLI takes one, is any of:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +31,7 @@ from mlflow.exceptions import MlflowException
 from genpar_models.config import redact_uri
 from genpar_models.errors import GenparError
 from genpar_models.util import atomic
+from tasks.served_model import global_tracking_uri
 
 MODEL_ARTIFACT = "model"
 ALIAS = "champion"
@@ -46,21 +52,36 @@ class ResolvedModel:
     version: str | None = None
 
 
-def register(
-    client: MlflowClient, run_id: str, *, name: str, tags: dict[str, str], description: str = ""
-) -> str:
-    """Register `runs:/<run_id>/model` as a new version of `name`; return the version."""
+def ensure_registered_model(client: MlflowClient, name: str, description: str) -> None:
+    """Create the registered model `name` (tagged as genpar's) unless it exists."""
     try:
-        client.create_registered_model(
-            name, tags={"genpar": "1"}, description="genpar models of this pipeline"
-        )
+        client.create_registered_model(name, tags={"genpar": "1"}, description=description)
     except MlflowException as e:
         if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
             raise
-    source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
-    version = client.create_model_version(
-        name, source, run_id=run_id, tags=tags, description=description
-    )
+
+
+def register(
+    client: MlflowClient,
+    run_id: str,
+    *,
+    name: str,
+    tags: dict[str, str],
+    description: str = "",
+    model_uri: str,
+) -> str:
+    """Register the run's logged MLflow model `model_uri` (models:/m-...) as a new version of
+    `name`; return the version."""
+    ensure_registered_model(client, name, "genpar models of this pipeline")
+    with global_tracking_uri(client.tracking_uri):
+        version = client.create_model_version(
+            name,
+            model_uri,
+            run_id=run_id,
+            tags=tags,
+            description=description,
+            model_id=model_uri.removeprefix("models:/"),
+        )
     return str(version.version)
 
 
@@ -74,14 +95,22 @@ def registered_version_of(client: MlflowClient, name: str, run_id: str) -> str |
 
 
 def register_once(
-    client: MlflowClient, run_id: str, *, name: str, tags: dict[str, str], description: str = ""
+    client: MlflowClient,
+    run_id: str,
+    *,
+    name: str,
+    tags: dict[str, str],
+    description: str = "",
+    log_model: Callable[[], str],
 ) -> str:
-    """`register`, idempotent per run: a retried task (or a resumed run registering again)
-    gets the version the run already has instead of a duplicate. Its tags are brought up to
-    date."""
+    """`register` the model `log_model()` logs (returning its URI), idempotent per run: a
+    retried task (or a resumed run registering again) gets the version the run already has
+    instead of a duplicate, and logs nothing. Its tags are brought up to date."""
     version = registered_version_of(client, name, run_id)
     if version is None:
-        return register(client, run_id, name=name, tags=tags, description=description)
+        return register(
+            client, run_id, name=name, tags=tags, description=description, model_uri=log_model()
+        )
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     return version

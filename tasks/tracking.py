@@ -16,7 +16,7 @@ from genpar_models.data.manifest import read_manifest
 from genpar_models.util import atomic
 from genpar_models.util.lineage import lineage_tags
 from tasks import mlflow_store as store
-from tasks import registry, runlock
+from tasks import registry, runlock, served_model
 from tasks.common import retry_unless_user_error, run_logger
 
 
@@ -158,17 +158,29 @@ def log_artifacts(
 
 @task(name="register-model", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
 def register_model(config: PipelineConfig, run: RunHandle, metrics: dict[str, float]) -> str:
-    """Register the run's model as a new version (tagged with its eval metrics, lineage and
-    run identity), once: a retry or a resumed run gets the version it already has."""
+    """Log the run's model as an MLflow pyfunc model and register it as a new version (tagged
+    with its eval metrics, lineage and run identity), once: a retry or a resumed run gets the
+    version it already has."""
     client = store.connect(run.uri)
     tags = {k: f"{v:.6g}" for k, v in metrics.items() if k.startswith("eval/")}
     tags |= lineage_tags() | {store.TAG_RUN_IDENTITY: config.run_identity()}
+
+    def log_model() -> str:
+        return served_model.log_served_model(
+            client,
+            run.run_id,
+            Path(run.run_dir) / "model",
+            binarize=config.data.binarize,
+            max_samples=config.generate.max_samples_per_request,
+        )
+
     version = registry.register_once(  # a retry must not add a second version
         client,
         run.run_id,
         name=config.registered_model_name,
         tags=tags,
         description=f"{config.model.name} on {config.data.source}, run {run.run_id}",
+        log_model=log_model,
     )
     store.set_tags(
         client,

@@ -42,9 +42,10 @@ def run_identity(config: Any) -> str:
     """Identity of a pipeline run (of a `PipelineConfig`): data, model, training, evaluation,
     generation and compute settings, the seed and the name. Left out: where it is tracked,
     the retrain rule (it decides promotion, not the run; warm start is part of `train`),
-    compression (another command), the schema version, `train.resume`, compute addresses
-    and where preprocessing and generation run (`data.parallel`, `generate.parallel`: the
-    shards and samples are the same).
+    compression (another command), the schema version, `train.resume`, compute addresses,
+    where preprocessing and generation run (`data.parallel`, `generate.parallel`: the
+    shards and samples are the same) and the serving limit
+    (`generate.max_samples_per_request`).
     """
     payload = config.model_dump(
         mode="json",
@@ -52,6 +53,7 @@ def run_identity(config: Any) -> str:
     )
     payload["retrain"] = {"warm_start": config.retrain.warm_start}
     payload["train"].pop("resume", None)
+    payload["generate"].pop("max_samples_per_request", None)  # a serving limit, not the run's
     for key in _ADDRESSES:
         payload["compute"].pop(key, None)
     payload["generate"].pop("parallel", None)  # where chunks are sampled, not what they hold

@@ -85,6 +85,12 @@ class GenerateConfig(Section):
         "otherwise the first chunk in this process, and the rest on a LocalCluster only when "
         "the time it measured says the cluster's start-up pays for itself).",
     )
+    max_samples_per_request: int = Field(
+        4096,
+        ge=1,
+        description="The most samples one request row may ask of the served model (`mlflow "
+        "models serve`); larger `n` is refused with a 400 naming the field.",
+    )
 
 
 Variant = Literal["fp32", "bf16", "fp16", "compile", "int8", "prune30", "prune50", "prune70"]

@@ -64,6 +64,9 @@ class StepTools:
 # likelihood(model, x, generator, iw_samples) -> per-sample (N,) tensors in nats: "recon",
 # "kl", "elbo" (= -(recon + kl)) and, when iw_samples > 0, "iw_bound".
 Likelihood = Callable[["nn.Module", "Tensor", "torch.Generator", int], dict[str, "Tensor"]]
+# reconstruct(model, x) -> (N, C, H, W) in [0, 1] for x (N, C, H, W) in [0, 1] (served models'
+# `task: reconstruct`).
+Reconstruct = Callable[["nn.Module", "Tensor"], "Tensor"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class Family:
     sampling_net: str  # attribute of the network that turns latents into samples
     options: tuple[str, ...] = ()  # model.* fields it reads beyond config.SHARED_FIELDS
     likelihood: Likelihood | None = None  # None: the family has no likelihood to evaluate
+    reconstruct: Reconstruct | None = None  # None: the family cannot reconstruct an image
     # Cast the sampling network to half precision in place (compression's bf16/fp16 variants);
     # None: the whole network runs in `dtype` between casts.
     half: Callable[[nn.Module, torch.dtype], None] | None = None

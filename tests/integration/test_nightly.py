@@ -407,9 +407,16 @@ def _registered_runs(client: MlflowClient, n: int) -> list[str]:
 
     exp = client.create_experiment("registry-cases")
     runs = [client.create_run(exp).info.run_id for _ in range(n)]
-    for run_id in runs:
-        registry.register_once(client, run_id, name=MODEL, tags={"k": "v"})
+    for run_id in runs:  # a bare logged model each: these cases are about versions, not files
+        bare = client.create_logged_model(exp, source_run_id=run_id).model_uri
+        registry.register_once(
+            client, run_id, name=MODEL, tags={"k": "v"}, log_model=lambda u=bare: u
+        )
     return runs
+
+
+def _never() -> str:
+    raise AssertionError("a registered run's model was logged again")
 
 
 def test_registration_retried_makes_no_duplicate_version(tracked_home: Path) -> None:
@@ -417,7 +424,7 @@ def test_registration_retried_makes_no_duplicate_version(tracked_home: Path) -> 
 
     client = _client()
     (run_id,) = _registered_runs(client, 1)
-    again = registry.register_once(client, run_id, name=MODEL, tags={"k": "w"})
+    again = registry.register_once(client, run_id, name=MODEL, tags={"k": "w"}, log_model=_never)
     (version,) = client.search_model_versions(f"name='{MODEL}'")
     assert again == str(version.version) == "1" and version.tags["k"] == "w"
 

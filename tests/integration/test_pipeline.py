@@ -74,6 +74,7 @@ ADDED_PARAMS |= {"data.parallel", "generate.parallel"}  # in this process unless
 # The nightly's new settings as params (issue 13), its run identity and lineage as tags (the
 # git fields only from a checkout).
 ADDED_PARAMS |= {"retrain.rule", "retrain.force", "retrain.notify_url", "retrain.notify_on"}
+ADDED_PARAMS |= {"generate.max_samples_per_request"}  # the served model's limit (issue 19)
 ADDED_TAGS = {"genpar.run_identity", *lineage_tags()}
 
 
@@ -243,6 +244,12 @@ def test_vae_pipeline_records_everything_and_a_toy_family_run_reuses_shards(
     versions = client.search_model_versions("name='tiny'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
     assert {v.run_id for v in versions} == {summary["run_id"], again["run_id"]}
+    # each is an MLflow pyfunc model of its run, its scorecard linked (issue 19)
+    for v in versions:
+        logged = client.get_logged_model(v.source.removeprefix("models:/"))
+        assert logged.source_run_id == v.run_id and logged.name == "genpar-model"
+        linked = {m.key: m.value for m in logged.metrics}
+        assert linked["eval/fid"] == client.get_run(v.run_id).data.metrics["eval/fid"]
     cache = tracked_home / "resolve"
     by_version = registry.resolve(client, "models:/tiny/1", default_name=None, cache=cache)
     assert by_version.run_id == summary["run_id"]
@@ -282,6 +289,7 @@ def test_vae_pipeline_records_everything_and_a_toy_family_run_reuses_shards(
         client, f"models:/tiny-compressed/{version.version}", default_name=None, cache=cache
     )
     assert json.loads((compressed.model_dir / "model.json").read_text())["compression"]
+    assert version.source.startswith("models:/m-")  # a pyfunc model too
 
     rows, columns = list_runs(
         uri=None, experiment="tiny", sort="train/loss", desc=False, metrics=None, limit=10

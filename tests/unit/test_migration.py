@@ -85,7 +85,10 @@ def test_a_version_registered_by_genpar_0_1_resolves_and_loads(tmp_path: Path) -
     exp = client.create_experiment("old", artifact_location=(tmp_path / "art").as_uri())
     run_id = client.create_run(exp).info.run_id
     client.log_artifacts(run_id, str(V1 / "model-vae"), registry.MODEL_ARTIFACT)
-    version = registry.register(client, run_id, name="tiny", tags={})
+    # as genpar 0.1 registered it: the run's model/ directory, no MLflow model
+    client.create_registered_model("tiny", tags={"genpar": "1"})
+    source = f"{client.get_run(run_id).info.artifact_uri}/{registry.MODEL_ARTIFACT}"
+    version = client.create_model_version("tiny", source, run_id=run_id).version
     found = registry.resolve(client, f"models:/tiny/{version}", default_name=None, cache=tmp_path)
     assert found.run_id == run_id
     state, _ = load_exported(found.model_dir)

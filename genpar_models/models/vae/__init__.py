@@ -50,6 +50,10 @@ def _likelihood(model: nn.Module, x: Tensor, gen: torch.Generator, iw: int) -> d
     return out
 
 
+def _reconstruct(model: nn.Module, x: Tensor) -> Tensor:
+    return model.reconstruct(x)  # the decoded posterior mean, no noise drawn
+
+
 def _code_length(spec: Mapping[str, Any], binarize: str) -> bool:
     # Discretised likelihoods are distributions over 8-bit pixels; a Bernoulli over binary ones.
     return spec.get("likelihood") in ("gaussian", "logistic_mixture") or binarize != "none"
@@ -77,6 +81,7 @@ FAMILY = register_family(
         sampling_net="decoder",
         options=("likelihood", "mixture_components"),
         likelihood=_likelihood,
+        reconstruct=_reconstruct,
         half=_half,
         code_length=_code_length,
     )

@@ -1,0 +1,203 @@
+"""What a served genpar model does with a request: check it, then sample, reconstruct or score.
+
+A request is rows (a pandas DataFrame, as MLflow's pyfunc hands them over, or a list of
+dicts) and params. `task` (params, default `sample`) says what each row asks:
+
+    sample       n (int >= 1, at most generate.max_samples_per_request), seed (int >= 0,
+                 default 0), label (only for conditional models; none exists yet) -> n images
+    reconstruct  image (nested list or base64 PNG) -> its reconstruction (families that have
+                 one, the VAE)
+    elbo         image, seed -> the one-sample ELBO terms in nats (families with a likelihood)
+
+`format` (params, `json` or `png`) says how images come back. Sampling draws the chunks
+`genpar generate` draws: chunk i of `chunk_plan(n, chunk_size)` from `seeding.chunk(seed, i)`
+on one torch thread, so a row with n and seed returns the samples `genpar generate --n N
+--seed S` writes, bit for bit. Bad rows raise `RequestError` naming the row and field, before
+any work; the MLflow model turns it into a 400 answer.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from genpar_models.errors import GenparError
+from genpar_models.infer.encoding import FORMATS, decode_image, encode_images
+from genpar_models.infer.sampling import chunk_plan, sample_uint8
+from genpar_models.models.family import Family
+from genpar_models.util import seeding
+from genpar_models.util.threads import torch_threads
+
+TASKS = ("sample", "reconstruct", "elbo")
+COLUMNS = "n, seed, label, image"
+SERVING_FILE = "serving.json"
+_SEED_LIMIT = 2**63
+
+
+class RequestError(GenparError, ValueError):
+    """A request a served model cannot answer (the message names the row and field)."""
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    """What the served model needs beside the weights (serving.json in its artifacts)."""
+
+    chunk_size: int  # generate.chunk_size of `genpar generate` without --config
+    max_samples_per_request: int
+    image_shape: tuple[int, int, int]  # (C, H, W)
+    binarize: str = "none"  # data.binarize of the run: how `elbo` sees pixels
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> ServingSpec:
+        return cls(**{**raw, "image_shape": tuple(raw["image_shape"])})
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "image_shape": list(self.image_shape)}
+
+
+def parse_params(params: Mapping[str, Any] | None) -> tuple[str, str]:
+    """(task, format) from the request's params, checked."""
+    params = dict(params or {})
+    task = params.pop("task", None) or "sample"
+    fmt = params.pop("format", None) or "json"
+    if task not in TASKS:
+        raise RequestError(f"params.task: {task!r} is not one of {', '.join(TASKS)}")
+    if fmt not in FORMATS:
+        raise RequestError(f"params.format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    if params:
+        raise RequestError(f"params: unknown {sorted(params)}; allowed: task, format")
+    return task, fmt
+
+
+def rows_of(data: Any) -> list[dict[str, Any]]:
+    """Request rows as dicts, missing cells (None, NaN) dropped."""
+    if isinstance(data, pd.DataFrame):  # what MLflow's pyfunc hands over
+        if len(data.columns) == 0:  # MLflow drops columns its signature does not name
+            raise RequestError(
+                f"missing column: the request's {len(data)} row(s) name none of {COLUMNS}"
+            )
+        data = data.to_dict(orient="records")
+    elif isinstance(data, Mapping):
+        data = [data]
+    if not isinstance(data, list) or not all(isinstance(r, Mapping) for r in data):
+        raise RequestError(f"the request must be rows of fields, got {type(data).__name__}")
+    if not data:
+        raise RequestError("the request has no rows")
+    return [{k: v for k, v in row.items() if not _missing(v)} for row in data]
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def integer(row: Mapping[str, Any], field: str, i: int, *, low: int, high: int) -> int:
+    """`row[field]` as an int in [low, high] (integral floats too: pandas turns an int column
+    with a missing cell into floats)."""
+    if field not in row:
+        raise RequestError(f"row {i}: missing column {field!r}")
+    value = row[field]
+    if isinstance(value, bool | np.bool_) or not isinstance(
+        value, int | np.integer | float | np.floating
+    ):
+        raise RequestError(f"row {i}: {field} must be an integer, got {value!r}")
+    if not float(value).is_integer():
+        raise RequestError(f"row {i}: {field} must be an integer, got {value!r}")
+    if not low <= int(value) <= high:
+        raise RequestError(f"row {i}: {field} must be between {low} and {high}, got {int(value)}")
+    return int(value)
+
+
+def _seed(row: Mapping[str, Any], i: int) -> int:
+    if "seed" not in row:
+        return 0
+    return integer(row, "seed", i, low=0, high=_SEED_LIMIT - 1)
+
+
+def _no_label(row: Mapping[str, Any], i: int) -> None:
+    if "label" in row:
+        raise RequestError(
+            f"row {i}: label {row['label']!r} is unknown: this model is not conditional "
+            "(it takes no label)"
+        )
+
+
+def check_rows(rows: Sequence[Mapping[str, Any]], task: str, spec: ServingSpec) -> list[dict]:
+    """Every row checked for `task` (all of them before any work): n/seed or image/seed."""
+    checked = []
+    for i, row in enumerate(rows):
+        _no_label(row, i)
+        if task == "sample":
+            limit = spec.max_samples_per_request
+            n = integer(row, "n", i, low=1, high=limit)
+            checked.append({"n": n, "seed": _seed(row, i)})
+        else:
+            if "image" not in row:
+                raise RequestError(f"row {i}: missing column 'image' (params.task is {task})")
+            image = decode_image(row["image"], spec.image_shape, f"row {i}: image")
+            checked.append({"image": image, "seed": _seed(row, i)})
+    return checked
+
+
+def sample_images(model: torch.nn.Module, n: int, seed: int, chunk_size: int) -> np.ndarray:
+    """n uint8 samples, chunked and seeded exactly as `genpar generate` does it."""
+    parts = [
+        sample_uint8(model, size, seeding.chunk(seed, index))
+        for index, size in chunk_plan(n, chunk_size)
+    ]
+    return np.concatenate(parts)
+
+
+class Server:
+    """A loaded model and what serving it needs; `predict` is the pyfunc's predict.
+
+    Predictions run one at a time: MLflow's scoring server calls predict from several
+    threads, and both the bits (the torch thread count) and a small machine's cores ask for
+    one sampler at a time.
+    """
+
+    def __init__(self, model: torch.nn.Module, family: Family, spec: ServingSpec) -> None:
+        self.model, self.family, self.spec = model, family, spec
+        self._lock = threading.Lock()
+
+    def predict(self, data: Any, params: Mapping[str, Any] | None = None) -> list[dict]:
+        task, fmt = parse_params(params)
+        if task == "reconstruct" and self.family.reconstruct is None:
+            raise RequestError(f"params.task: the {self.family.name} family cannot reconstruct")
+        if task == "elbo" and self.family.likelihood is None:
+            raise RequestError(f"params.task: the {self.family.name} family has no likelihood")
+        rows = check_rows(rows_of(data), task, self.spec)
+        with self._lock, torch_threads(1):
+            if task == "sample":
+                return [self._sample(r["n"], r["seed"], fmt) for r in rows]
+            images = torch.from_numpy(np.stack([r["image"] for r in rows]))
+            if task == "reconstruct":
+                return self._reconstruct(images, fmt)
+            return self._elbo(images, [r["seed"] for r in rows])
+
+    def _sample(self, n: int, seed: int, fmt: str) -> dict[str, Any]:
+        return encode_images(sample_images(self.model, n, seed, self.spec.chunk_size), fmt)
+
+    @torch.no_grad()
+    def _reconstruct(self, images: torch.Tensor, fmt: str) -> list[dict[str, Any]]:
+        assert self.family.reconstruct is not None
+        out = self.family.reconstruct(self.model, images.float() / 255.0)
+        recon = (out.clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
+        return [encode_images(recon[i : i + 1], fmt) for i in range(len(recon))]
+
+    @torch.no_grad()
+    def _elbo(self, images: torch.Tensor, seeds: list[int]) -> list[dict[str, Any]]:
+        assert self.family.likelihood is not None
+        answers = []
+        for image, seed in zip(images, seeds, strict=True):  # each row its own noise
+            gen = torch.Generator().manual_seed(seed)
+            x = self.family.to_input(image[None], self.spec.binarize, gen)
+            terms = self.family.likelihood(self.model, x, gen, 0)
+            answers.append({k: float(v[0]) for k, v in terms.items()} | {"unit": "nats"})
+        return answers

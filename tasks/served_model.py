@@ -1,0 +1,176 @@
+"""Every registered genpar version is an MLflow model: pyfunc, written as *models from code*.
+
+`log_served_model` logs a run's exported model (safetensors + model.json) as a LoggedModel
+of that run, once, just before it is registered: the model class is the code file
+genpar_models/infer/mlflow_model.py (MLflow copies it; nothing is cloudpickled), the weights
+and `serving.json` are artifacts, and it carries a signature, an input example and explicit
+pip requirements (MLflow's own inference of the environment costs about 6 s a model). The
+run's metrics of the latest scorecard step (`eval/...`) are linked to it, so MLflow 3's model
+views show them. The version registered from it loads with `mlflow.pyfunc.load_model
+("models:/NAME@champion")` and serves with `mlflow models serve`; genpar's own consumers keep
+reading the run's `model/` artifact (tasks/registry.py), which versions registered before this
+have too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import LoggedModelStatus
+from mlflow.models import Model, ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import AnyType
+
+import genpar_models
+from genpar_models.config import GenerateConfig
+from genpar_models.infer.serving import SERVING_FILE, ServingSpec
+from genpar_models.models.export import read_meta
+from genpar_models.util import atomic
+
+# Not "model": MLflow lists and downloads `runs:/RUN/<name>/...` from a logged model of that
+# name, which would shadow the run's own model/ artifact that genpar's resolvers read.
+LOGGED_NAME = "genpar-model"
+# What loading the model imports (genpar itself must be installed beside them: serve with
+# `--env-manager local` from genpar's environment).
+REQUIREMENTS = (
+    "mlflow",
+    "torch",
+    "numpy",
+    "pandas",
+    "pillow",
+    "safetensors",
+    "pydantic",
+    "pyyaml",
+    "threadpoolctl",
+)
+INPUT_EXAMPLE = pd.DataFrame([{"n": 4, "seed": 0}])
+
+
+def code_file() -> str:
+    """The models-from-code file (found without importing it: it calls set_model)."""
+    spec = importlib.util.find_spec("genpar_models.infer.mlflow_model")
+    assert spec is not None and spec.origin, "genpar_models.infer.mlflow_model is missing"
+    return spec.origin
+
+
+def requirements() -> list[str]:
+    """Exact pins of what this process runs, so MLflow infers nothing."""
+    return [f"{name}=={importlib.metadata.version(name)}" for name in REQUIREMENTS]
+
+
+def signature() -> ModelSignature:
+    """Rows of n/seed (sampling) or image/seed (reconstruct, elbo). Every column is optional
+    (which are needed depends on `params.task`) and of any type: MLflow's enforcement of
+    `long` truncates n = 2.5 to 2 and reads true as 1, so predict checks the values itself and
+    refuses those, naming the field."""
+    inputs = Schema(
+        [ColSpec(AnyType(), name, required=False) for name in ("n", "seed", "label", "image")]
+    )
+    params = ParamSchema(
+        [ParamSpec("task", "string", "sample"), ParamSpec("format", "string", "json")]
+    )
+    return ModelSignature(inputs=inputs, params=params)
+
+
+def serving_spec(model_dir: Path, binarize: str, max_samples: int) -> ServingSpec:
+    """The served model's settings: `genpar generate`'s default chunking (so a request with
+    n and seed returns what `genpar generate --n N --seed S` writes), the request limit, the
+    model's image shape and the run's binarisation."""
+    meta = read_meta(model_dir)
+    shape = meta.get("image_shape") or meta["model_spec"]["image_shape"]
+    return ServingSpec(
+        chunk_size=GenerateConfig().chunk_size,
+        max_samples_per_request=max_samples,
+        image_shape=tuple(int(d) for d in shape),
+        binarize=binarize,
+    )
+
+
+@contextlib.contextmanager
+def global_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's global tracking URI at `uri` for the block: its fluent model logging
+    reads it, and so does registering a `models:/m-...` source (the SQL registry store looks
+    the logged model up through a default client). Both what was set and the environment
+    variable (which `set_tracking_uri` also writes) are put back as they were."""
+    from mlflow.tracking._tracking_service import utils
+
+    before, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
+def _scorecard_step(client: MlflowClient, run_id: str) -> int:
+    """The step of the run's latest scorecard (eval/ metrics), 0 when it has none."""
+    keys = [k for k in client.get_run(run_id).data.metrics if k.startswith("eval/")]
+    if not keys:
+        return 0
+    return max(m.step for m in client.get_metric_history(run_id, sorted(keys)[0]))
+
+
+def log_served_model(
+    client: MlflowClient,
+    run_id: str,
+    model_dir: str | Path,
+    *,
+    binarize: str,
+    max_samples: int,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """Log `model_dir` as `run_id`'s pyfunc model, in the run's experiment; return its URI
+    (models:/m-...). A model whose logging fails is marked FAILED, never left half-written
+    as READY."""
+    spec = serving_spec(Path(model_dir), binarize, max_samples)
+    run = client.get_run(run_id)
+    # Created here, not by Model.log: that one puts it in the *active* experiment (Default).
+    logged = client.create_logged_model(
+        experiment_id=run.info.experiment_id,
+        name=LOGGED_NAME,
+        source_run_id=run_id,
+        tags=tags,
+        params={k: str(v) for k, v in run.data.params.items()},
+    )
+    try:
+        with tempfile.TemporaryDirectory(prefix="genpar-serving-") as tmp:
+            serving, weights = Path(tmp) / SERVING_FILE, Path(tmp) / "model"
+            atomic.write_json(serving, spec.to_json())
+            shutil.copytree(model_dir, weights)  # artifacts/model/ whatever the source's name
+            with global_tracking_uri(client.tracking_uri), warnings.catch_warnings():
+                # "add type hints to predict": the signature is given explicitly instead
+                warnings.simplefilter("ignore", UserWarning)
+                Model.log(
+                    artifact_path=None,  # MLflow 3 names models (`name`); paths are deprecated
+                    name=LOGGED_NAME,
+                    flavor=mlflow.pyfunc,
+                    run_id=run_id,
+                    model_id=logged.model_id,
+                    step=_scorecard_step(client, run_id),  # these metrics are linked to it
+                    python_model=code_file(),
+                    artifacts={"model": str(weights), "serving": str(serving)},
+                    signature=signature(),
+                    input_example=INPUT_EXAMPLE,
+                    pip_requirements=requirements(),
+                    metadata={"genpar_version": genpar_models.__version__},
+                )
+        client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    except BaseException:
+        client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        raise
+    return logged.model_uri
