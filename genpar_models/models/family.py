@@ -17,6 +17,11 @@ Contract of its steps (`Steps`, made by `make_steps` with the trainer's `StepToo
     step(x, noise) -> metrics    one optimizer step on a batch in `input_range`
     validate(x, noise) -> sums   per-batch sums of validation metrics (the trainer averages)
     loss_key                     the metric watched for divergence
+    batches_per_step (optional)  batches of train.batch_size_per_rank x grad_accum_steps rows
+                                 that `step` takes (the GAN: train.n_critic); default 1
+Gradient accumulation goes through the tools (`micro_batches`, `sync_if`, `scaled`,
+`backward`, `apply`), which also hold fp16's gradient scaler; the trainer sets learning rates
+and keeps the moving average (train/trainer.py), so a family's steps know of neither.
 """
 
 from __future__ import annotations
