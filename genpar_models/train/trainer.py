@@ -38,7 +38,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(step)
         if self.schedule.active:
-            metrics["train/lr_factor"] = torch.tensor(factor, dtype=torch.float64)
+            metrics["train/lr_factor"] = torch.tensor(factor, dtype=torch.float64, device=x.device)
         return metrics
 
     def export_states(self, model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from genpar_models.config import ModelConfig, PipelineConfig, TrainConfig
+from genpar_models.config import ModelConfig, PipelineConfig, TrainConfig, load_config
 from genpar_models.errors import CheckpointError, ConfigError
 from genpar_models.models.export import build_model, export_model, load_model, variants_of
 from genpar_models.models.gan import losses
@@ -23,6 +23,7 @@ from genpar_models.train.dist import DistContext
 from genpar_models.train.ema import EmaWeights, effective_decay
 from genpar_models.train.schedule import LrSchedule, lr_factor
 from genpar_models.train.tools import step_tools
+from tests.conftest import REPO
 from tests.helpers import CPU, family_steps
 
 
@@ -237,6 +238,8 @@ def test_old_dcgan_configs_keep_bce_and_new_ones_default_to_hinge() -> None:
     assert old.model.norm == "group"  # v3 already had today's norm default
     new = PipelineConfig.model_validate({"model": {"name": "dcgan"}})
     assert new.model.gan_loss == "hinge"
+    stored = load_config(REPO / "tests" / "fixtures" / "v1" / "model-dcgan" / "config.yaml")
+    assert (stored.model.gan_loss, stored.model.ema_decay) == ("bce", None)  # a 0.1 run's
     vae = PipelineConfig.model_validate({"version": 3, "model": {"name": "vae"}})
     assert vae.model == ModelConfig()
     tiny = TrainConfig()
