@@ -72,7 +72,9 @@ class GanSteps:
         self.tools.apply(opt, self.model.discriminator.parameters())
         return sums if len(chunks) == 1 else {k: v / len(chunks) for k, v in sums.items()}
 
-    def _d_loss(self, real: Tensor, fake: Tensor, noise: torch.Generator):
+    def _d_loss(
+        self, real: Tensor, fake: Tensor, noise: torch.Generator
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """D's loss on one micro-batch, penalties included, from one forward of D."""
         n, r1 = real.shape[0], self.cfg.r1_gamma > 0
         if r1:
