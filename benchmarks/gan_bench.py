@@ -29,7 +29,9 @@ from genpar_models.util import seeding
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 64
-OLD_RECIPE = ["model.gan_loss=bce", "model.ema_decay=null"]  # mnist-dcgan before version 4
+# mnist-dcgan before version 4: BCE, no EMA, the DCGAN paper's Adam at one rate
+OLD_RECIPE = ["model.gan_loss=bce", "model.ema_decay=null", "train.lr=0.0002"]
+OLD_RECIPE += ["train.lr_discriminator=null", "train.adam_beta1=0.5", "train.adam_beta2=0.999"]
 
 
 def arm_config(name: str, steps: int, extra: list[str], quick: bool) -> PipelineConfig:
