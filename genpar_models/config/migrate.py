@@ -13,6 +13,11 @@ Versions:
        of 8-bit pixels; a DCGAN without batch statistics): older files that relied on the old
        defaults get them written in (model.likelihood: bernoulli; model.norm: batch and
        model.spectral_norm: false), so they keep training the model they trained before.
+    4  GAN recipes and the training loop: model.gan_loss (a new DCGAN defaults to hinge),
+       model.ema_decay, train.n_critic, train.gp_weight, train.r1_gamma, train.lr_schedule,
+       train.warmup_steps, train.grad_accum_steps and fp16. Older DCGAN files get
+       model.gan_loss: bce written in; every other new field's default is the old maths
+       (no EMA, one critic step, no penalty, a constant rate, no accumulation).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 
 from genpar_models.errors import ConfigError
 
-CONFIG_VERSION = 3
+CONFIG_VERSION = 4
 
 Tree = dict[str, Any]
 
@@ -53,8 +58,20 @@ def _v2_to_v3(tree: Tree) -> str:
     return "; ".join(notes)
 
 
+def _v3_to_v4(tree: Tree) -> str:
+    notes = ["GAN losses, EMA, critic steps, penalties, lr schedule, accumulation added"]
+    model = tree.setdefault("model", {})
+    if isinstance(model, dict):
+        old_defaults = {"dcgan": {"gan_loss": "bce"}}
+        for key, value in old_defaults.get(model.get("name", "vae"), {}).items():
+            if key not in model:
+                model[key] = value
+                notes.append(f"kept the old default model.{key}={json.dumps(value)}")
+    return "; ".join(notes)
+
+
 # MIGRATIONS[n] takes a version-n tree to version n + 1 in place and describes the change.
-MIGRATIONS: dict[int, Callable[[Tree], str]] = {1: _v1_to_v2, 2: _v2_to_v3}
+MIGRATIONS: dict[int, Callable[[Tree], str]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def migrate(tree: Tree) -> tuple[Tree, list[str]]:

@@ -56,3 +56,21 @@ class ModelConfig(Section):
         description="dcgan: spectral normalisation of every discriminator layer (Miyato et al. "
         "2018) instead of a normalisation layer.",
     )
+    gan_loss: Literal["bce", "hinge", "wgan_gp"] = Field(
+        "hinge",
+        description="dcgan: the adversarial loss. bce: the DCGAN paper's (and genpar <= 0.2's) "
+        "cross-entropy with the non-saturating generator loss; hinge: the hinge loss of "
+        "SN-GAN/BigGAN (Miyato et al. 2018), the recommended recipe with spectral norm and "
+        "model.ema_decay; wgan_gp: the Wasserstein critic with a gradient penalty (Gulrajani "
+        "et al. 2017, weight train.gp_weight), usually with train.n_critic 5 and "
+        "model.spectral_norm false.",
+    )
+    ema_decay: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="dcgan: keep an exponential moving average of the generator's weights with "
+        "this decay (warmed up as min(decay, (1 + step) / (10 + step))); evaluation, "
+        "generation, compression and the registry use the average, and the raw generator is "
+        "scored once beside it (eval/fid_raw). null: off. 0.999 suits a few thousand steps.",
+    )

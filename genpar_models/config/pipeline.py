@@ -60,6 +60,22 @@ class PipelineConfig(Section):
             return migrate(data)[0]
         return data
 
+    @model_validator(mode="after")
+    def _check_precision(self) -> PipelineConfig:
+        if self.train.precision != "fp16":
+            return self
+        if self.compute.device == "cpu":
+            raise ValueError(
+                "train.precision=fp16 needs CUDA (float16 with a gradient scaler), but "
+                "compute.device is cpu; use fp32 or bf16 on CPU"
+            )
+        if self.model.gan_loss == "wgan_gp" or self.train.r1_gamma > 0:
+            raise ValueError(
+                "train.precision=fp16 cannot train gradient penalties (model.gan_loss=wgan_gp, "
+                "train.r1_gamma > 0): their inner gradient is not loss-scaled; use bf16"
+            )
+        return self
+
     @property
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.name

@@ -23,6 +23,38 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     kl_weight: float = Field(1.0, ge=0, description="VAE: weight of the KL term (beta-VAE).")
     grad_clip_norm: float | None = Field(None, gt=0, description="Clip gradients to this norm.")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant",
+        description="Learning rate over the steps after the warm-up: constant, or cosine decay "
+        "to 0 at train.max_steps (Loshchilov & Hutter 2017). Applies to every optimizer.",
+    )
+    warmup_steps: int = Field(
+        0, ge=0, description="Linear learning-rate warm-up from 0 over this many steps."
+    )
+    grad_accum_steps: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Micro-batches of batch_size_per_rank accumulated into one optimizer step; "
+        "the global batch is batch_size_per_rank x ranks x grad_accum_steps. Gradients are "
+        "all-reduced on the last micro-batch only.",
+    )
+    n_critic: int = Field(
+        1,
+        ge=1,
+        le=20,
+        description="GAN: discriminator updates per generator update, each on its own real "
+        "batch (WGAN-GP uses 5). A step is one generator update.",
+    )
+    gp_weight: float = Field(
+        10.0, gt=0, description="GAN with model.gan_loss wgan_gp: weight of the gradient penalty."
+    )
+    r1_gamma: float = Field(
+        0.0,
+        ge=0,
+        description="GAN: R1 penalty gamma/2 E[|grad D(x_real)|^2] on the discriminator "
+        "(Mescheder et al. 2018); 0 = off. Typical: 0.1 to 10.",
+    )
     checkpoint_every_steps: int = Field(
         200, ge=1, description="Rank 0 writes a checkpoint (and commits metrics) this often."
     )
@@ -34,8 +66,10 @@ class TrainConfig(Section):
     max_restarts: int = Field(
         1, ge=0, le=10, description="torchrun --max-restarts: elastic restarts after a rank dies."
     )
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU."
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto: bf16 autocast on CUDA, fp32 on CPU. fp16: float16 autocast with a "
+        "gradient scaler, CUDA only.",
     )
     resume: bool = Field(
         True,
@@ -48,6 +82,15 @@ class TrainConfig(Section):
         "checkpoint exists: a run id, models:/NAME/VERSION, NAME@ALIAS or a model directory. "
         "The nightly retrain sets it to the champion's version when retrain.warm_start is on.",
     )
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> TrainConfig:
+        if self.warmup_steps >= self.max_steps and self.warmup_steps > 0:
+            raise ValueError(
+                f"train.warmup_steps={self.warmup_steps} must be below train.max_steps="
+                f"{self.max_steps}"
+            )
+        return self
 
 
 class ComputeConfig(Section):

@@ -28,7 +28,9 @@ QUALITY_METRICS = frozenset(
         "fid_ci_low",
         "fid_ci_high",
         "fid_floor",
+        "fid_raw",  # the raw generator of a model exported with its moving average
         "kid",
+        "kid_raw",
         "kid_std",
         "kid_ci_low",
         "kid_ci_high",

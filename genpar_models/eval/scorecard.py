@@ -35,7 +35,7 @@ from genpar_models.eval.reference import (
     ensure_reference,
 )
 from genpar_models.eval.samples import SAMPLE_BLOCK, Generated, generate_features
-from genpar_models.models.export import count_parameters, load_model
+from genpar_models.models.export import count_parameters, load_model, variants_of
 from genpar_models.models.registry import get_family
 from genpar_models.util import seeding
 from genpar_models.util.threads import one_thread
@@ -60,6 +60,28 @@ def score_quality(ref: Reference, gen: Generated, cfg: EvaluateConfig, seed: int
         out["eval/fid_ci_low"], out["eval/fid_ci_high"] = lo, hi
         lo, hi, std = uncertainty.kid_bootstrap(ref.features, gen.features, kid, **kw)
         out["eval/kid_ci_low"], out["eval/kid_ci_high"], out["eval/kid_std"] = lo, hi, std
+    return out
+
+
+def score_variants(
+    model_dir,
+    meta: dict,
+    extractor: Extractor,
+    ref: Reference,
+    cfg: EvaluateConfig,
+    seed: int,
+    device,
+) -> dict[str, float]:
+    """FID and KID of every other set of weights exported with the model (`eval/fid_<name>`),
+    from the same latents: with a moving average, "raw" shows what the average gained."""
+    out: dict[str, float] = {}
+    for name in variants_of(meta):
+        alt, _ = load_model(model_dir, device, variant=name)
+        gen = generate_features(
+            alt, extractor, cfg.num_samples, seed=seed, batch_size=cfg.batch_size, device=device
+        )
+        out[f"eval/fid_{name}"] = metrics.fid(ref.features, gen.features)
+        out[f"eval/kid_{name}"] = metrics.kid(ref.features, gen.features)
     return out
 
 
@@ -120,6 +142,7 @@ def _evaluate(model_dir, shards_dir, cfg, prepared, generated, device, root) -> 
         model, extractor, ecfg.num_samples, seed=seed, batch_size=ecfg.batch_size, device=device
     )
     scores = score_quality(ref, gen, ecfg, seed)
+    scores.update(score_variants(model_dir, meta, extractor, ref, ecfg, seed, device))
     protocols = {QUALITY: quality_protocol(ref, ecfg, len(gen.features))}
     metrics_ = {
         "eval/num_parameters": float(count_parameters(model)),

@@ -59,16 +59,40 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def export_model(
-    directory: Path, *, module: nn.Module, spec: dict[str, Any], meta: dict[str, Any]
+    directory: Path,
+    *,
+    spec: dict[str, Any],
+    meta: dict[str, Any],
+    module: nn.Module | None = None,
+    state: Mapping[str, torch.Tensor] | None = None,
+    variants: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
 ) -> Path:
-    """Write `module`'s weights as model.safetensors + model.json (spec, sha256, metadata)."""
+    """Write weights as model.safetensors + model.json (spec, sha256, metadata).
+
+    Args:
+        module / state: the network, or the state_dict to write (e.g. with averaged weights).
+        variants: other weights of the same network by name (e.g. "raw": the last iterate of
+            a model exported with its moving average), written as <name>.safetensors and
+            listed with their sha256 under "variants" in model.json; `load_model(variant=)`.
+    """
+    if (module is None) == (state is None):
+        raise ValueError("export_model takes exactly one of module and state")
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / MODEL_FILE
-    digest, size = tensorfile.write_tensors(path, module.state_dict())
+    digest, size = tensorfile.write_tensors(path, state if module is None else module.state_dict())
+    listed: dict[str, dict[str, Any]] = {}
+    for name, weights in (variants or {}).items():
+        if not name.isidentifier():
+            raise ValueError(f"variant names are identifiers, got {name!r}")
+        file = f"{name}.safetensors"
+        v_digest, v_size = tensorfile.write_tensors(directory / file, weights)
+        listed[name] = {"file": file, "sha256": v_digest, "size_bytes": v_size}
+    extra = {"variants": listed} if listed else {}
     atomic.write_json(
         directory / META_FILE,
         {
             **meta,
+            **extra,
             "format": tensorfile.FORMAT,
             "model_spec": spec,
             "sha256": digest,
@@ -76,6 +100,11 @@ def export_model(
         },
     )
     return path
+
+
+def variants_of(meta: Mapping[str, Any]) -> list[str]:
+    """Names of the other weights exported beside the model (model.json's "variants")."""
+    return sorted(meta.get("variants") or {})
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
@@ -93,23 +122,40 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not valid JSON: {e}") from None
 
 
-def load_exported(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_exported(
+    directory: str | Path, variant: str | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read and verify an exported model (its directory or its .safetensors file).
+
+    Args:
+        variant: read these weights listed under "variants" instead of the model's.
 
     Returns:
         (state_dict, model.json).
+
+    Raises:
+        CheckpointError: a file is missing or does not match its sha256, or no such variant.
     """
     directory = Path(directory)
     path = directory / MODEL_FILE if directory.is_dir() else directory
     meta = read_meta(path.parent)
-    return tensorfile.read_tensors(path, meta.get("sha256"), listed_in=META_FILE), meta
+    if variant is None:
+        return tensorfile.read_tensors(path, meta.get("sha256"), listed_in=META_FILE), meta
+    entry = (meta.get("variants") or {}).get(variant)
+    if not isinstance(entry, dict) or not str(entry.get("file", "")).endswith(".safetensors"):
+        raise CheckpointError(
+            f"{path.parent / META_FILE}: no variant {variant!r} (has {variants_of(meta)})"
+        )
+    file = path.parent / Path(entry["file"]).name
+    return tensorfile.read_tensors(file, entry.get("sha256"), listed_in=META_FILE), meta
 
 
 def load_model(
-    model_dir: str | Path, device: str | torch.device = "cpu"
+    model_dir: str | Path, device: str | torch.device = "cpu", variant: str | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the network from model.json and load its verified weights (eval mode)."""
-    state, meta = load_exported(Path(model_dir))
+    """Rebuild the network from model.json and load its verified weights (eval mode);
+    `variant` loads other weights exported with it (`variants_of(meta)`)."""
+    state, meta = load_exported(Path(model_dir), variant)
     spec = meta.get("model_spec")
     if not isinstance(spec, dict):
         raise CheckpointError(f"{model_dir}: model.json has no model_spec")

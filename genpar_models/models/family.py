@@ -17,6 +17,11 @@ Contract of its steps (`Steps`, made by `make_steps` with the trainer's `StepToo
     step(x, noise) -> metrics    one optimizer step on a batch in `input_range`
     validate(x, noise) -> sums   per-batch sums of validation metrics (the trainer averages)
     loss_key                     the metric watched for divergence
+    batches_per_step (optional)  batches of train.batch_size_per_rank x grad_accum_steps rows
+                                 that `step` takes (the GAN: train.n_critic); default 1
+Gradient accumulation goes through the tools (`micro_batches`, `sync_if`, `scaled`,
+`backward`, `apply`), which also hold fp16's gradient scaler; the trainer sets learning rates
+and keeps the moving average (train/trainer.py), so a family's steps know of neither.
 """
 
 from __future__ import annotations
@@ -53,12 +58,39 @@ class StepTools:
     optimizer: Callable[[Iterable[Tensor], float], torch.optim.Optimizer]  # train.* Adam at lr
     clip: Callable[[Iterable[Tensor]], None]  # train.grad_clip_norm, when set
     autocast: Callable[[], contextlib.AbstractContextManager]  # train.precision on this device
+    accum_steps: int = 1  # train.grad_accum_steps: micro-batches per optimizer step
+    # loss.backward(); under fp16 the loss is scaled first (torch.amp.GradScaler)
+    backward: Callable[[Tensor], None] = lambda loss: loss.backward()
+    # clip, then optimizer.step(); under fp16 unscale first, skip steps with inf, update scale
+    update: Callable[[torch.optim.Optimizer, Iterable[Tensor]], None] | None = None
 
     @staticmethod
     def no_sync(module: nn.Module) -> contextlib.AbstractContextManager:
         """A wrapped module's gradients are not all-reduced inside this block."""
         sync_off = getattr(module, "no_sync", None)
         return sync_off() if callable(sync_off) else contextlib.nullcontext()
+
+    def sync_if(self, module: nn.Module, last: bool) -> contextlib.AbstractContextManager:
+        """Gradient accumulation under DDP: all-reduce on the last micro-batch only."""
+        return contextlib.nullcontext() if last else self.no_sync(module)
+
+    def micro_batches(self, *tensors: Tensor) -> list[tuple[Tensor, ...]]:
+        """The tensors cut along dim 0 into `accum_steps` micro-batches, zipped."""
+        if self.accum_steps == 1:
+            return [tensors]
+        return list(zip(*(t.tensor_split(self.accum_steps) for t in tensors), strict=True))
+
+    def scaled(self, loss: Tensor) -> Tensor:
+        """A micro-batch's loss as its share of the step's mean loss."""
+        return loss if self.accum_steps == 1 else loss / self.accum_steps
+
+    def apply(self, optimizer: torch.optim.Optimizer, params: Iterable[Tensor]) -> None:
+        """One optimizer step on the accumulated gradients (clipped as train.* says)."""
+        if self.update is not None:
+            self.update(optimizer, params)
+        else:
+            self.clip(params)
+            optimizer.step()
 
 
 # likelihood(model, x, generator, iw_samples) -> per-sample (N,) tensors in nats: "recon",

@@ -34,7 +34,9 @@ class BatchFeed:
         if self.steps_per_epoch == 0:
             raise ConfigError(
                 f"train.batch_size_per_rank={batch} x {ctx.world_size} rank(s) is larger than the "
-                f"train split ({n} samples); lower the batch size or the process count"
+                f"train split ({n} samples); lower the batch size or the process count (a step "
+                "takes batch_size_per_rank x train.grad_accum_steps x, for a GAN, "
+                "train.n_critic rows per rank)"
             )
         on_gpu = ctx.device.type == "cuda" and images.nbytes < 4 << 30  # resident on the GPU
         self.images = torch.from_numpy(np.ascontiguousarray(images))

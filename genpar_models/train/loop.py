@@ -32,6 +32,7 @@ from genpar_models.train.feed import BatchFeed
 from genpar_models.train.runspec import RunSpec
 from genpar_models.train.sink import make_sink
 from genpar_models.train.tools import process_layout, step_tools
+from genpar_models.train.trainer import global_batch_size, make_trainer
 from genpar_models.util import atomic, seeding
 
 log = logging.getLogger("genpar.train")
@@ -130,13 +131,14 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = family.build(cfg.model, shardset.image_shape).to(ctx.device)
     steps = family.make_steps(model, cfg.train, step_tools(ctx, cfg.train))
+    trainer = make_trainer(model, family, steps, cfg)
     expect = {"model_spec": model.model_spec(), "train_key": spec.train_key}
     layout = process_layout(ctx, cfg.train.precision)
     resumed = None
     if cfg.train.resume:
         resumed = checkpoint.restore_latest(
             spec.checkpoint_dir,
-            modules=steps.modules,
+            modules=trainer.modules,
             optimizers=steps.optimizers,
             expect=expect,
             layout=layout,
@@ -144,11 +146,13 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
     expect = {**expect, "layout": layout}  # recorded with every checkpoint from here on
     start = resumed.step if resumed else 0
     warm = None if resumed else warm_start(model, spec.init_model_dir)
+    if warm and trainer.ema is not None:
+        trainer.ema.reset()  # average from the warm-start weights, not the random init
     if ctx.is_main:  # leftovers of a writer killed mid-write (never visible to readers)
         for directory in (spec.checkpoint_dir, spec.model_dir):
             atomic.remove_stale_temps(directory)
     steps.wrap()
-    feed = BatchFeed(train_images, cfg.train.batch_size_per_rank, ctx, cfg.seed)
+    feed = BatchFeed(train_images, trainer.rows_per_step, ctx, cfg.seed)
     sink = make_sink(
         ctx.is_main, *(spec.tracking.uri, spec.tracking.run_id) if spec.tracking else (None, None)
     )
@@ -177,6 +181,8 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
                 "genpar.elastic_restarts": restarts,
             }
         )
+        if start == 0:  # once per run (a resumed run's was committed with its checkpoints)
+            sink.log_metrics({"train/global_batch_size": global_batch_size(cfg, ctx.world_size)}, 0)
         for msg in resumed.skipped if resumed else []:
             log.warning("skipped corrupt checkpoint: %s", msg)
         if resumed and resumed.skipped:
@@ -185,15 +191,16 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
             sink.replay(resumed.meta.get("pending_metrics", []))
             sink.commit()
     bits = family.reports_bits_per_dim(model.model_spec(), cfg.data.binarize)
-    state = _loop(steps, family, feed, (val_images, bits), spec, ctx, sink, start, expect, resumed)
+    validation = (val_images, bits)
+    state = _loop(trainer, family, feed, validation, spec, ctx, sink, start, expect, resumed)
     barrier(ctx)
     if not ctx.is_main:
         return None
-    return _finish(steps, model, spec, sink, state, start, restarts, expect)
+    return _finish(trainer, model, spec, sink, state, start, restarts, ctx)
 
 
 def _loop(
-    steps, family, feed, validation, spec, ctx, sink, start, expect, resumed
+    trainer, family, feed, validation, spec, ctx, sink, start, expect, resumed
 ) -> dict[str, Any]:
     """The steps from `start` to train.max_steps; `validation` is (val images, bits/dim?)."""
     cfg = spec.config.train
@@ -206,22 +213,20 @@ def _loop(
     for step in range(start + 1, cfg.max_steps + 1):
         noise.manual_seed(seeding.training_noise(spec.config.seed, ctx.rank, step))
         x = family.to_input(feed(step - 1), spec.config.data.binarize, noise)
-        meter.add(steps.step(x, noise))
+        meter.add(trainer.step(step, x, noise))
         at_ckpt = step % cfg.checkpoint_every_steps == 0 or step == cfg.max_steps
         logged = step % cfg.log_every_steps == 0 or at_ckpt
         validated = step % cfg.val_every_steps == 0 or step == cfg.max_steps
         if logged:
             last = meter.read(ctx) if meter.count else last
-            check_finite(last, steps.loss_key, step, last_ckpt)
-            rate = (
-                (step - n0) * cfg.batch_size_per_rank * ctx.world_size / (time.perf_counter() - t0)
-            )
+            check_finite(last, trainer.steps.loss_key, step, last_ckpt)
+            rate = (step - n0) * trainer.rows_per_step * ctx.world_size / (time.perf_counter() - t0)
             last["train/samples_per_s"] = rate
             sink.log_metrics(last, step)
             if ctx.is_main:
                 log.info("step %d/%d %s", step, cfg.max_steps, _fmt(last))
         if validated:
-            scores = run_validation(steps, family, val_images, spec, ctx, bits)
+            scores = run_validation(trainer.steps, family, val_images, spec, ctx, bits)
             sink.log_metrics(scores, step)
             last.update(scores)
         if at_ckpt:
@@ -230,8 +235,8 @@ def _loop(
                     checkpoint.save_checkpoint(
                         spec.checkpoint_dir,
                         step=step,
-                        modules=steps.modules,
-                        optimizers=steps.optimizers,
+                        modules=trainer.modules,
+                        optimizers=trainer.steps.optimizers,
                         keep=cfg.keep_checkpoints,
                         meta={**expect, "metrics": last, "pending_metrics": sink.pending()},
                     )
@@ -243,7 +248,7 @@ def _loop(
             # checkpoint: the current speed, not an average diluted by start-up and pauses.
             t0, n0 = time.perf_counter(), step
     elapsed = time.perf_counter() - loop_start
-    samples = (cfg.max_steps - start) * cfg.batch_size_per_rank * ctx.world_size
+    samples = (cfg.max_steps - start) * trainer.rows_per_step * ctx.world_size
     return {
         "metrics": last,
         "checkpoint": last_ckpt,
@@ -252,12 +257,14 @@ def _loop(
     }
 
 
-def _finish(steps, model, spec, sink, state, start, restarts, expect) -> dict[str, Any]:
+def _finish(trainer, model, spec, sink, state, start, restarts, ctx) -> dict[str, Any]:
     cfg = spec.config
     spec_dict = model.model_spec()
+    weights, variants = trainer.export_states(model)
     model_path = export_model(
         spec.model_dir,
-        module=model,
+        state=weights,
+        variants=variants,
         spec=spec_dict,
         meta={
             "train_key": spec.train_key,
@@ -277,6 +284,7 @@ def _finish(steps, model, spec, sink, state, start, restarts, expect) -> dict[st
         "samples_per_s": state["samples_per_s"],
         "wall_s": state["wall_s"],
         "num_parameters": count_parameters(model),
+        "global_batch_size": global_batch_size(cfg, ctx.world_size),
         "metrics_flushed": flushed,
         # Tracking unreachable at the end: the task retries these (never lost, never twice).
         "pending_metrics": [] if flushed else sink.pending(),

@@ -15,21 +15,35 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from genpar_models.config import TrainConfig
+from genpar_models.errors import ConfigError
 from genpar_models.models.family import StepTools
 from genpar_models.train.dist import DistContext
 
 
 def resolved_precision(ctx: DistContext, precision: str) -> str:
-    """What `train.precision` means on this device: auto is bf16 on CUDA, fp32 on CPU."""
+    """What `train.precision` means on this device: auto is bf16 on CUDA, fp32 on CPU.
+
+    Raises:
+        ConfigError: fp16 on a device other than CUDA (its gradient scaler is CUDA's).
+    """
     if precision == "auto":
         return "bf16" if ctx.device.type == "cuda" else "fp32"
+    if precision == "fp16" and ctx.device.type != "cuda":
+        raise ConfigError(
+            f"train.precision=fp16 needs CUDA, but this rank trains on {ctx.device.type}; "
+            "use fp32 or bf16"
+        )
     return precision
 
 
+_HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast(ctx: DistContext, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast where the resolved precision is bf16; plain fp32 otherwise."""
-    if resolved_precision(ctx, precision) == "bf16":
-        return torch.autocast(ctx.device.type, dtype=torch.bfloat16)
+    """bf16 or fp16 autocast where the resolved precision says so; plain fp32 otherwise."""
+    dtype = _HALF.get(resolved_precision(ctx, precision))
+    if dtype is not None:
+        return torch.autocast(ctx.device.type, dtype=dtype)
     return contextlib.nullcontext()
 
 
@@ -60,10 +74,32 @@ def step_tools(ctx: DistContext, cfg: TrainConfig) -> StepTools:
         if cfg.grad_clip_norm:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm)
 
+    scaler = None
+    if resolved_precision(ctx, cfg.precision) == "fp16":
+        # One scaler, updated after each optimizer's step: each (scale, backward, step,
+        # update) round of a GAN's two players is complete on its own.
+        scaler = torch.amp.GradScaler(ctx.device.type)
+
+    def backward(loss: torch.Tensor) -> None:
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+
+    def update(opt: torch.optim.Optimizer, params: Iterable[torch.Tensor]) -> None:
+        if scaler is None:
+            clip(params)
+            opt.step()
+            return
+        scaler.unscale_(opt)  # clip the true gradients
+        clip(params)
+        scaler.step(opt)  # skipped when the scaled gradients overflowed
+        scaler.update()
+
     return StepTools(
         device=ctx.device,
         wrap=wrap,
         optimizer=optimizer,
         clip=clip,
         autocast=lambda: autocast(ctx, cfg.precision),
+        accum_steps=cfg.grad_accum_steps,
+        backward=backward,
+        update=update,
     )

@@ -34,6 +34,7 @@ def test_quick_benchmark_suite_writes_its_table(tmp_path: Path) -> None:
     sections = {r["section"].split(" (")[0] for r in data["results"]}
     assert {"preprocess", "training", "generation", "evaluation", "orchestration"} <= sections
     assert "serving" in sections
+    assert "gan recipes" in sections
     assert all(r["value"] > 0 for r in data["results"] if r["unit"] != "s" or "-" not in r["name"])
     table = (tmp_path / "res" / "latest.md").read_text()
     assert "| benchmark | value |" in table and "quick mode" in table

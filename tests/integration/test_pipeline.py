@@ -75,10 +75,22 @@ ADDED_PARAMS |= {"data.parallel", "generate.parallel"}  # in this process unless
 # git fields only from a checkout).
 ADDED_PARAMS |= {"retrain.rule", "retrain.force", "retrain.notify_url", "retrain.notify_on"}
 ADDED_PARAMS |= {"generate.max_samples_per_request"}  # the served model's limit (issue 19)
+# Issue 14's GAN recipes and training loop: new fields (their defaults keep the VAE's maths)
+# and the global batch (batch x ranks x accumulation), logged once at step 0.
+ADDED_PARAMS |= {"model.gan_loss", "model.ema_decay", "train.n_critic", "train.gp_weight"}
+ADDED_PARAMS |= {"train.r1_gamma", "train.lr_schedule", "train.warmup_steps"}
+ADDED_PARAMS |= {"train.grad_accum_steps"}
+ADDED_METRICS = {"train/global_batch_size"}
 ADDED_TAGS = {"genpar.run_identity", *lineage_tags()}
 
 
-def _same_as_recorded(client: MlflowClient, summary: dict, kind: str, values: bool = True) -> None:
+def _same_as_recorded(
+    client: MlflowClient,
+    summary: dict,
+    kind: str,
+    values: bool = True,
+    added: frozenset = frozenset(),
+) -> None:
     """The run's MLflow keys, artifacts, scorecard, weights and samples equal those recorded
     from genpar 0.1 (before the layout of one home per concern), but for the changes listed
     above: same seed, same numbers (`values=False`: keys only, for a network that changed).
@@ -90,12 +102,14 @@ def _same_as_recorded(client: MlflowClient, summary: dict, kind: str, values: bo
     recorded, run = RECORDED[kind], client.get_run(summary["run_id"])
     assert not (ADDED_PARAMS & set(recorded["params"])) and not ADDED_TAGS & set(recorded["tags"])
     metrics = {RENAMED_METRICS.get(k, k) for k in recorded["metrics"]} - REMOVED_METRICS
+    metrics |= ADDED_METRICS | {k for k in added if "/" in k and "." not in k}
     assert sorted(run.data.metrics) == sorted(metrics)
     params = set(recorded["params"]) - REMOVED_PARAMS | ADDED_PARAMS
     assert sorted(run.data.params) == sorted(params)
     assert sorted(run.data.tags) == sorted([*recorded["tags"], *ADDED_TAGS])
     assert {k: run.data.tags[k] for k in lineage_tags()} == lineage_tags()
-    assert sorted(_artifacts(client, run.info.run_id)) == recorded["artifacts"]
+    artifacts = [*recorded["artifacts"], *(k for k in added if k.endswith(".safetensors"))]
+    assert sorted(_artifacts(client, run.info.run_id)) == sorted(artifacts)
     if not values:
         return
     same = {
@@ -302,7 +316,8 @@ def test_dcgan_pipeline(prefect_server, tracked_home: Path, tiny: PipelineConfig
     cfg = tiny.model_copy(
         update={
             "name": "tiny-gan",
-            "model": as_family(tiny.model, "dcgan"),
+            # the new default loss (hinge) with the moving average of the generator
+            "model": as_family(tiny.model, "dcgan").model_copy(update={"ema_decay": 0.9}),
             "train": tiny.train.model_copy(update={"lr": 2e-4, "adam_beta1": 0.5}),
         }
     )
@@ -312,7 +327,9 @@ def test_dcgan_pipeline(prefect_server, tracked_home: Path, tiny: PipelineConfig
     assert run.info.status == "FINISHED"
     # The default DCGAN changed on purpose (no batch statistics): keys as recorded, new values;
     # genpar 0.1's network still samples bit for bit the same (tests/unit/test_migration.py).
-    _same_as_recorded(client, summary, "dcgan", values=False)
+    # With model.ema_decay the raw generator is exported beside the average and scored once.
+    ema = frozenset({"model/raw.safetensors", "eval/fid_raw", "eval/kid_raw"})
+    _same_as_recorded(client, summary, "dcgan", values=False, added=ema)
     for key in (
         "train/loss_d",
         "train/loss_g",
@@ -321,6 +338,8 @@ def test_dcgan_pipeline(prefect_server, tracked_home: Path, tiny: PipelineConfig
         "eval/fid",
         "eval/fid_floor",
         "eval/kid",
+        "eval/fid_raw",
+        "eval/kid_raw",
         "eval/precision",
         "eval/coverage",
         "gen/samples_per_s",

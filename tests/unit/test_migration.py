@@ -34,7 +34,7 @@ def test_a_config_file_without_version_is_migrated_with_a_notice(
     assert old.version == CONFIG_VERSION
     notices = [r.getMessage() for r in caplog.records if r.name == "genpar.config"]
     assert all(str(V1 / "tiny.yaml") in n for n in notices)
-    assert [n.split("version ")[1][:6] for n in notices] == ["1 -> 2", "2 -> 3"]
+    assert [n.split("version ")[1][:6] for n in notices] == ["1 -> 2", "2 -> 3", "3 -> 4"]
     today = load_config(REPO / "configs" / "tiny.yaml")
     unpinned = today.compute.model_copy(update={"threads_per_proc": None})
     assert old == today.model_copy(update={"compute": unpinned})

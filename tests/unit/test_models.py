@@ -445,9 +445,13 @@ def test_dcgan_generator_keeps_a_gradient_on_mnist() -> None:
     cfg = load_config(REPO / "configs" / "mnist-dcgan.yaml", [])
     images = torch.from_numpy(builtin_arrays("mnist5k")[0][:1024].copy()).unsqueeze(1)
     torch.manual_seed(0)
-    legacy = cfg.model.model_copy(update={"norm": "batch", "spectral_norm": False})
-    model = build_model(legacy, (1, 28, 28))  # the BatchNorm network this regression is about
-    steps = family_steps(model, cfg.train)
+    # the BatchNorm network and the BCE recipe (before config version 4) this regression is about
+    legacy = cfg.model.model_copy(
+        update={"norm": "batch", "spectral_norm": False, "gan_loss": "bce"}
+    )
+    model = build_model(legacy, (1, 28, 28))
+    old = {"lr": 2e-4, "lr_discriminator": None, "adam_beta1": 0.5, "adam_beta2": 0.999}
+    steps = family_steps(model, cfg.train.model_copy(update=old))
     noise, order = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
     for _ in range(100):
         batch = images[torch.randint(0, len(images), (64,), generator=order)]

@@ -122,6 +122,7 @@ class DCGAN(nn.Module):
     """Generator and discriminator of a DCGAN-style GAN, as two separate submodules."""
 
     input_range = (-1.0, 1.0)
+    gan_loss = "bce"  # the loss its steps train with (from_config sets model.gan_loss)
 
     def __init__(
         self,
@@ -164,13 +165,17 @@ class DCGAN(nn.Module):
     @classmethod
     def from_config(cls, cfg: ModelConfig, image_shape: Sequence[int]) -> DCGAN:
         """Build from the `model` config section and the data's (C, H, W)."""
-        return cls(
+        model = cls(
             image_shape=image_shape,
             latent_dim=cfg.latent_dim,
             base_channels=cfg.base_channels,
             norm=cfg.norm,
             spectral_norm=cfg.spectral_norm,
         )
+        # How it is trained, not what it is: kept out of model_spec, so the architecture's
+        # spec (what checkpoints and registered versions match) does not name the loss.
+        model.gan_loss = cfg.gan_loss
+        return model
 
     def model_spec(self) -> dict[str, Any]:
         """JSON-serialisable constructor arguments; `DCGAN(**spec minus "name")` rebuilds it.

@@ -30,20 +30,26 @@ class VaeSteps:
         self.ddp = self.tools.wrap(self.model)
 
     def step(self, x: torch.Tensor, noise: torch.Generator) -> dict[str, torch.Tensor]:
+        """One optimizer step on x, accumulated over tools.accum_steps micro-batches."""
         opt = self.optimizers["vae"]
         self.model.train()
-        with self.tools.autocast():
-            out = self.ddp(x, generator=noise)
-        loss = self.model.loss(out, self.cfg.kl_weight)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.tools.clip(self.model.parameters())
-        opt.step()
-        return {
-            "train/loss": loss.detach(),
-            "train/recon": out["recon"].detach().float().mean(),
-            "train/kl": out["kl"].detach().float().mean(),
-        }
+        chunks = self.tools.micro_batches(x)
+        sums: dict[str, torch.Tensor] = {}
+        for i, (xi,) in enumerate(chunks):
+            with self.tools.sync_if(self.ddp, i == len(chunks) - 1):
+                with self.tools.autocast():
+                    out = self.ddp(xi, generator=noise)
+                loss = self.model.loss(out, self.cfg.kl_weight)
+                self.tools.backward(self.tools.scaled(loss))
+            metrics = {
+                "train/loss": loss.detach(),
+                "train/recon": out["recon"].detach().float().mean(),
+                "train/kl": out["kl"].detach().float().mean(),
+            }
+            sums = {k: sums.get(k, 0) + v for k, v in metrics.items()}
+        self.tools.apply(opt, self.model.parameters())
+        return sums if len(chunks) == 1 else {k: v / len(chunks) for k, v in sums.items()}
 
     @torch.no_grad()
     def validate(self, x: torch.Tensor, noise: torch.Generator) -> dict[str, torch.Tensor]:

@@ -1,0 +1,71 @@
+"""What one rank trains each step, beyond the family's steps: the learning-rate schedule, the
+moving average of the sampling network, and how many rows of data a step takes.
+
+The family's steps (models/<family>/steps.py) update the weights; `Trainer.step` sets the rates
+before them and folds the new weights into the average after them, so any family gets a
+schedule and an EMA without knowing of either. The average is one more checkpointed module
+("ema") and, at export, the sampling network's weights; the raw weights are exported beside it
+as the "raw" variant, which the scorecard scores once (eval/fid_raw).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from genpar_models.config import PipelineConfig
+from genpar_models.models.family import Family, Steps
+from genpar_models.train.ema import EmaWeights
+from genpar_models.train.schedule import LrSchedule
+
+
+@dataclass
+class Trainer:
+    steps: Steps
+    modules: dict[str, nn.Module]  # what checkpoints hold: the steps' modules (+ "ema")
+    ema: EmaWeights | None
+    schedule: LrSchedule
+    rows_per_step: int  # this rank's rows per step: batch x accumulation x critic batches
+    sampling_net: str
+
+    def step(self, step: int, x: torch.Tensor, noise: torch.Generator) -> dict[str, torch.Tensor]:
+        """Optimizer step number `step` (1-based) on this rank's rows `x`."""
+        factor = self.schedule.set(step)
+        metrics = self.steps.step(x, noise)
+        if self.ema is not None:
+            self.ema.update(step)
+        if self.schedule.active:
+            metrics["train/lr_factor"] = torch.tensor(factor, dtype=torch.float64, device=x.device)
+        return metrics
+
+    def export_states(self, model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(the weights to export, {variant name: other weights}): with an EMA, the average
+        as the sampling network and the raw weights as variant "raw"; else the weights."""
+        if self.ema is None:
+            return dict(model.state_dict()), {}
+        return self.ema.state_dict_of(model, self.sampling_net), {"raw": model.state_dict()}
+
+
+def make_trainer(model: nn.Module, family: Family, steps: Steps, cfg: PipelineConfig) -> Trainer:
+    """The trainer of `steps` for this config (before a checkpoint is restored into it)."""
+    train = cfg.train
+    schedule = LrSchedule(
+        steps.optimizers,
+        schedule=train.lr_schedule,
+        warmup_steps=train.warmup_steps,
+        max_steps=train.max_steps,
+    )
+    decay = cfg.model.ema_decay
+    ema = None if decay is None else EmaWeights(getattr(model, family.sampling_net), decay)
+    modules = dict(steps.modules) if ema is None else {**steps.modules, "ema": ema.module}
+    critic_batches = getattr(steps, "batches_per_step", 1)
+    rows = train.batch_size_per_rank * train.grad_accum_steps * critic_batches
+    return Trainer(steps, modules, ema, schedule, rows, family.sampling_net)
+
+
+def global_batch_size(cfg: PipelineConfig, world_size: int) -> int:
+    """Samples per optimizer update: batch_size_per_rank x ranks x grad_accum_steps."""
+    return cfg.train.batch_size_per_rank * world_size * cfg.train.grad_accum_steps
