@@ -110,8 +110,8 @@ def here_or_on_dask(
     *,
     label: str,
     report: Callable[[str], None],
-) -> tuple[list[dict[str, Any]], bool]:
-    """Results of every item, and whether a cluster ran any. `mode` is a stage's `parallel`:
+) -> list[dict[str, Any]]:
+    """Results of every item. `mode` is a stage's `parallel`:
     dask (compute.dask_address, else a LocalCluster), local (this process), auto (a cluster
     when compute.dask_address names one; otherwise the first item here, and the rest on a
     LocalCluster only when its measured time says the start-up pays: `dask_pays`)."""
@@ -124,17 +124,18 @@ def here_or_on_dask(
         if mode == "local" or not dask_pays(
             time.perf_counter() - t0, len(rest), local_workers(cfg)
         ):
-            report(f"{label}: {len(items)} in this process (a cluster would not pay)")
+            why = "" if mode == "local" else " (a cluster would not pay)"
+            report(f"{label}: {len(items)} in this process{why}")
             step = max(1, len(items) // 10)
             for i, item in enumerate(rest, start=2):
                 done.append(run_here(item))
                 if i % step == 0 or i == len(items):
                     report(f"{label}: {i}/{len(items)} done")
-            return done, False
+            return done
     if not rest:
-        return done, False
+        return done
     with dask_client(cfg) as client:
-        return done + run_on_dask(client, rest), True
+        return done + run_on_dask(client, rest)
 
 
 def map_with_progress(

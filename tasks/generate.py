@@ -56,7 +56,7 @@ def generate_to_dir(config: PipelineConfig, model_dir: str, out_dir: Path) -> di
             report=log.info,
         )
 
-    chunks, _ = here_or_on_dask(
+    chunks = here_or_on_dask(
         gen.parallel, config.compute, plan, here, on_dask, label="generate", report=log.info
     )
     elapsed = time.perf_counter() - t0

@@ -52,7 +52,7 @@ def build_shards(config: PipelineConfig, *, rebuild: bool = False) -> Path:
         )
 
     def run_partitions(specs: list[PartitionSpec], staging: str) -> list[dict[str, Any]]:
-        parts, _ = here_or_on_dask(
+        return here_or_on_dask(
             config.data.parallel,
             config.compute,
             specs,
@@ -61,6 +61,5 @@ def build_shards(config: PipelineConfig, *, rebuild: bool = False) -> Path:
             label="preprocess",
             report=log.info,
         )
-        return parts
 
     return build_shard_set(config.data, shards_root(), run_partitions, log, rebuild=rebuild)
