@@ -7,6 +7,13 @@ SIGKILLed torchrun orphans them (shared/STACK.md section 3.4). Its output is str
 line to a callback (the Prefect run log). On failure the rank error that happened *first*
 (earliest timestamp in torchelastic's error.json files) becomes the error message, since the
 other ranks only fail in reaction to it (section 3.3).
+
+A SIGKILLed flow process cannot stop its torchrun: the agent gets SIGTERM from the kernel
+(PR_SET_PDEATHSIG) and shuts its ranks down itself, but an agent that hangs in that shutdown
+would live on beside the re-run that resumes the same run directory. So the agent's pid lies
+in `<run dir>/torchrun.pid` while it runs, and the next launch in that directory (the re-run
+holds the run's lease, so nothing else may be training there) stops whatever the file still
+names first.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import contextlib
 import ctypes
 import json
 import os
+import socket
 import signal
 import subprocess
 import sys
@@ -30,6 +38,7 @@ from genpar_models.train.runspec import RunSpec, write_spec
 from genpar_models.util.cores import available_cores
 
 GRACE_S = 30.0
+PID_FILE = "torchrun.pid"
 
 
 class TrainingFailed(GenparError, RuntimeError):
@@ -191,15 +200,72 @@ def _die_with_parent() -> None:
         pass
 
 
+def _write_pid(pid_file: Path, proc: subprocess.Popen) -> None:
+    try:
+        started = psutil.Process(proc.pid).create_time()
+    except psutil.NoSuchProcess:
+        return
+    record = {"pid": proc.pid, "create_time": started, "host": socket.gethostname()}
+    tmp = pid_file.with_name(pid_file.name + ".tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, pid_file)
+
+
+def stop_leftover(pid_file: Path, on_line: Callable[[str], None] = lambda _: None) -> bool:
+    """Stop the torchrun agent (and its ranks) that `pid_file` names, if it still runs here.
+
+    The pid must belong to the same process that wrote the file (its start time matches) and
+    this host, so a recycled pid or another machine's agent is never signalled. Returns
+    whether something was stopped; the file is removed either way.
+    """
+    try:
+        record = json.loads(pid_file.read_text())
+        pid, started, host = int(record["pid"]), float(record["create_time"]), record["host"]
+    except FileNotFoundError:
+        return False
+    except (ValueError, KeyError, TypeError):
+        pid_file.unlink(missing_ok=True)  # a torn write: nothing can be trusted in it
+        return False
+    stopped = False
+    if host == socket.gethostname():
+        try:
+            agent = psutil.Process(pid)
+            if abs(agent.create_time() - started) < 0.01 and agent.status() != "zombie":
+                on_line(f"stopping torchrun agent {pid} left running by an earlier attempt")
+                tree = [agent, *agent.children(recursive=True)]
+                for p in tree:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        p.terminate()
+                _, alive = psutil.wait_procs(tree, timeout=10)
+                for p in alive:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        p.kill()
+                psutil.wait_procs(alive, timeout=5)
+                stopped = True
+        except psutil.NoSuchProcess:
+            pass
+    pid_file.unlink(missing_ok=True)
+    return stopped
+
+
 def run_torchrun(
-    cmd: list[str], env: dict[str, str], *, log_dir: Path, on_line: Callable[[str], None]
+    cmd: list[str],
+    env: dict[str, str],
+    *,
+    log_dir: Path,
+    on_line: Callable[[str], None],
+    pid_file: Path | None = None,
 ) -> None:
     """Run the torchrun command to completion, streaming its output.
+
+    `pid_file`, when given, names the agent while it runs (see `stop_leftover`).
 
     Raises:
         TrainingFailed: with the first failing rank's error when the job exits non-zero.
     """
     tail: list[str] = []
+    if pid_file is not None:
+        stop_leftover(pid_file, on_line)
     proc = subprocess.Popen(
         cmd,
         env=env,
@@ -211,6 +277,8 @@ def run_torchrun(
         preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     try:
+        if pid_file is not None:
+            _write_pid(pid_file, proc)
         assert proc.stdout is not None
         for line in proc.stdout:
             line = line.rstrip()
@@ -219,6 +287,8 @@ def run_torchrun(
         rc = proc.wait()
     finally:
         stop_tree(proc)
+        if pid_file is not None:
+            pid_file.unlink(missing_ok=True)
     if rc != 0:
         detail = first_rank_error(log_dir) or "\n".join(tail)
         raise TrainingFailed(f"torchrun exited with code {rc}; {detail}")
@@ -238,4 +308,12 @@ def launch_training(
     )
     uri = spec.tracking.uri if spec.tracking else None
     on_line("$ " + " ".join(cmd))
-    run_torchrun(cmd, child_env(plan, uri), log_dir=log_dir, on_line=on_line)
+    run_torchrun(
+        cmd,
+        child_env(plan, uri),
+        log_dir=log_dir,
+        on_line=on_line,
+        # One agent per run directory on a single node; the nodes of a multi-node job share
+        # the run directory, so there another node's agent is not a leftover.
+        pid_file=Path(spec.run_dir) / PID_FILE if spec.config.compute.nnodes == 1 else None,
+    )

@@ -95,6 +95,7 @@ def test_killed_run_resumes_when_the_same_command_runs_again(tmp_path: Path) -> 
     assert int(run.data.tags["genpar.resumed_from_step"]) >= 25
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert steps == list(range(25, 401, 25))  # continuous, nothing logged twice
+    assert not (run_dir / "torchrun.pid").exists() and not _ranks_alive(home)
 
     listing = _genpar(home, "runs", "--sort", "eval/elbo", "--desc")
     assert listing.returncode == 0 and run_dir.name[:12] in listing.stdout

@@ -1,11 +1,21 @@
-"""Which rank's error becomes the training failure's message (torchelastic error.json files)."""
+"""Which rank's error becomes the training failure's message (torchelastic error.json files),
+and how a torchrun agent left running by a killed flow is stopped before the next launch."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-from tasks.launcher import first_rank_error
+import psutil
+
+from tasks.launcher import PID_FILE, _write_pid, first_rank_error, stop_leftover
 
 GLOO = (
     "RuntimeError: [/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed "
@@ -42,3 +52,56 @@ def test_only_reactions_still_name_a_rank(tmp_path: Path) -> None:
     message = first_rank_error(tmp_path)
     assert message is not None and message.startswith("rank 1 failed:")
     assert first_rank_error(tmp_path / "nothing") is None
+
+
+def _sleeper_tree() -> subprocess.Popen:
+    """A real process with a child of its own, like a torchrun agent and its rank."""
+    code = (
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+        "time.sleep(120)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    deadline = time.time() + 20
+    while not psutil.Process(proc.pid).children() and time.time() < deadline:
+        time.sleep(0.05)
+    return proc
+
+
+def test_a_leftover_agent_and_its_ranks_are_stopped_before_the_next_launch(
+    tmp_path: Path,
+) -> None:
+    proc = _sleeper_tree()
+    (rank,) = psutil.Process(proc.pid).children()
+    pid_file = tmp_path / PID_FILE
+    _write_pid(pid_file, proc)
+    said: list[str] = []
+    try:
+        assert stop_leftover(pid_file, said.append)
+        proc.wait(timeout=5)
+        assert not rank.is_running() or rank.status() == psutil.STATUS_ZOMBIE
+        assert not pid_file.exists() and str(proc.pid) in said[0]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_a_pid_file_of_another_process_signals_nothing(tmp_path: Path) -> None:
+    """A recycled pid (other start time) or another host's agent is never signalled."""
+    proc = _sleeper_tree()
+    try:
+        started = psutil.Process(proc.pid).create_time()
+        for record in (
+            {"pid": proc.pid, "create_time": started - 5, "host": socket.gethostname()},
+            {"pid": proc.pid, "create_time": started, "host": "another-node"},
+        ):
+            pid_file = tmp_path / PID_FILE
+            pid_file.write_text(json.dumps(record))
+            assert not stop_leftover(pid_file)
+            assert proc.poll() is None and not pid_file.exists()
+        pid_file.write_text("{torn")
+        assert not stop_leftover(pid_file) and not pid_file.exists()
+        assert not stop_leftover(tmp_path / "absent.pid")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
