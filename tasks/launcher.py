@@ -22,8 +22,8 @@ import contextlib
 import ctypes
 import json
 import os
-import socket
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
