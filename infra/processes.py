@@ -39,8 +39,9 @@ class Proc:
         return asdict(self)
 
 
-def spawn(argv: list[str], env: dict[str, str], log: Path, cwd: Path) -> Proc:
-    """Start argv detached (own session, output to `log`), return its record."""
+def spawn(argv: list[str], env: dict[str, str], log: Path, cwd: Path, **popen: Any) -> Proc:
+    """Start argv detached (own session, output to `log`), return its record; `popen` adds
+    Popen arguments (another `user` and `group` for PostgreSQL under root)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
@@ -51,6 +52,7 @@ def spawn(argv: list[str], env: dict[str, str], log: Path, cwd: Path) -> Proc:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            **popen,
         )
     return Proc(pid=proc.pid, create_time=psutil.Process(proc.pid).create_time())
 

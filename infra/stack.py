@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,12 +30,14 @@ from pathlib import Path
 from genpar_models.errors import GenparError
 from genpar_models.util import atomic, lease
 from genpar_models.util.paths import default_tracking_uri, genpar_home, mlflow_root
-from infra import credentials, processes, serving
+from infra import credentials, processes, serving, team
 from infra.processes import HOST, Proc
 
 SERVERS = ("prefect", "mlflow")
 DEFAULT_PORTS = {"prefect": 4200, "mlflow": 5000}
 PORT_OPTIONS = {"prefect": "--prefect-port", "mlflow": "--mlflow-port"}
+# PostgreSQL's SIGTERM waits for every client session to end; SIGINT is its fast shutdown.
+_STOP_SIGNAL = {"postgres": signal.SIGINT}
 
 
 class StackError(GenparError):
@@ -54,6 +57,7 @@ class Server:
     proc: Proc
     log: str
     auth: bool = False  # started requiring the stack's credentials (`genpar up --auth`)
+    check: str = "http"  # how health is judged: http (health_url), tcp (port open), proc (alive)
 
     @property
     def url(self) -> str:
@@ -74,6 +78,7 @@ class Server:
             "port": self.port,
             "log": self.log,
             "auth": self.auth,
+            "check": self.check,
             **self.proc.as_dict(),
         }
 
@@ -81,7 +86,22 @@ class Server:
     def from_dict(cls, d: dict) -> Server:
         proc = Proc(pid=int(d["pid"]), create_time=float(d["create_time"]))
         port, auth = int(d["port"]), bool(d.get("auth", False))
-        return cls(name=d["name"], port=port, proc=proc, log=d["log"], auth=auth)
+        check = d.get("check", "http")
+        return cls(name=d["name"], port=port, proc=proc, log=d["log"], auth=auth, check=check)
+
+    def healthy(self) -> bool:
+        if self.check == "tcp":
+            return not processes.port_free(self.port)
+        if self.check == "proc":
+            return processes.handle(self.proc) is not None
+        return processes.http_ok(self.health_url)
+
+    @property
+    def what(self) -> str:
+        """Where it answers, for `genpar status`."""
+        if self.check == "proc":
+            return "(no port)"
+        return self.url if self.check == "http" else f"{HOST}:{self.port}"
 
 
 def stack_dir() -> Path:
@@ -152,15 +172,15 @@ def server_command(
     return argv + ["--no-serve-artifacts", "--workers", "1"], env
 
 
-def _check_ports(ports: dict[str, int]) -> None:
+def _check_ports(ports: dict[str, int], options: dict[str, str] = PORT_OPTIONS) -> None:
     if len(set(ports.values())) < len(ports):
-        raise StackError(f"the servers need two different ports, got {ports}")
+        raise StackError(f"the servers need {len(ports)} different ports, got {ports}")
     for name, port in ports.items():
         if not processes.port_free(port):
             user = processes.port_user(port)
             raise StackError(
                 f"port {port} on {HOST} is already in use{f' ({user})' if user else ''}; "
-                f"start the stack with another {name} port: genpar up {PORT_OPTIONS[name]} N"
+                f"start the stack with another {name} port: genpar up {options[name]} N"
             )
 
 
@@ -170,17 +190,17 @@ def _clear_stale(say: Callable[[str], None]) -> None:
     if not servers:
         return
     alive = {n: s for n, s in servers.items() if processes.handle(s.proc)}
-    if len(alive) == len(SERVERS) and all(processes.http_ok(s.health_url) for s in alive.values()):
-        urls = ", ".join(f"{n} {s.url}" for n, s in servers.items())
+    if len(alive) == len(servers) and all(s.healthy() for s in alive.values()):
+        urls = ", ".join(f"{n} {s.what}" for n, s in servers.items())
         raise AlreadyRunning(f"the genpar stack is already running: {urls}")
-    if len(alive) == len(SERVERS):
+    if len(alive) == len(servers):
         raise StackError(
             "the genpar stack is running but not answering its health checks "
-            f"({', '.join(s.health_url for s in alive.values())}); run `genpar down`, then "
-            f"`genpar up` (logs in {stack_dir() / 'logs'})"
+            f"({', '.join(n for n, s in alive.items() if not s.healthy())}); run `genpar down`, "
+            f"then `genpar up` (logs in {stack_dir() / 'logs'})"
         )
-    for s in alive.values():
-        processes.stop(s.proc)
+    for s in reversed(list(alive.values())):
+        processes.stop(s.proc, sig=_STOP_SIGNAL.get(s.name, signal.SIGTERM))
     gone = ", ".join(f"{n} (pid {s.proc.pid})" for n, s in servers.items() if n not in alive)
     say(f"cleared stale stack state: {gone} no longer running")
     state_path().unlink(missing_ok=True)
@@ -222,6 +242,98 @@ def up(
         return servers
 
 
+def up_team(
+    ports: dict[str, int],
+    *,
+    timeout_s: float = 300.0,
+    say: Callable[[str], None] = print,
+    dask_workers: int | None = None,
+) -> dict[str, Server]:
+    """Start the team stack (infra/team.py): PostgreSQL, an S3 store, Prefect and MLflow on
+    them (both requiring the stack's credentials), a Dask scheduler and workers, and a
+    Prefect worker on the `genpar` process pool. Each waits for the one before it.
+
+    Raises:
+        AlreadyRunning: the stack is up already (nothing was started).
+        StackError: a port is busy, a program is missing, or a server did not come up.
+    """
+    from genpar_models.util.cores import available_cores
+
+    with _locked():
+        _clear_stale(say)
+        _check_ports(ports, team.TEAM_PORT_OPTIONS)
+        creds = team.ensure_team_credentials(stack_dir())
+        account = team.postgres_account()
+        data = team.team_dir() / "postgres" / "data"
+        servers: dict[str, Server] = {}
+
+        def start(
+            name: str, argv: list[str], env: dict[str, str], port: int, check: str, **popen
+        ) -> Server:
+            log = stack_dir() / "logs" / f"{name}.log"
+            proc = processes.spawn(argv, env, log, cwd=popen.pop("cwd", genpar_home()), **popen)
+            servers[name] = Server(name, port, proc, str(log), auth=True, check=check)
+            _write_servers(servers)  # recorded at once: `down` can stop a stack still starting
+            return servers[name]
+
+        def alive(name: str) -> Callable[[], bool]:
+            return lambda: processes.handle(servers[name].proc) is not None
+
+        try:
+            team.init_postgres(data, creds["postgres_password"], account, say)
+            pg_env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+            start(
+                "postgres",
+                team.postgres_command(data, ports["postgres"]),
+                pg_env,
+                ports["postgres"],
+                "tcp",
+                cwd=data,
+                **team._as_account(account),
+            )
+            team.wait_postgres(
+                ports["postgres"], creds["postgres_password"], timeout_s, alive("postgres")
+            )
+            team.ensure_databases(ports["postgres"], creds)
+            say(f"PostgreSQL up on {HOST}:{ports['postgres']} (databases prefect, mlflow)")
+
+            argv, env = team.s3_command(ports["s3"], creds)
+            start("s3", argv, env, ports["s3"], "tcp")
+            team.ensure_bucket(ports["s3"], creds, timeout_s)
+            say(
+                f"S3 store ({team.s3_server_kind()}) up on {HOST}:{ports['s3']}, "
+                f"bucket {team.BUCKET}"
+            )
+
+            argv, env = server_command("prefect", ports["prefect"], creds)
+            env.update(team.prefect_database_env(ports["postgres"], creds))
+            start("prefect", argv, env, ports["prefect"], "http")
+            argv, env = team.mlflow_command(ports, creds, stack_dir())
+            start("mlflow", argv, env, ports["mlflow"], "http")
+            n = dask_workers or available_cores()
+            for name, argv in team.dask_commands(ports["dask"], n).items():
+                port = ports["dask"] if name == "dask-scheduler" else 0
+                start(name, argv, dict(os.environ), port, "tcp" if port else "proc")
+            say("started Prefect, MLflow and Dask; waiting for their health checks …")
+            checks = {m: (servers[m].proc, servers[m].health_url) for m in ("prefect", "mlflow")}
+            problems = processes.wait_healthy(checks, timeout_s)
+            if not problems and not team.dask_workers_ready(ports["dask"], n, timeout_s):
+                problems["dask-workers"] = f"not connected to the scheduler after {timeout_s:.0f} s"
+            if problems:
+                raise StackError(_startup_failure(servers, problems))
+
+            client = {**os.environ, **team.client_env(ports, creds)}
+            team.create_work_pool(client)
+            start("worker", team.worker_command(), client, 0, "proc")
+            say(f"Prefect worker on work pool {team.WORK_POOL!r}")
+        except Exception:
+            for s in reversed(list(servers.values())):
+                processes.stop(s.proc, sig=_STOP_SIGNAL.get(s.name, signal.SIGTERM))
+            state_path().unlink(missing_ok=True)
+            raise
+        return servers
+
+
 def _startup_failure(servers: dict[str, Server], problems: dict[str, str]) -> str:
     parts = ["the genpar stack did not start:"]
     for name, problem in problems.items():
@@ -238,8 +350,8 @@ def down(say: Callable[[str], None] = print) -> bool:
         servers = read_servers()
         if not servers:
             return False
-        for name, s in servers.items():
-            if processes.stop(s.proc):
+        for name, s in reversed(list(servers.items())):  # PostgreSQL after its clients
+            if processes.stop(s.proc, sig=_STOP_SIGNAL.get(name, signal.SIGTERM)):
                 say(f"stopped {name} (pid {s.proc.pid}, {s.url})")
             else:
                 say(f"{name} (pid {s.proc.pid}) was not running any more (stale state cleared)")
@@ -253,10 +365,11 @@ def server_states() -> list[tuple[Server, str]]:
     for s in read_servers().values():
         if processes.handle(s.proc) is None:
             out.append((s, f"not running (stale: pid {s.proc.pid} is gone)"))
-        elif processes.http_ok(s.health_url):
+        elif s.healthy():
             out.append((s, "running"))
         else:
-            out.append((s, f"not answering {s.health_url} (starting, or hung)"))
+            where = s.health_url if s.check == "http" else f"{HOST}:{s.port}"
+            out.append((s, f"not answering {where} (starting, or hung)"))
     return out
 
 
@@ -274,7 +387,10 @@ def use_stack() -> str | None:
         return f"genpar stack is not healthy ({bad}); using the embedded defaults (`genpar status`)"
     env = {"prefect": "PREFECT_API_URL", "mlflow": "MLFLOW_TRACKING_URI"}
     for s, _ in states:
-        os.environ.setdefault(env[s.name], s.api_url)
+        if s.name in env:
+            os.environ.setdefault(env[s.name], s.api_url)
+        elif s.name == "dask-scheduler":  # the team stack's cluster: compute.dask_address
+            os.environ.setdefault(team.DASK_ENV, f"tcp://{HOST}:{s.port}")
     if any(s.auth for s, _ in states):  # its credentials, for this process and its children
         for key, value in credentials.client_env(credentials.read_credentials(stack_dir())).items():
             os.environ.setdefault(key, value)

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,7 +31,9 @@ import psutil
 from distributed import Client, LocalCluster, as_completed
 
 from genpar_models.config import ComputeConfig
+from genpar_models.errors import ConfigError
 from genpar_models.util.cores import available_cores
+from genpar_models.util.paths import genpar_home, read_probe
 
 
 def local_workers(cfg: ComputeConfig) -> int:
@@ -86,6 +89,39 @@ def dask_client(cfg: ComputeConfig) -> Iterator[Client]:
     memory = int(0.8 * psutil.virtual_memory().total / n)
     with local_cluster(n, memory) as cluster, Client(cluster) as client:
         yield client
+
+
+def check_shared_home(address: str, timeout_s: float = 30.0) -> int:
+    """Fail unless every worker of the cluster at `address` reads a file this process writes
+    under the genpar home (workers read sources and write shards there, at the same paths).
+    Returns the number of workers.
+
+    Raises:
+        ConfigError: no worker connected, or a worker that does not see the file, named with
+            what it saw.
+    """
+    home = genpar_home()
+    probe = home / "tmp" / f"dask-probe-{uuid.uuid4().hex}"
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    probe.write_text(token)
+    try:
+        with Client(address, timeout=f"{timeout_s:.0f}s") as client:
+            seen = client.run(read_probe, str(probe), token)
+    finally:
+        probe.unlink(missing_ok=True)
+    if not seen:
+        raise ConfigError(f"compute.dask_address={address}: the scheduler has no workers")
+    blind = {w: why for w, why in seen.items() if why is not True}
+    if blind:
+        detail = "; ".join(f"{w}: {why}" for w, why in sorted(blind.items()))
+        raise ConfigError(
+            f"compute.dask_address={address}: {len(blind)} of {len(seen)} Dask worker(s) do "
+            f"not see the genpar home {home} (they must share it, at the same path, to read "
+            f"sources and write shards; see infra/README.md, 'An existing Dask cluster'): "
+            f"{detail}"
+        )
+    return len(seen)
 
 
 # What a LocalCluster costs before its first result: start-up, each worker loading what it

@@ -3,7 +3,8 @@
 Bad values are caught by the config model itself; this adds the model family (known, and
 reading every model field that is set) and what depends on the machine and the outside world:
 the process plan fits this machine (cpu_procs within the cores, CUDA present when asked
-for), the data path exists, and the tracking store answers (the SQLite
+for), the data path exists, every worker of an external Dask cluster sees the genpar home,
+and the tracking store answers (the SQLite
 store is created and migrated here, once, before any rank or worker touches it).
 """
 
@@ -18,6 +19,7 @@ from genpar_models.config import BUILTIN_SOURCES, PipelineConfig
 from genpar_models.errors import DataError
 from genpar_models.models import check_model_config
 from tasks import mlflow_store as store
+from tasks.cluster import check_shared_home
 from tasks.common import retry_unless_user_error, run_logger
 from tasks.launcher import cuda_device_count, plan_processes
 
@@ -36,6 +38,13 @@ def preflight(config: PipelineConfig) -> str:
     plan = plan_processes(config.compute, cuda_device_count())
     if config.data.source not in BUILTIN_SOURCES and not Path(config.data.path).exists():
         raise DataError(f"data.path={config.data.path!r} does not exist")
+    if config.compute.dask_address:
+        workers = check_shared_home(config.compute.dask_address)
+        log.info(
+            "Dask cluster %s: %d worker(s) see the genpar home",
+            config.compute.dask_address,
+            workers,
+        )
     store.load_password_secret(config)
     uri = store.resolve_uri(config)
     store.ensure_experiment(store.connect(uri), uri, config.experiment_name)

@@ -51,6 +51,7 @@ def load_or_fail(config: str | Path | None, overrides: list[str] | None) -> Pipe
     from genpar_models.errors import GenparError
     from genpar_models.models import check_model_config
 
+    prefect_defaults()  # first: a running stack's settings are defaults of the config too
     try:
         cfg = load_config(config, overrides or [])
         check_model_config(cfg)
@@ -59,11 +60,19 @@ def load_or_fail(config: str | Path | None, overrides: list[str] | None) -> Pipe
     return cfg
 
 
+_DEFAULTS_SET = False
+
+
 def prefect_defaults() -> None:
     """Environment defaults for Prefect and MLflow (a user's own settings win).
 
-    While the local stack runs (`genpar up`), its servers are the defaults.
+    While the local stack runs (`genpar up`), its servers are the defaults (with the team
+    stack, its Dask cluster is compute.dask_address's default). Once per process.
     """
+    global _DEFAULTS_SET
+    if _DEFAULTS_SET:
+        return
+    _DEFAULTS_SET = True
     from infra.stack import use_stack
 
     note = use_stack()

@@ -62,11 +62,13 @@ def _print_summary(summary: dict) -> None:
     console.print(f"  tracking:  {summary['tracking_uri']}")
     console.print(f"  artifacts: {summary['artifact_uri']}")
     console.print(f"  run dir:   {summary['run_dir']}")
-    console.print(
-        "  open the MLflow UI: [bold]genpar ui[/]  then "
-        f"http://127.0.0.1:5000/#/experiments/{summary['experiment_id']}/runs/"
-        f"{summary['run_id']}"
-    )
+    page = f"#/experiments/{summary['experiment_id']}/runs/{summary['run_id']}"
+    if summary["tracking_uri"].startswith("http"):  # a server: its own UI
+        console.print(f"  in the MLflow UI: {summary['tracking_uri'].rstrip('/')}/{page}")
+    else:
+        console.print(
+            f"  open the MLflow UI: [bold]genpar ui[/]  then http://127.0.0.1:5000/{page}"
+        )
 
 
 @app.command(rich_help_panel=PANEL)

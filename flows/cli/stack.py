@@ -42,27 +42,62 @@ def up(
             "genpar's commands pick them up.",
         ),
     ] = False,
+    team: Annotated[
+        bool,
+        typer.Option(
+            "--team",
+            help="Start the team stack instead: PostgreSQL, an S3 store (MinIO, else moto), "
+            "Prefect and MLflow on them with credentials, a Dask scheduler and workers, and a "
+            "Prefect worker on the 'genpar' process work pool (infra/README.md).",
+        ),
+    ] = False,
+    postgres_port: Annotated[
+        int, typer.Option("--postgres-port", help="--team: PostgreSQL port.")
+    ] = 5433,
+    s3_port: Annotated[int, typer.Option("--s3-port", help="--team: S3 store port.")] = 9000,
+    dask_port: Annotated[
+        int, typer.Option("--dask-port", help="--team: Dask scheduler port.")
+    ] = 8786,
+    dask_workers: Annotated[
+        int | None, typer.Option("--dask-workers", help="--team: Dask workers (default: cores).")
+    ] = None,
 ) -> None:
     """Start the local stack: a Prefect server and an MLflow server on 127.0.0.1.
 
     Their databases and artifacts live under the genpar home. While it is up, `genpar run`,
-    `genpar serve` and the deployments use it; `genpar down` stops it.
+    `genpar serve` and the deployments use it; `genpar down` stops it. With --team, the team
+    stack (every server on 127.0.0.1; the same code path as a team's own servers).
     """
+    from genpar_models.errors import GenparError
     from infra import stack
 
+    say = lambda m: console.print(m, highlight=False)  # noqa: E731
     try:
         ports = {"prefect": prefect_port, "mlflow": mlflow_port}
-        servers = stack.up(ports, timeout_s=timeout, auth=auth)
+        if team:
+            ports |= {"postgres": postgres_port, "s3": s3_port, "dask": dask_port}
+            servers = stack.up_team(ports, timeout_s=timeout, say=say, dask_workers=dask_workers)
+        else:
+            servers = stack.up(ports, timeout_s=timeout, auth=auth)
     except stack.AlreadyRunning as e:
         console.print(f"{e}; nothing started (`genpar down` stops it)", highlight=False)
         return
-    except stack.StackError as e:
+    except GenparError as e:
         fail(str(e), code=1)
     prefect, mlflow = servers["prefect"], servers["mlflow"]
     console.print(f"[bold green]genpar stack up[/] (home {stack.genpar_home()})")
     console.print(f"  Prefect UI  {prefect.url}   (API {prefect.api_url})", highlight=False)
     console.print(f"  MLflow UI   {mlflow.url}", highlight=False)
-    if auth:
+    if team:
+        console.print(
+            f"  PostgreSQL  {stack.HOST}:{postgres_port}   S3 http://{stack.HOST}:{s3_port} "
+            f"(bucket {stack.team.BUCKET})   Dask tcp://{stack.HOST}:{dask_port}",
+            highlight=False,
+        )
+        console.print(
+            f"  Prefect work pool {stack.team.WORK_POOL!r} with a worker", highlight=False
+        )
+    if auth or team:
         creds = stack.credentials.credentials_path(stack.stack_dir())
         console.print(
             f"  both require credentials: {creds} (MLflow: user/password; Prefect UI: the "
@@ -102,7 +137,7 @@ def status() -> None:
     for server, state in states:
         colour = "green" if state == "running" else "red"
         console.print(
-            f"{server.name:8s} [{colour}]{state}[/]  {server.url}  (pid {server.proc.pid})",
+            f"{server.name:14s} [{colour}]{state}[/]  {server.what}  (pid {server.proc.pid})",
             highlight=False,
         )
     if served:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -104,7 +105,10 @@ class ComputeConfig(Section):
         None, ge=1, description="Torch threads per CPU training process (default: cores / procs)."
     )
     dask_address: str | None = Field(
-        None, description="Scheduler address of an existing Dask cluster (tcp://host:8786)."
+        default_factory=lambda: os.environ.get("GENPAR_DASK_ADDRESS") or None,
+        description="Scheduler address of an existing Dask cluster (tcp://host:8786); default "
+        "$GENPAR_DASK_ADDRESS, which `genpar up --team` sets for genpar's commands while its "
+        "cluster runs, else none (a LocalCluster per flow run where a stage pays for one).",
     )
     dask_workers: int | None = Field(
         None, ge=1, description="Workers of the local Dask cluster (default: one per core)."

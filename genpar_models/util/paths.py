@@ -63,3 +63,12 @@ def default_tracking_uri() -> str:
 
 def default_artifact_root() -> Path:
     return mlflow_root() / "artifacts"
+
+
+def read_probe(path: str, token: str) -> bool | str:
+    """On a Dask worker: whether `path` holds `token` (True), else what went wrong. The flow
+    writes the probe under the genpar home; a worker that cannot read it does not share it."""
+    try:
+        return True if Path(path).read_text() == token else f"{path} holds something else"
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
