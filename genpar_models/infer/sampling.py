@@ -63,6 +63,26 @@ def sample_uint8(
     return np.concatenate(out) if out else np.zeros((0,), np.uint8)
 
 
+@torch.no_grad()
+def sample_series(
+    model: torch.nn.Module, n: int, seed: int, batch: int = SAMPLE_BATCH
+) -> tuple[np.ndarray, np.ndarray]:
+    """A sequence model's n series in the source's units, float32 (n, T, C) with NaN after
+    each length, and the lengths int64 (n,), from one seeded generator in fixed-size batches."""
+    gen = torch.Generator().manual_seed(seed)
+    out = [
+        model.denormalise(model.sample(min(batch, n - i), generator=gen)).float().cpu().numpy()
+        for i in range(0, n, batch)
+    ]
+    t, c = model.sequence_shape
+    values = np.concatenate(out) if out else np.zeros((0, t, c), np.float32)
+    return values, (~np.isnan(values[..., 0])).sum(axis=1).astype(np.int64)
+
+
+def is_sequence_model(model: torch.nn.Module) -> bool:
+    return hasattr(model, "denormalise") and hasattr(model, "sequence_shape")
+
+
 def generate_chunk(
     index: int, size: int, *, model_dir: str, seed: int, out_dir: str
 ) -> dict[str, Any]:

@@ -128,7 +128,8 @@ class Family:
     # What its networks take: "images" (uint8 shards mapped into input_range) or "sequences"
     # (float (N, T, C) shards, standardised, NaN after each length, taken as they are).
     modality: str = "images"
-    # Fit a fresh network to the train split before training (sequences: its lengths (N,)).
+    # Fit a fresh network to its shard set before training (sequences: the train split's
+    # length histogram and the manifest's normalisation, so samples come back in source units).
     fit_data: Callable[[nn.Module, Any], None] | None = None
 
     def to_input(

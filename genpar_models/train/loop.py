@@ -130,8 +130,8 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
     family = check_model_config(cfg)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = family.build(cfg.model, shardset.image_shape).to(ctx.device)
-    if family.fit_data is not None and shardset.is_sequences:
-        family.fit_data(model, shardset.lengths("train"))  # before a checkpoint may restore it
+    if family.fit_data is not None:
+        family.fit_data(model, shardset)  # before a checkpoint may restore it
     steps = family.make_steps(model, cfg.train, step_tools(ctx, cfg.train))
     trainer = make_trainer(model, family, steps, cfg)
     expect = {"model_spec": model.model_spec(), "train_key": spec.train_key}

@@ -63,10 +63,12 @@ def _reconstruct(model: nn.Module, x: Tensor) -> Tensor:
     return model.reconstruct(x)
 
 
-def _fit_data(model: nn.Module, lengths: Any) -> None:
+def _fit_data(model: nn.Module, shardset: Any) -> None:
     import torch
 
-    model.fit_lengths(torch.as_tensor(lengths))
+    model.fit_lengths(torch.as_tensor(shardset.lengths("train")))
+    norm = shardset.manifest.normalisation
+    model.fit_normalisation(norm["mean"], norm["std"])
 
 
 FAMILY = register_family(

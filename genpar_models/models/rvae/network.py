@@ -121,6 +121,9 @@ class RVAE(nn.Module):
             "length_counts", torch.zeros(steps).index_fill_(0, torch.tensor([steps - 1]), 1.0)
         )
         self.register_buffer("steps_taken", torch.zeros((), dtype=torch.long))  # for KL annealing
+        # the shards' per-channel standardisation, so samples can be returned in source units
+        self.register_buffer("data_mean", torch.zeros(channels))
+        self.register_buffer("data_std", torch.ones(channels))
 
     def model_spec(self) -> dict[str, Any]:
         return {
@@ -138,6 +141,15 @@ class RVAE(nn.Module):
         """Remember the training split's length histogram (what `sample` draws lengths from)."""
         counts = torch.bincount(lengths.long() - 1, minlength=self.sequence_shape[0]).float()
         self.length_counts.copy_(counts[: self.sequence_shape[0]])
+
+    def fit_normalisation(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Remember the shards' standardisation (the manifest's), inverted by `denormalise`."""
+        self.data_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.data_std.copy_(torch.as_tensor(std, dtype=torch.float32))
+
+    def denormalise(self, x: Tensor) -> Tensor:
+        """Model units (standardised) -> the source's units; NaN padding stays NaN."""
+        return x * self.data_std.to(x.device) + self.data_mean.to(x.device)
 
     def encode(self, x0: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         packed = pack_padded_sequence(
