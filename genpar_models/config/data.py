@@ -12,6 +12,20 @@ BUILTIN_SOURCES = ("digits", "mnist5k", "sines", "basic_motions")
 # Which sources hold which modality (array and table hold either, as data.modality says).
 IMAGE_SOURCES = ("digits", "mnist5k", "folder", "array", "table")
 SEQUENCE_SOURCES = ("sines", "basic_motions", "array", "table")
+# Fields only data.modality sequences reads (left out of an image shard set's key).
+SEQUENCE_FIELDS = (
+    "modality",
+    "max_length",
+    "series_channels",
+    "series_length",
+    "num_series",
+    "sines_seed",
+    "lengths_key",
+    "lengths_path",
+    "id_column",
+    "time_column",
+    "value_columns",
+)
 
 
 class DataConfig(Section):

@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genpar_models.config import DataConfig, stable_hash
+from genpar_models.config.data import SEQUENCE_FIELDS
 from genpar_models.errors import ShardError
 
 SPLITS = ("train", "val", "test")
@@ -72,9 +73,13 @@ def shard_set_key(source_fingerprint: str, data_cfg: DataConfig) -> str:
 
     `data.path` is left out on purpose: moving an unchanged folder keeps its shards; so is
     `data.binarize`, which changes what the model sees, not what the shards hold, and
-    `data.parallel`, where the partitions were decoded.
+    `data.parallel`, where the partitions were decoded. An image set leaves out the fields
+    only sequences read, so its key is what it was before they existed.
     """
-    prep = data_cfg.model_dump(mode="json", exclude={"path", "binarize", "parallel"})
+    skip = {"path", "binarize", "parallel"}
+    if data_cfg.modality == "images":  # image sets keep the keys they had before sequences
+        skip |= set(SEQUENCE_FIELDS)
+    prep = data_cfg.model_dump(mode="json", exclude=skip)
     return stable_hash({"format": FORMAT, "source": source_fingerprint, "prep": prep})[:20]
 
 

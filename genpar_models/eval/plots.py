@@ -93,3 +93,20 @@ def plot_series_embedding(real: np.ndarray, fake: np.ndarray, path: Path, *, see
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
     return path
+
+
+def plot_generated_series(values: np.ndarray, path: Path, *, rows: int) -> Path:
+    """The first `rows` generated series, one panel each (every channel a line)."""
+    k = max(1, min(rows, len(values)))
+    fig, axes = plt.subplots(k, 1, figsize=(6, 1.4 * k), squeeze=False, sharex=True)
+    for i in range(k):
+        steps = int((~np.isnan(values[i, :, 0])).sum())
+        axes[i, 0].plot(np.arange(steps), values[i, :steps], linewidth=1)
+        axes[i, 0].grid(alpha=0.3)
+    axes[0, 0].set_title("generated series")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return path

@@ -86,11 +86,27 @@ def is_sequence_model(model: torch.nn.Module) -> bool:
 def generate_chunk(
     index: int, size: int, *, model_dir: str, seed: int, out_dir: str
 ) -> dict[str, Any]:
-    """Generate chunk `index` and write it as `samples-<index>.npy`; return a small summary."""
+    """Generate chunk `index` and write it as `samples-<index>.npy` (a sequence model: its
+    series in source units, NaN after each length, and `samples-<index>.lengths.npy`);
+    return a small summary."""
     t0 = time.perf_counter()
-    with torch_threads(1):
-        images = sample_uint8(cached_model(model_dir), size, seeding.chunk(seed, index))
+    model = cached_model(model_dir)
     name = f"samples-{index:05d}.npy"
+    if is_sequence_model(model):  # float32 (n, T, C) in source units, and the lengths
+        with torch_threads(1):
+            values, lengths = sample_series(model, size, seeding.chunk(seed, index))
+        lengths_name = f"samples-{index:05d}.lengths.npy"
+        return {
+            "index": index,
+            "count": size,
+            "file": name,
+            "sha256": atomic.write_npy(Path(out_dir) / name, values),
+            "lengths_file": lengths_name,
+            "lengths_sha256": atomic.write_npy(Path(out_dir) / lengths_name, lengths),
+            "seconds": time.perf_counter() - t0,
+        }
+    with torch_threads(1):
+        images = sample_uint8(model, size, seeding.chunk(seed, index))
     digest = atomic.write_npy(Path(out_dir) / name, images)
     return {
         "index": index,

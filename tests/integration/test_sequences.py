@@ -87,3 +87,60 @@ def test_rvae_trains_on_two_ranks_and_resumes_exactly(
     )
     launch(straight)
     assert _weights(straight) == _weights(resumed)
+
+
+def test_sines_pipeline_end_to_end_with_the_sequence_scorecard(
+    prefect_server, tracked_home: Path, tiny_seq: PipelineConfig
+) -> None:
+    """`genpar run` of a sequence config: Dask shards, 2-rank torchrun, the sequence
+    scorecard with its plots, denormalised samples with lengths, all in one MLflow run."""
+    from mlflow import MlflowClient
+
+    from flows.pipeline import pipeline
+    from genpar_models.util.paths import default_tracking_uri
+
+    summary = pipeline(tiny_seq)
+    client = MlflowClient(default_tracking_uri())
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    m = run.data.metrics
+    for key in (
+        "train/loss",
+        "train/kl_weight",
+        "val/elbo",
+        "val/nats_per_step",
+        "eval/elbo",
+        "eval/elbo_per_step",
+        "eval/iw_bound",
+        "eval/iw_bound_per_step",
+        "eval/elbo_per_step_gap",
+        "eval/fid",
+        "eval/fid_ci_low",
+        "eval/fid_ci_high",
+        "eval/fid_floor",
+        "eval/discriminative_score",
+        "eval/discriminative_score_ci_low",
+        "eval/predictive_mae",
+        "eval/predictive_mae_real",
+        "eval/predictive_mae_ci_high",
+        "gen/samples_per_s",
+    ):
+        assert key in m and np.isfinite(m[key]), key
+    assert 0 <= m["eval/discriminative_score"] <= 0.5
+    assert m["eval/iw_bound"] >= m["eval/elbo"] - 1.0
+    artifacts = set()
+    stack = [""]
+    while stack:
+        for item in client.list_artifacts(run.info.run_id, stack.pop() or None):
+            (stack.append(item.path) if item.is_dir else artifacts.add(item.path))
+    assert {"eval/real_vs_generated.png", "eval/pca.png", "samples/grid.png"} <= artifacts
+    assert json.loads(run.data.tags["genpar.protocol.quality.json"])["extractor"] == (
+        "sequence-encoder"
+    )
+    samples = Path(summary["run_dir"]) / "samples"
+    info = json.loads((samples / "samples.json").read_text())
+    values = np.concatenate([np.load(samples / c["file"]) for c in info["chunks"]])
+    lengths = np.concatenate([np.load(samples / c["lengths_file"]) for c in info["chunks"]])
+    assert values.shape == (32, 24, 5) and (lengths == 24).all()
+    # denormalised: in the sines' units, near their range [0.5, 1], not standardised
+    assert 0.3 < float(np.nanmean(values)) < 1.1

@@ -69,14 +69,14 @@ def test_encoder_features_ignore_padding_and_fid_of_a_set_with_itself_is_zero() 
 
 
 def test_sequence_likelihood_per_step_and_plots(tmp_path: Path, tiny) -> None:
+    import logging
+
     from genpar_models.config import DataConfig, EvaluateConfig
     from genpar_models.data.preprocess import build_shard_set, process_partition
     from genpar_models.data.shards import open_shard_set
     from genpar_models.eval.plots import plot_series_embedding, plot_series_pairs
     from genpar_models.eval.sequence_scorecard import sequence_likelihood
     from genpar_models.models.registry import get_family
-
-    import logging
 
     x = _sines(40, 0)
     x[::3, 9:] = np.nan  # variable length
