@@ -45,7 +45,7 @@ def _pick(values: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
     return values[np.sort(np.random.default_rng(seed).choice(len(values), limit, replace=False))]
 
 
-def _load_encoder(directory: Path) -> sequence_metrics.SequenceEncoder:
+def load_encoder(directory: Path) -> sequence_metrics.SequenceEncoder:
     state, meta = load_exported(directory)
     spec = meta["model_spec"]
     enc = sequence_metrics.SequenceEncoder(channels=spec["channels"], hidden=spec["hidden"])
@@ -93,7 +93,7 @@ def prepare_sequences(
     """The encoder and the real reference: features of the reference split and of the floor
     split (real series the encoder never trained on)."""
     extractor = ensure_encoder(shardset, cfg, root)
-    enc = _load_encoder(extractor.directory)
+    enc = load_encoder(extractor.directory)
     real = _pick(shardset.load(cfg.reference_split)[0], cfg.max_real_samples, cfg.seed)
     floor_split = "test" if cfg.reference_split == "val" else "val"
     held_out = _pick(shardset.load(floor_split)[0], cfg.num_samples, seeding.floor_subset(cfg.seed))
@@ -174,7 +174,7 @@ def sequence_quality(
     seed: int,
 ) -> dict[str, float]:
     """FID, the discriminative score and the predictive MAE (with its real reference)."""
-    enc = _load_encoder(extractor.directory)
+    enc = load_encoder(extractor.directory)
     with torch_threads(1):
         gen_feats = enc.features(gen_std)
         out = {"eval/fid": metrics.fid(ref.features, gen_feats)}

@@ -144,3 +144,16 @@ def test_sines_pipeline_end_to_end_with_the_sequence_scorecard(
     assert values.shape == (32, 24, 5) and (lengths == 24).all()
     # denormalised: in the sines' units, near their range [0.5, 1], not standardised
     assert 0.3 < float(np.nanmean(values)) < 1.1
+    # genpar compress: int8 (GRU + linears) and bf16 variants measured on a child run
+    from flows.compress import compress_flow
+
+    small = [
+        "compress.variants=[int8, bf16]",
+        "compress.latency_repeats=5",
+        "compress.throughput_batches=2",
+    ]
+    squeezed = compress_flow(summary["run_id"], overrides=small)
+    assert [r["variant"] for r in squeezed["rows"]] == ["fp32", "int8", "bf16"]
+    rows = {r["variant"]: r for r in squeezed["rows"]}
+    assert rows["int8"]["size_bytes"] < rows["fp32"]["size_bytes"]
+    assert all(np.isfinite(r["fid"]) and np.isfinite(r["elbo"]) for r in rows.values())

@@ -119,3 +119,24 @@ def test_the_family_refuses_image_data_and_image_families_refuse_sequences(tiny)
         check_model_config(cfg)
     with pytest.raises(ConfigError, match="the vae family does not read model.hidden_dim"):
         check_model_config(ModelConfig(name="vae", hidden_dim=32))
+
+
+@pytest.mark.parametrize("rnn", ["gru", "lstm"])
+def test_compression_variants_quantise_the_recurrent_decoder(rnn: str) -> None:
+    """int8 dynamic quantisation covers the decoder's GRU/LSTM and linears; bf16 runs the whole
+    decoder in bfloat16; both sample close to fp32 from the same latents."""
+    from genpar_models.infer.compress import build_variant, size_bytes
+
+    net = _net(rnn=rnn).eval()
+    base = net.sample(64, generator=torch.Generator().manual_seed(0))
+    for name, tol in (("int8", 0.1), ("bf16", 0.1)):
+        variant = build_variant(net, name)
+        if name == "int8":
+            kinds = {type(m).__module__ for m in variant.decoder.modules()}
+            assert any("quantized" in k for k in kinds), kinds
+            assert size_bytes(variant.decoder)[0] < 0.6 * size_bytes(net.decoder)[0]
+        else:
+            assert variant.decoder.rnn.weight_hh_l0.dtype == torch.bfloat16
+        out = variant.sample(64, generator=torch.Generator().manual_seed(0))
+        assert out.dtype == torch.float32 and torch.equal(torch.isnan(out), torch.isnan(base))
+        assert (out - base).abs().nan_to_num().max() < tol, name

@@ -71,6 +71,13 @@ def _fit_data(model: nn.Module, shardset: Any) -> None:
     model.fit_normalisation(norm["mean"], norm["std"])
 
 
+def _half(model: nn.Module, dtype: torch.dtype) -> None:
+    # The whole decoder (GRU/LSTM and its linears) in half precision; it casts its inputs and
+    # returns float32 means, so sampling and the likelihood around it stay as they are.
+    model.decoder.to(dtype)
+    model.decoder.compute_dtype = dtype
+
+
 FAMILY = register_family(
     Family(
         name="rvae",
@@ -83,6 +90,7 @@ FAMILY = register_family(
         options=("rnn", "hidden_dim", "rnn_layers", "decoder_input", "input_dropout", "free_bits"),
         likelihood=_likelihood,
         reconstruct=_reconstruct,
+        half=_half,
         modality="sequences",
         fit_data=_fit_data,
     )

@@ -59,6 +59,7 @@ class Decoder(nn.Module):
         width = latent_dim + (channels if autoregressive else 0)
         self.rnn = _rnn(rnn)(width, hidden_dim, layers, batch_first=True)
         self.out = nn.Linear(hidden_dim, channels)
+        self.compute_dtype = torch.float32  # bf16/fp16 compression variants cast it (family.half)
 
     def _state(self, z: Tensor) -> Any:
         h = torch.tanh(self.init(z)).view(z.shape[0], self.layers, -1).transpose(0, 1)
@@ -66,7 +67,12 @@ class Decoder(nn.Module):
         return (h, torch.zeros_like(h)) if self.lstm else h
 
     def forward(self, z: Tensor, prev: Tensor | None = None, steps: int | None = None) -> Tensor:
-        steps = steps or self.steps
+        """Means (N, T, C) in float32, whatever dtype the decoder computes in."""
+        z = z.to(self.compute_dtype)
+        prev = None if prev is None else prev.to(self.compute_dtype)
+        return self._decode(z, prev, steps or self.steps).float()
+
+    def _decode(self, z: Tensor, prev: Tensor | None, steps: int) -> Tensor:
         zs = z[:, None, :].expand(-1, steps, -1)  # (N, D) -> (N, T, D)
         if not self.autoregressive:
             return self.out(self.rnn(zs, self._state(z))[0])
