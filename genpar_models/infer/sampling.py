@@ -80,7 +80,10 @@ def sample_series(
 
 
 def is_sequence_model(model: torch.nn.Module) -> bool:
-    return hasattr(model, "denormalise") and hasattr(model, "sequence_shape")
+    """Whether the network's family models sequences (asked of the family, by its spec)."""
+    from genpar_models.models.registry import get_family
+
+    return get_family(model.model_spec()["name"]).modality == "sequences"
 
 
 def generate_chunk(
