@@ -71,13 +71,20 @@ def evaluate(
     log, device, t0 = run_logger(), eval_device(config), time.perf_counter()
     prepared = prepare(shards_dir, config.evaluate, device=device)
     prepare_s = time.perf_counter() - t0
+    sequences = config.data.modality == "sequences"  # drawn here: a few ms per block
     generated = (
         _generate_on_dask(config, model_dir, str(prepared[0].directory))
-        if use_dask(config)
+        if use_dask(config) and not sequences
         else None
     )
     report = evaluate_model(
-        model_dir, shards_dir, config, prepared=prepared, generated=generated, device=device
+        model_dir,
+        shards_dir,
+        config,
+        prepared=prepared,
+        generated=generated,
+        device=device,
+        plots_dir=Path(out_dir),  # sequences: real vs generated, PCA (logged under eval/)
     )
     # The whole stage, including training the extractor when this dataset has none yet.
     report["metrics"]["eval/seconds"] = time.perf_counter() - t0

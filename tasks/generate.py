@@ -1,6 +1,7 @@
 """Prefect tasks: generate samples in seeded chunks (on Dask when it pays), written as .npy
 chunks, samples.json and a PNG grid: into the pipeline's run directory, or whole into a user's
-output directory."""
+output directory. A sequence model's chunks are its series in the source's units (NaN after
+each length) with a `.lengths.npy` beside each, and grid.png plots the first series."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from genpar_models.config import PipelineConfig
 from genpar_models.errors import GenparError
+from genpar_models.eval.plots import plot_generated_series
 from genpar_models.infer.sampling import chunk_plan, generate_chunk, make_grid, warm_model
 from genpar_models.util import atomic
 from tasks.cluster import here_or_on_dask, map_with_progress
@@ -73,8 +75,11 @@ def generate_to_dir(config: PipelineConfig, model_dir: str, out_dir: Path) -> di
         sort_keys=False,
     )
     first = np.load(out_dir / chunks[0]["file"], allow_pickle=False)
-    with atomic.atomic_path(out_dir / "grid.png") as tmp:
-        make_grid(first, gen.grid_rows).save(tmp, format="PNG")
+    if "lengths_file" in chunks[0]:  # series: the first grid_rows, one panel each
+        plot_generated_series(first, out_dir / "grid.png", rows=gen.grid_rows)
+    else:
+        with atomic.atomic_path(out_dir / "grid.png") as tmp:
+            make_grid(first, gen.grid_rows).save(tmp, format="PNG")
     return {
         "gen/num_samples": float(gen.num_samples),
         "gen/samples_per_s": gen.num_samples / elapsed,
@@ -100,7 +105,7 @@ def generate(config: PipelineConfig, model_dir: str, run_dir: str) -> dict[str, 
     return metrics
 
 
-SAMPLE_SET_FILE = re.compile(r"^(samples\.json|grid\.png|samples-\d{5}\.npy)$")
+SAMPLE_SET_FILE = re.compile(r"^(samples\.json|grid\.png|samples-\d{5}(\.lengths)?\.npy)$")
 
 
 def check_output(out: str | Path, overwrite: bool) -> Path:

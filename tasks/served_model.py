@@ -88,7 +88,9 @@ def serving_spec(model_dir: Path, binarize: str, max_samples: int) -> ServingSpe
     n and seed returns what `genpar generate --n N --seed S` writes), the request limit, the
     model's image shape and the run's binarisation."""
     meta = read_meta(model_dir)
-    shape = meta.get("image_shape") or meta["model_spec"]["image_shape"]
+    spec = meta["model_spec"]
+    # a sequence model's (T, C) travels as its sample shape
+    shape = meta.get("image_shape") or spec.get("image_shape") or spec["sequence_shape"]
     return ServingSpec(
         chunk_size=GenerateConfig().chunk_size,
         max_samples_per_request=max_samples,

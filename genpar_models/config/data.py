@@ -8,17 +8,45 @@ from pydantic import Field, field_validator, model_validator
 
 from genpar_models.config.base import Section
 
-BUILTIN_SOURCES = ("digits", "mnist5k")
+BUILTIN_SOURCES = ("digits", "mnist5k", "sines", "basic_motions")
+# Which sources hold which modality (array and table hold either, as data.modality says).
+IMAGE_SOURCES = ("digits", "mnist5k", "folder", "array", "table")
+SEQUENCE_SOURCES = ("sines", "basic_motions", "array", "table")
+# Fields only data.modality sequences reads (left out of an image shard set's key).
+SEQUENCE_FIELDS = (
+    "modality",
+    "max_length",
+    "series_channels",
+    "series_length",
+    "num_series",
+    "sines_seed",
+    "lengths_key",
+    "lengths_path",
+    "id_column",
+    "time_column",
+    "value_columns",
+)
 
 
 class DataConfig(Section):
     """Where the images come from and how they are turned into shards."""
 
-    source: Literal["digits", "mnist5k", "folder", "array", "table"] = Field(
-        "digits",
-        description="digits / mnist5k: built-in datasets shipped inside installed packages; "
-        "folder: a directory of PNG/JPEG images (class subfolders become labels); "
-        "array: a .npy or .npz file; table: a Parquet or CSV file with pixel columns.",
+    modality: Literal["images", "sequences"] = Field(
+        "images",
+        description="What a sample is: images (C, H, W), or sequences (T steps x C channels, "
+        "variable length). Never guessed from the data: an image array and a sequence array "
+        "can have the same rank.",
+    )
+    source: Literal["digits", "mnist5k", "folder", "array", "table", "sines", "basic_motions"] = (
+        Field(
+            "digits",
+            description="digits / mnist5k: built-in image datasets shipped inside installed "
+            "packages; folder: a directory of PNG/JPEG images (class subfolders become labels); "
+            "array: a .npy or .npz file; table: a Parquet or CSV file (images: pixel columns; "
+            "sequences: long format, one row per series and step). Sequences only: sines "
+            "(TimeGAN's generated sine protocol, seeded) and basic_motions (sktime's bundled "
+            "BasicMotions, 80 series x 100 steps x 6 channels).",
+        )
     )
     path: str | None = Field(
         None, description="File or folder for the folder/array/table sources; unused for built-ins."
@@ -84,6 +112,51 @@ class DataConfig(Section):
     num_classes: int | None = Field(
         None, ge=1, description="Expected number of classes; labels must lie in [0, num_classes)."
     )
+    # --- sequences (data.modality: sequences) ---
+    max_length: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="sequences: the longest series accepted (a longer one is a bad sample) and "
+        "the padded length of the shards. Default: the longest series of the source.",
+    )
+    series_channels: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="sequences: the channels every series must have (a table series with "
+        "another count is a bad sample; an array with another is refused). sines: how many it "
+        "generates (default 5). Default otherwise: what the source holds.",
+    )
+    series_length: int = Field(
+        24, ge=2, le=10_000, description="sines: steps per generated series (TimeGAN: 24)."
+    )
+    num_series: int = Field(
+        10_000, ge=1, le=10_000_000, description="sines: how many series to generate."
+    )
+    sines_seed: int = Field(
+        0, ge=0, description="sines: seed of the generator (series i is drawn from (seed, i))."
+    )
+    lengths_key: str | None = Field(
+        None,
+        description="array source, sequences, .npz: key of an (N,) integer array of series "
+        "lengths (default: lengths when present). Without one, NaN at the end of a series "
+        "marks where it stops.",
+    )
+    lengths_path: str | None = Field(
+        None, description="array source, sequences, .npy: a .npy of (N,) series lengths."
+    )
+    id_column: str = Field("series_id", description="table source, sequences: the series id.")
+    time_column: str = Field(
+        "time",
+        description="table source, sequences: the time index (numeric). Rows may come in any "
+        "order (they are sorted by it); duplicate or unevenly spaced times make a bad series.",
+    )
+    value_columns: list[str] | None = Field(
+        None,
+        description="table source, sequences: the channels, in order. Default: every column "
+        "but the id, time and label columns.",
+    )
 
     @field_validator("image_size")
     @classmethod
@@ -94,6 +167,12 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _check_source(self) -> DataConfig:
+        allowed = IMAGE_SOURCES if self.modality == "images" else SEQUENCE_SOURCES
+        if self.source not in allowed:
+            raise ValueError(
+                f"data.source {self.source!r} does not hold {self.modality} "
+                f"(data.modality={self.modality}); use one of {', '.join(allowed)}"
+            )
         if self.source not in BUILTIN_SOURCES and not self.path:
             raise ValueError(f"data.path is required for source {self.source!r}")
         if self.val_fraction + self.test_fraction >= 0.9:

@@ -24,9 +24,9 @@ class ModelConfig(Section):
     name: str = Field(
         "vae",
         pattern=r"^[A-Za-z_][\w.-]*(:[A-Za-z_]\w*)?$",
-        description="Model family: vae (convolutional VAE), dcgan (DCGAN-style GAN), or a "
-        "family a plugin registers.",
-        json_schema_extra={"examples": ["vae", "dcgan"]},
+        description="Model family: vae (convolutional VAE), dcgan (DCGAN-style GAN), rvae "
+        "(recurrent VAE for data.modality sequences), or a family a plugin registers.",
+        json_schema_extra={"examples": ["vae", "dcgan", "rvae"]},
     )
     latent_dim: int = Field(16, ge=1, le=1024, description="Size of the latent vector z.")
     base_channels: int = Field(
@@ -73,4 +73,30 @@ class ModelConfig(Section):
         "this decay (warmed up as min(decay, (1 + step) / (10 + step))); evaluation, "
         "generation, compression and the registry use the average, and the raw generator is "
         "scored once beside it (eval/fid_raw). null: off. 0.999 suits a few thousand steps.",
+    )
+    rnn: Literal["gru", "lstm"] = Field(
+        "gru", description="rvae: the recurrent cell of its encoder and decoder."
+    )
+    hidden_dim: int = Field(64, ge=4, le=4096, description="rvae: units of each recurrent layer.")
+    rnn_layers: int = Field(1, ge=1, le=8, description="rvae: stacked recurrent layers.")
+    decoder_input: Literal["latent", "latent_and_previous"] = Field(
+        "latent",
+        description="rvae: what the decoder reads at every step. latent: z alone, every step "
+        "(non-autoregressive: nothing to drift from when it runs free); latent_and_previous: "
+        "z and the previous step (teacher-forced in training, its own output when sampling: "
+        "the classic RVAE, Fabius & van Amersfoort 2014).",
+    )
+    input_dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="rvae with latent_and_previous: the chance that a previous step the decoder "
+        "reads is replaced by zeros in training (word dropout, Bowman et al. 2016), so it must "
+        "rely on z.",
+    )
+    free_bits: float = Field(
+        0.0,
+        ge=0.0,
+        description="rvae: nats per latent dimension below which its KL is not pushed down "
+        "(free bits, Kingma et al. 2016, arXiv 1606.04934); 0: off.",
     )

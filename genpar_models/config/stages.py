@@ -42,6 +42,14 @@ class EvaluateConfig(Section):
         500, ge=1, description="Training steps of the feature extractor (once per dataset)."
     )
     feature_dim: int = Field(64, ge=2, le=2048, description="Width of the feature space.")
+    posthoc_steps: int = Field(
+        2000,
+        ge=1,
+        le=1_000_000,
+        description="sequences: training steps (batch 128) of the post-hoc GRU classifier and "
+        "predictor behind eval/discriminative_score and eval/predictive_mae (TimeGAN: 2000 "
+        "and 5000).",
+    )
     reference_split: Literal["test", "val", "train"] = Field(
         "test", description="Real images that generated samples are compared with."
     )

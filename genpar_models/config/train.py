@@ -23,6 +23,13 @@ class TrainConfig(Section):
     adam_beta2: float = Field(0.999, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     kl_weight: float = Field(1.0, ge=0, description="VAE: weight of the KL term (beta-VAE).")
+    kl_anneal_steps: int = Field(
+        0,
+        ge=0,
+        description="rvae: raise the KL weight linearly from 0 to train.kl_weight over this many "
+        "steps (Bowman et al. 2016, against posterior collapse). 0: the full weight from the "
+        "start.",
+    )
     grad_clip_norm: float | None = Field(None, gt=0, description="Clip gradients to this norm.")
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant",

@@ -17,12 +17,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genpar_models.config import DataConfig, stable_hash
+from genpar_models.config.data import SEQUENCE_FIELDS
 from genpar_models.errors import ShardError
 
 SPLITS = ("train", "val", "test")
 FORMAT = "genpar-shards/1"
 MANIFEST = "manifest.json"
-SHARD_NAME = re.compile(r"^(train|val|test)-\d{5}\.(images|labels)\.npy$")
+SHARD_NAME = re.compile(r"^(train|val|test)-\d{5}\.(images|labels|values|lengths)\.npy$")
 MAX_LISTED_BAD = 100
 
 
@@ -36,6 +37,10 @@ class ShardEntry(_Strict):
     count: int = Field(ge=1)
     sha256_images: str = Field(pattern=r"^[0-9a-f]{64}$")
     sha256_labels: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # sequences: the int64 (count,) steps of each series; `images` then names the float32
+    # (count, T, C) values, NaN after each length
+    lengths: str | None = Field(None, pattern=SHARD_NAME.pattern)
+    sha256_lengths: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
 class SplitEntry(_Strict):
@@ -49,7 +54,8 @@ class Manifest(_Strict):
     created_at: str
     source: dict[str, Any]
     preprocess: dict[str, Any]
-    image_shape: tuple[int, int, int]
+    modality: Literal["images", "sequences"] = "images"
+    image_shape: tuple[int, ...]  # a sample's shape: (C, H, W), or sequences' (T, C)
     num_classes: int = Field(ge=0)
     class_names: list[str]
     normalisation: dict[str, Any]
@@ -67,9 +73,13 @@ def shard_set_key(source_fingerprint: str, data_cfg: DataConfig) -> str:
 
     `data.path` is left out on purpose: moving an unchanged folder keeps its shards; so is
     `data.binarize`, which changes what the model sees, not what the shards hold, and
-    `data.parallel`, where the partitions were decoded.
+    `data.parallel`, where the partitions were decoded. An image set leaves out the fields
+    only sequences read, so its key is what it was before they existed.
     """
-    prep = data_cfg.model_dump(mode="json", exclude={"path", "binarize", "parallel"})
+    skip = {"path", "binarize", "parallel"}
+    if data_cfg.modality == "images":  # image sets keep the keys they had before sequences
+        skip |= set(SEQUENCE_FIELDS)
+    prep = data_cfg.model_dump(mode="json", exclude=skip)
     return stable_hash({"format": FORMAT, "source": source_fingerprint, "prep": prep})[:20]
 
 
@@ -92,6 +102,7 @@ def build_manifest(
     class_names: list[str],
     parts: list[dict[str, Any]],
     bad: list[tuple[str, str]],
+    sequence_shape: tuple[int, int] | None = None,
 ) -> Manifest:
     """Assemble the manifest from the partition summaries (in partition order)."""
     parts = sorted(parts, key=lambda p: p["index"])
@@ -101,6 +112,27 @@ def build_manifest(
         splits[split] = SplitEntry(count=sum(e.count for e in entries), shards=entries)
     max_label = max((p["max_label"] for p in parts), default=-1)
     num_classes = len(class_names) or data_cfg.num_classes or (max_label + 1)
+    if data_cfg.modality == "sequences":
+        assert sequence_shape is not None, "a sequence shard set needs its sequence_shape"
+        stats = _train_stats(parts, sequence_shape[1])
+        return Manifest(
+            format=FORMAT,
+            key=key,
+            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            source=source,
+            preprocess=data_cfg.model_dump(mode="json", exclude={"binarize", "parallel"}),
+            modality="sequences",
+            image_shape=tuple(sequence_shape),
+            num_classes=max(num_classes, 0),
+            class_names=class_names,
+            normalisation=sequence_normalisation(stats),
+            splits=splits,
+            skipped={
+                "count": len(bad),
+                "samples": [{"id": i, "reason": r} for i, r in bad[:MAX_LISTED_BAD]],
+            },
+            stats=stats,
+        )
     c, s = data_cfg.channels, data_cfg.image_size
     return Manifest(
         format=FORMAT,
@@ -125,6 +157,17 @@ def build_manifest(
         },
         stats=_train_stats(parts, c),
     )
+
+
+def sequence_normalisation(stats: dict[str, Any]) -> dict[str, Any]:
+    """Per-channel standardisation from the train split (a constant channel keeps scale 1)."""
+    std = [s if s > 1e-8 else 1.0 for s in stats["std"]]
+    return {
+        "stored": "float32 (N, T, C) in source units, NaN after each series' length",
+        "model_input": "(x - mean) / std per channel, NaN padding kept; inverted at generation",
+        "mean": stats["mean"],
+        "std": std,
+    }
 
 
 def read_manifest(directory: str | Path) -> Manifest:

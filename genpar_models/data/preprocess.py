@@ -17,7 +17,12 @@ from typing import Any
 
 from genpar_models.config import DataConfig
 from genpar_models.data import manifest as manifests
-from genpar_models.data.shards import open_shard_set, write_manifest, write_partition_shards
+from genpar_models.data.shards import (
+    open_shard_set,
+    write_manifest,
+    write_partition_shards,
+    write_sequence_shards,
+)
 from genpar_models.data.sources import (
     PartitionSpec,
     SourceInfo,
@@ -38,7 +43,18 @@ def process_partition(spec: PartitionSpec, cfg: DataConfig, staging: str) -> dic
     """
     part = load_partition(spec, cfg)
     summary: dict[str, Any] = {"index": spec.index, "shards": {}, "max_label": -1}
-    if len(part.ids):
+    if len(part.ids) and part.lengths is not None:
+        summary = write_sequence_shards(
+            index=spec.index,
+            ids=part.ids,
+            values=part.images,
+            lengths=part.lengths,
+            labels=part.labels,
+            out_dir=Path(staging),
+            val_fraction=cfg.val_fraction,
+            test_fraction=cfg.test_fraction,
+        )
+    elif len(part.ids):
         summary = write_partition_shards(
             index=spec.index,
             ids=part.ids,
@@ -91,6 +107,7 @@ def finish_shard_set(
         class_names=list(info.class_names),
         parts=parts,
         bad=bad,
+        sequence_shape=info.sequence_shape,
     )
     if manifest.splits["train"].count == 0:
         raise DataError(

@@ -73,6 +73,59 @@ def write_partition_shards(
     return summary
 
 
+def write_sequence_shards(
+    *,
+    index: int,
+    ids: list[str],
+    values: np.ndarray,
+    lengths: np.ndarray,
+    labels: np.ndarray,
+    out_dir: Path,
+    val_fraction: float,
+    test_fraction: float,
+) -> dict[str, Any]:
+    """Split one partition of series by id hash and write values, lengths and labels per split.
+
+    Returns the summary the manifest is built from: shard entries, and the per-channel sums of
+    the train split's steps within their lengths (for the normalisation)."""
+    if (
+        values.dtype != np.float32
+        or values.ndim != 3
+        or not len(values) == len(ids) == len(lengths)
+    ):
+        raise ShardError(f"partition {index}: expected float32 (N,T,C) with N ids and lengths")
+    which = np.array(
+        [split_of(i, val_fraction=val_fraction, test_fraction=test_fraction) for i in ids]
+    )
+    summary: dict[str, Any] = {"index": index, "shards": {}, "max_label": -1}
+    for split in SPLITS:
+        mask = which == split
+        if not mask.any():
+            continue
+        stem = f"{split}-{index:05d}"
+        val, lab, ln = values[mask], labels[mask].astype(np.int64), lengths[mask].astype(np.int64)
+        entry = ShardEntry(
+            images=f"{stem}.values.npy",
+            labels=f"{stem}.labels.npy",
+            lengths=f"{stem}.lengths.npy",
+            count=int(mask.sum()),
+            sha256_images=atomic.write_npy(out_dir / f"{stem}.values.npy", val),
+            sha256_labels=atomic.write_npy(out_dir / f"{stem}.labels.npy", lab),
+            sha256_lengths=atomic.write_npy(out_dir / f"{stem}.lengths.npy", ln),
+        )
+        summary["shards"][split] = entry.model_dump()
+        if split == "train":
+            x = val.astype(np.float64)
+            inside = np.arange(x.shape[1])[None, :] < ln[:, None]  # (n, T)
+            x = np.where(inside[:, :, None], x, 0.0)
+            summary["sum"] = x.sum(axis=(0, 1)).tolist()
+            summary["sumsq"] = (x * x).sum(axis=(0, 1)).tolist()
+            summary["pixels"] = int(ln.sum())  # steps: the count behind the per-channel sums
+    if len(labels):
+        summary["max_label"] = int(labels.max())
+    return summary
+
+
 def write_manifest(directory: Path, manifest: Manifest) -> Path:
     """Write manifest.json into a (staging) shard directory: the last file of a shard set."""
     path = directory / MANIFEST
@@ -104,8 +157,37 @@ class ShardSet:
             out.append((img, lab))
         return out
 
+    @property
+    def is_sequences(self) -> bool:
+        return self.manifest.modality == "sequences"
+
+    def lengths(self, split: str) -> np.ndarray:
+        """sequences: int64 (N,) steps of each series of `split`, in load() order."""
+        entries = self.manifest.splits[split].shards
+        if not entries:
+            return np.zeros(0, np.int64)
+        return np.concatenate([np.load(self.directory / e.lengths) for e in entries])
+
     def load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """The whole split in memory: uint8 (N, C, H, W) and int64 (N,)."""
+        """The whole split in memory: uint8 (N, C, H, W) and int64 (N,); sequences: float32
+        (N, T, C) standardised as the manifest's normalisation says, NaN after each length."""
+        if split not in self._cache and self.is_sequences:
+            arrays = self.shard_arrays(split)
+            t, c = self.image_shape
+            norm = self.manifest.normalisation
+            mean = np.asarray(norm["mean"], np.float32)
+            std = np.asarray(norm["std"], np.float32)
+            values = (
+                np.concatenate([a for a, _ in arrays])
+                if arrays
+                else np.zeros((0, t, c), np.float32)
+            )
+            labels = (
+                np.concatenate([b for _, b in arrays]).astype(np.int64)
+                if arrays
+                else np.zeros(0, np.int64)
+            )
+            self._cache[split] = (((values - mean) / std).astype(np.float32), labels)
         if split not in self._cache:
             arrays = self.shard_arrays(split)
             c, h, w = self.image_shape
@@ -119,11 +201,16 @@ class ShardSet:
         return self._cache[split]
 
 
-def _verify_entry(directory: Path, e: ShardEntry, shape: tuple[int, int, int]) -> None:
-    for name, digest, dtype, tail in (
-        (e.images, e.sha256_images, np.uint8, shape),
+def _verify_entry(directory: Path, e: ShardEntry, shape: tuple[int, ...], seq: bool) -> None:
+    files = [
+        (e.images, e.sha256_images, np.float32 if seq else np.uint8, shape),
         (e.labels, e.sha256_labels, np.int64, ()),
-    ):
+    ]
+    if seq:
+        if e.lengths is None or e.sha256_lengths is None:
+            raise ShardError(f"{directory / MANIFEST}: sequence shard {e.images} lists no lengths")
+        files.append((e.lengths, e.sha256_lengths, np.int64, ()))
+    for name, digest, dtype, tail in files:
         path = directory / name
         if not path.is_file():
             raise ShardError(f"{path}: listed in the manifest but missing")
@@ -160,5 +247,7 @@ def open_shard_set(directory: str | Path, *, verify: bool = True) -> ShardSet:
             )
         if verify:
             for e in entry.shards:
-                _verify_entry(directory, e, tuple(manifest.image_shape))
+                _verify_entry(
+                    directory, e, tuple(manifest.image_shape), manifest.modality == "sequences"
+                )
     return ShardSet(directory=directory, manifest=manifest)

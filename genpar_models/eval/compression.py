@@ -19,6 +19,7 @@ from torch import nn
 
 from genpar_models.config import PipelineConfig
 from genpar_models.data.shards import open_shard_set
+from genpar_models.eval import metrics
 from genpar_models.eval.likelihood import likelihood_terms
 from genpar_models.eval.reference import Extractor, Reference
 from genpar_models.eval.samples import generate_features
@@ -67,8 +68,29 @@ def measure_one(model, name, cfg: PipelineConfig, data: dict, device) -> tuple[d
     return row, variant
 
 
+def _score_series(variant: nn.Module, cfg: PipelineConfig, data: dict) -> dict[str, float]:
+    """FID and KID of a sequence model's variant in the recurrent encoder's feature space."""
+    from genpar_models.eval.sequence_scorecard import load_encoder, sample_blocks
+
+    extractor, ref = data["prepared"]
+    series, _ = sample_blocks(variant, cfg.evaluate.num_samples, data["seed"])
+    feats = load_encoder(extractor.directory).features(series)
+    return {
+        "eval/fid": metrics.fid(ref.features, feats),
+        "eval/kid": metrics.kid(ref.features, feats),
+    }
+
+
 def _score(row: dict, variant: nn.Module, cfg: PipelineConfig, data: dict, device) -> None:
     extractor, ref = data["prepared"]
+    if extractor.kind == "sequence-encoder":
+        scores = _score_series(variant, cfg, data)
+        row.update(fid=scores["eval/fid"], kid=scores["eval/kid"])
+        lik = likelihood_terms(
+            variant, data["family"], data["test"], iw_samples=0, seed=data["seed"]
+        )
+        row["elbo"] = lik["eval/elbo"]
+        return
     gen = generate_features(
         variant,
         extractor,

@@ -1,4 +1,5 @@
-"""Figures written as artifacts: the loss curves of a run (matplotlib, headless Agg backend)."""
+"""Figures written as artifacts: the loss curves of a run, and for sequence models real vs generated
+series and a PCA picture of both sets (matplotlib, headless Agg backend)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 from genpar_models.util import atomic
 
@@ -43,5 +45,68 @@ def plot_curves(histories: dict[str, list[tuple[int, float]]], path: Path, title
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return path
+
+
+def plot_series_pairs(real: np.ndarray, fake: np.ndarray, path: Path, count: int = 4) -> Path:
+    """Real series (left) and generated ones (right), one row each, every channel a line."""
+
+    k = max(1, min(count, len(real), len(fake)))
+    fig, axes = plt.subplots(k, 2, figsize=(9, 1.9 * k), squeeze=False, sharey=True)
+    for row in range(k):
+        for col, (name, data) in enumerate((("real", real), ("generated", fake))):
+            ax = axes[row, col]
+            series = data[row]
+            steps = int((~np.isnan(series[:, 0])).sum())
+            ax.plot(np.arange(steps), series[:steps], linewidth=1)
+            if row == 0:
+                ax.set_title(name)
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_series_embedding(real: np.ndarray, fake: np.ndarray, path: Path, *, seed: int) -> Path:
+    """Both sets in the first two principal components of their per-step channel means
+    (TimeGAN's visualisation; NaN padding counts as 0)."""
+    from sklearn.decomposition import PCA
+
+    def flat(x: np.ndarray) -> np.ndarray:
+        return np.nan_to_num(x, nan=0.0).mean(axis=2)  # padding is NaN in every channel
+
+    r, f = flat(real), flat(fake)
+    pca = PCA(n_components=2, random_state=seed).fit(r)
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    for name, data, colour in (("real", r, "tab:red"), ("generated", f, "tab:blue")):
+        pts = pca.transform(data)
+        ax.scatter(pts[:, 0], pts[:, 1], s=6, alpha=0.4, label=name, c=colour)
+    ax.set_title("PCA of real and generated series")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_generated_series(values: np.ndarray, path: Path, *, rows: int) -> Path:
+    """The first `rows` generated series, one panel each (every channel a line)."""
+    k = max(1, min(rows, len(values)))
+    fig, axes = plt.subplots(k, 1, figsize=(6, 1.4 * k), squeeze=False, sharex=True)
+    for i in range(k):
+        steps = int((~np.isnan(values[i, :, 0])).sum())
+        axes[i, 0].plot(np.arange(steps), values[i, :steps], linewidth=1)
+        axes[i, 0].grid(alpha=0.3)
+    axes[0, 0].set_title("generated series")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
     return path

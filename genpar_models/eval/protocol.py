@@ -40,6 +40,15 @@ QUALITY_METRICS = frozenset(
         "coverage",
         "inception_score",
         "inception_score_std",
+        # sequences (sequence_scorecard.py)
+        "discriminative_score",
+        "discriminative_score_ci_low",
+        "discriminative_score_ci_high",
+        "predictive_mae",
+        "predictive_mae_ci_low",
+        "predictive_mae_ci_high",
+        "predictive_mae_real",
+        "predictive_mae_ratio",
     )
 )
 LIKELIHOOD_METRICS = frozenset(
@@ -56,6 +65,13 @@ LIKELIHOOD_METRICS = frozenset(
         "train_elbo",
         "elbo_gap",
         "bits_per_dim_gap",
+        # sequences: nats per step beside nats per series
+        "elbo_per_step",
+        "recon_per_step",
+        "kl_per_step",
+        "iw_bound_per_step",
+        "train_elbo_per_step",
+        "elbo_per_step_gap",
     )
 )
 

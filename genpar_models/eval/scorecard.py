@@ -105,6 +105,10 @@ def prepare(
     """The dataset's extractor and real reference statistics (cached; see reference.py)."""
     shardset = open_shard_set(shards_dir)
     root = root or cache_root()
+    if shardset.is_sequences:
+        from genpar_models.eval.sequence_scorecard import prepare_sequences
+
+        return prepare_sequences(shardset, cfg, root)
     extractor = ensure_extractor(shardset, cfg, root)
     ref = ensure_reference(
         shardset, extractor, cfg, root, floor_samples=cfg.num_samples, device=device
@@ -121,14 +125,40 @@ def evaluate_model(
     generated: Generated | None = None,
     device: str | torch.device = "cpu",
     root: Path | None = None,
+    plots_dir: Path | None = None,
 ) -> dict[str, Any]:
     """The evaluation report of one exported model: metrics, protocols, cache use, timings.
 
     `prepared` and `generated` let a caller that ran those steps elsewhere (Dask) pass them in;
-    whatever is missing is computed here, on `device`.
+    whatever is missing is computed here, on `device`. A sequence model writes its plots into
+    `plots_dir` when given (sequence_scorecard.py).
     """
     with one_thread(device):
+        if open_shard_set(shards_dir, verify=False).is_sequences:
+            return _evaluate_sequences(model_dir, shards_dir, cfg, prepared, root, plots_dir)
         return _evaluate(model_dir, shards_dir, cfg, prepared, generated, device, root)
+
+
+def _evaluate_sequences(model_dir, shards_dir, cfg, prepared, root, plots_dir) -> dict[str, Any]:
+    from genpar_models.eval.sequence_scorecard import evaluate_sequences
+
+    t0 = time.perf_counter()
+    model, meta = load_model(model_dir, "cpu")
+    shardset = open_shard_set(shards_dir)
+    extractor, ref = prepared or prepare(shards_dir, cfg.evaluate, root=root)
+    t1 = time.perf_counter()
+    scores, protocols, gen = evaluate_sequences(
+        model, meta, shardset, cfg, (extractor, ref), plots_dir
+    )
+    metrics_ = {
+        "eval/num_parameters": float(count_parameters(model)),
+        "eval/checkpoint_bytes": float(meta["size_bytes"]),
+        "eval/sample_ms_per_series": 1000.0 * gen.seconds / max(len(gen.features), 1),
+        **scores,
+    }
+    metrics_["eval/seconds"] = time.perf_counter() - t0
+    timings = {"prepare_s": t1 - t0, "generate_s": gen.seconds, "total_s": metrics_["eval/seconds"]}
+    return _report(meta, protocols, metrics_, extractor, ref, timings)
 
 
 def _evaluate(model_dir, shards_dir, cfg, prepared, generated, device, root) -> dict[str, Any]:

@@ -6,7 +6,8 @@ Each variant is a copy of the trained model whose sampling network is transforme
     bf16      weights and activations in bfloat16 (the VAE decoder's last conv stays fp32, as
               in training); fp16 the same in float16, CUDA only
     compile   torch.compile of the network (inductor; compile time is reported separately)
-    int8      dynamic int8 quantization of the linear layers (torch.ao; convolutions stay fp32)
+    int8      dynamic int8 quantization of the linear and recurrent (GRU/LSTM) layers (torch.ao;
+              convolutions stay fp32)
     pruneNN   global L1 magnitude pruning of conv and linear weights to NN% sparsity
               (Han et al. 2015, https://arxiv.org/abs/1506.02626), optionally fine-tuned
               for a few steps with the masks held, then made permanent
@@ -122,7 +123,7 @@ def build_variant(model: nn.Module, name: str, device: str = "cpu") -> nn.Module
         with warnings.catch_warnings():  # torch.ao points at torchao; eager mode still works
             warnings.simplefilter("ignore")
             q = torch.ao.quantization.quantize_dynamic(
-                getattr(out, attr), {nn.Linear}, dtype=torch.qint8
+                getattr(out, attr), {nn.Linear, nn.GRU, nn.LSTM}, dtype=torch.qint8
             )
         setattr(out, attr, q)
     elif sparsity_of(name) is not None:

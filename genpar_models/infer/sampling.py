@@ -63,14 +63,53 @@ def sample_uint8(
     return np.concatenate(out) if out else np.zeros((0,), np.uint8)
 
 
+@torch.no_grad()
+def sample_series(
+    model: torch.nn.Module, n: int, seed: int, batch: int = SAMPLE_BATCH
+) -> tuple[np.ndarray, np.ndarray]:
+    """A sequence model's n series in the source's units, float32 (n, T, C) with NaN after
+    each length, and the lengths int64 (n,), from one seeded generator in fixed-size batches."""
+    gen = torch.Generator().manual_seed(seed)
+    out = [
+        model.denormalise(model.sample(min(batch, n - i), generator=gen)).float().cpu().numpy()
+        for i in range(0, n, batch)
+    ]
+    t, c = model.sequence_shape
+    values = np.concatenate(out) if out else np.zeros((0, t, c), np.float32)
+    return values, (~np.isnan(values[..., 0])).sum(axis=1).astype(np.int64)
+
+
+def is_sequence_model(model: torch.nn.Module) -> bool:
+    """Whether the network's family models sequences (asked of the family, by its spec)."""
+    from genpar_models.models.registry import get_family
+
+    return get_family(model.model_spec()["name"]).modality == "sequences"
+
+
 def generate_chunk(
     index: int, size: int, *, model_dir: str, seed: int, out_dir: str
 ) -> dict[str, Any]:
-    """Generate chunk `index` and write it as `samples-<index>.npy`; return a small summary."""
+    """Generate chunk `index` and write it as `samples-<index>.npy` (a sequence model: its
+    series in source units, NaN after each length, and `samples-<index>.lengths.npy`);
+    return a small summary."""
     t0 = time.perf_counter()
-    with torch_threads(1):
-        images = sample_uint8(cached_model(model_dir), size, seeding.chunk(seed, index))
+    model = cached_model(model_dir)
     name = f"samples-{index:05d}.npy"
+    if is_sequence_model(model):  # float32 (n, T, C) in source units, and the lengths
+        with torch_threads(1):
+            values, lengths = sample_series(model, size, seeding.chunk(seed, index))
+        lengths_name = f"samples-{index:05d}.lengths.npy"
+        return {
+            "index": index,
+            "count": size,
+            "file": name,
+            "sha256": atomic.write_npy(Path(out_dir) / name, values),
+            "lengths_file": lengths_name,
+            "lengths_sha256": atomic.write_npy(Path(out_dir) / lengths_name, lengths),
+            "seconds": time.perf_counter() - t0,
+        }
+    with torch_threads(1):
+        images = sample_uint8(model, size, seeding.chunk(seed, index))
     digest = atomic.write_npy(Path(out_dir) / name, images)
     return {
         "index": index,

@@ -9,7 +9,10 @@ generates samples (for sampling and compression). Nothing outside a family's fol
 Contract of a family's network (an `nn.Module`):
     model_spec() -> dict         JSON-able constructor arguments, with "name" = family name
     sample(n, *, generator)      n samples in [0, 1], (n, C, H, W), drawn from `generator`
-                                 (a CPU torch.Generator: the same latents on any device)
+                                 (a CPU torch.Generator: the same latents on any device);
+                                 a sequence family (modality "sequences"): (n, T, C) floats in
+                                 the shards' standardised units, NaN after each series' length
+                                 (so the lengths travel with the values in one tensor)
 
 Contract of its steps (`Steps`, made by `make_steps` with the trainer's `StepTools`):
     modules, optimizers          what checkpoints hold, by name
@@ -122,12 +125,20 @@ class Family:
     # Whether the likelihood of a network with this model_spec is a code length of the data as
     # seen under data.binarize (only then is bits/dim reported); None: never.
     code_length: Callable[[Mapping[str, Any], str], bool] | None = None
+    # What its networks take: "images" (uint8 shards mapped into input_range) or "sequences"
+    # (float (N, T, C) shards, standardised, NaN after each length, taken as they are).
+    modality: str = "images"
+    # Fit a fresh network to its shard set before training (sequences: the train split's
+    # length histogram and the manifest's normalisation, so samples come back in source units).
+    fit_data: Callable[[nn.Module, Any], None] | None = None
 
     def to_input(
         self, batch_u8: Tensor, binarize: str = "none", generator: torch.Generator | None = None
     ) -> Tensor:
         """uint8 pixels as floats in `input_range` (0..255 -> [lo, hi], linearly), binarised
         first as data.binarize says (dynamic draws from `generator`, a CPU generator)."""
+        if self.modality == "sequences":
+            return batch_u8  # float series already in model units
         batch_u8 = binarized(batch_u8, binarize, generator)
         lo, hi = self.input_range
         return batch_u8.float().div_(255.0).mul_(hi - lo).add_(lo)

@@ -22,7 +22,11 @@ from genpar_models.errors import ConfigError
 if TYPE_CHECKING:
     from genpar_models.models.family import Family
 
-BUILTIN = {"vae": "genpar_models.models.vae", "dcgan": "genpar_models.models.gan"}
+BUILTIN = {
+    "vae": "genpar_models.models.vae",
+    "dcgan": "genpar_models.models.gan",
+    "rvae": "genpar_models.models.rvae",
+}
 ENTRY_POINT_GROUP = "genpar.families"
 PLUGINS_ENV = "GENPAR_FAMILIES"
 
@@ -112,4 +116,10 @@ def check_model_config(config: PipelineConfig | ModelConfig) -> Family:
                 f"read model.{field}; remove it (it reads "
                 f"{', '.join(f'model.{f}' for f in (*SHARED_FIELDS, *family.options))})"
             )
+    modality = config.data.modality if isinstance(config, PipelineConfig) else None
+    if modality is not None and modality != family.modality:
+        raise ConfigError(
+            f"model.name={family.name!r} models {family.modality}, but data.modality is "
+            f"{modality!r}; pick a family for {modality} (rvae for sequences)"
+        )
     return family

@@ -130,6 +130,8 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
     family = check_model_config(cfg)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = family.build(cfg.model, shardset.image_shape).to(ctx.device)
+    if family.fit_data is not None:
+        family.fit_data(model, shardset)  # before a checkpoint may restore it
     steps = family.make_steps(model, cfg.train, step_tools(ctx, cfg.train))
     trainer = make_trainer(model, family, steps, cfg)
     expect = {"model_spec": model.model_spec(), "train_key": spec.train_key}
@@ -270,7 +272,7 @@ def _finish(trainer, model, spec, sink, state, start, restarts, ctx) -> dict[str
             "train_key": spec.train_key,
             "step": cfg.train.max_steps,
             "metrics": state["metrics"],
-            "image_shape": list(spec_dict["image_shape"]),
+            "image_shape": list(spec_dict.get("image_shape") or spec_dict["sequence_shape"]),
         },
     )
     flushed = sink.commit(force=True)

@@ -80,6 +80,28 @@ ADDED_PARAMS |= {"generate.max_samples_per_request"}  # the served model's limit
 ADDED_PARAMS |= {"model.gan_loss", "model.ema_decay", "train.n_critic", "train.gp_weight"}
 ADDED_PARAMS |= {"train.r1_gamma", "train.lr_schedule", "train.warmup_steps"}
 ADDED_PARAMS |= {"train.grad_accum_steps"}
+# Issue 20's sequences (data.modality) and the recurrent VAE: defaults keep images as they were.
+ADDED_PARAMS |= {
+    f"data.{k}"
+    for k in (
+        "modality",
+        "max_length",
+        "series_channels",
+        "series_length",
+        "num_series",
+        "sines_seed",
+        "lengths_key",
+        "lengths_path",
+        "id_column",
+        "time_column",
+        "value_columns",
+    )
+}
+ADDED_PARAMS |= {
+    f"model.{k}"
+    for k in ("rnn", "hidden_dim", "rnn_layers", "decoder_input", "input_dropout", "free_bits")
+}
+ADDED_PARAMS |= {"train.kl_anneal_steps", "evaluate.posthoc_steps"}
 ADDED_METRICS = {"train/global_batch_size"}
 ADDED_TAGS = {"genpar.run_identity", *lineage_tags()}
 

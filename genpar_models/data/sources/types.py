@@ -30,6 +30,8 @@ class SourceInfo:
     class_names: tuple[str, ...]  # () when unlabelled; folders: sorted class folder names
     ignored_files: tuple[str, ...] = ()  # folder: non-image files skipped (first 100)
     pixel_max: float | None = None  # array/table: the value read as white (resolved default)
+    # sequences: (padded length, channels) of every series, resolved once for the whole source
+    sequence_shape: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class PartitionSpec:
     stop: int
     class_names: tuple[str, ...] = ()  # folder: maps the first path component to a label
     pixel_max: float | None = None  # array/table: resolved once for the whole source
+    sequence_shape: tuple[int, int] | None = None  # sequences: (padded length T, channels C)
 
 
 @dataclass
@@ -52,9 +55,10 @@ class Partition:
 
     index: int
     ids: list[str]
-    images: np.ndarray  # uint8 (n, C, H, W)
+    images: np.ndarray  # uint8 (n, C, H, W); sequences: float32 (n, T, C), NaN after a length
     labels: np.ndarray  # int64 (n,), -1 when the source is unlabelled
     bad: list[tuple[str, str]] = field(default_factory=list)  # (sample id, reason)
+    lengths: np.ndarray | None = None  # sequences: int64 (n,) steps of each series
 
 
 MAX_IGNORED_LISTED = 100
