@@ -74,16 +74,67 @@ def plan_processes(cfg: ComputeConfig, cuda_devices: int) -> Plan:
     return Plan(cfg.cpu_procs, "cpu", cfg.threads_per_proc or max(1, cores // cfg.cpu_procs))
 
 
+@dataclass(frozen=True)
+class Node:
+    """This machine's part in a multi-node job: the flow's node hosts the rendezvous store
+    (`is_host`), the others join it; each advertises `local_addr` to the others (torchrun's
+    --local-addr, else workers get MASTER_ADDR=localhost: shared/STACK.md section 9)."""
+
+    is_host: bool
+    local_addr: str
+
+
+def endpoint_host(endpoint: str) -> str:
+    return endpoint.rpartition(":")[0].strip("[]")
+
+
+def route_addr(host: str) -> str:
+    """The address of this machine on the route to `host` (a UDP connect sends nothing)."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) as s:
+        s.connect((host, 9))
+        return s.getsockname()[0]
+
+
+def interface_of(addr: str) -> str | None:
+    """The network interface holding `addr` (for GLOO_SOCKET_IFNAME), if this machine has it."""
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.address == addr for a in addrs):
+            return name
+    return None
+
+
+def host_node(cfg: ComputeConfig) -> Node | None:
+    """The flow's node of a multi-node job (None for one node): it hosts the store at the
+    rendezvous endpoint, which must be one of its own addresses."""
+    if cfg.nnodes == 1:
+        return None
+    return Node(is_host=True, local_addr=endpoint_host(cfg.rdzv_endpoint))
+
+
+def rendezvous_id(cfg: ComputeConfig, spec: Path) -> str:
+    return cfg.rdzv_id or spec.parent.name  # the run directory is named by the run id
+
+
 def torchrun_command(
-    cfg: ComputeConfig, plan: Plan, *, max_restarts: int, spec: Path, log_dir: Path
+    cfg: ComputeConfig,
+    plan: Plan,
+    *,
+    max_restarts: int,
+    spec: Path,
+    log_dir: Path,
+    node: Node | None = None,
 ) -> list[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run"]
     if cfg.nnodes > 1:
+        node = node or host_node(cfg)
+        conf = f"join_timeout={cfg.join_timeout_s},is_host={str(node.is_host).lower()}"
         cmd += [
             f"--nnodes={cfg.nnodes}",
             "--rdzv-backend=c10d",
             f"--rdzv-endpoint={cfg.rdzv_endpoint}",
-            f"--rdzv-id={cfg.rdzv_id or spec.parent.name}",
+            f"--rdzv-id={rendezvous_id(cfg, spec)}",
+            f"--rdzv-conf={conf}",
+            f"--local-addr={node.local_addr}",
         ]
     else:
         cmd += ["--standalone"]
@@ -99,9 +150,14 @@ def torchrun_command(
     ]
 
 
-def child_env(plan: Plan, tracking_uri: str | None) -> dict[str, str]:
+def child_env(plan: Plan, tracking_uri: str | None, node: Node | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(plan.threads_per_proc)  # torchrun would force 1 (section 3.5)
+    if node is not None and "GLOO_SOCKET_IFNAME" not in env:
+        # gloo picks the interface of the hostname otherwise; one name, not NCCL's ^lo syntax
+        ifname = interface_of(node.local_addr)
+        if ifname:
+            env["GLOO_SOCKET_IFNAME"] = ifname
     env["PYTHONUNBUFFERED"] = "1"
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
@@ -295,25 +351,52 @@ def run_torchrun(
 
 
 def launch_training(
-    spec: RunSpec, plan: Plan, *, log_dir: Path, on_line: Callable[[str], None]
+    spec: RunSpec,
+    plan: Plan,
+    *,
+    log_dir: Path,
+    on_line: Callable[[str], None],
+    node: Node | None = None,
 ) -> None:
-    """Write the run spec and run torchrun on it to completion (see `run_torchrun`)."""
-    spec_path = write_spec(spec, Path(spec.run_dir) / "spec.json")
+    """Write the run spec (the flow's node) and run torchrun on it to completion (see
+    `run_torchrun`); a joining node (`node`, `genpar join`) reads the spec already there.
+
+    Raises:
+        TrainingFailed: the job failed; when the nodes never met, naming the rendezvous and
+            the timeout.
+    """
+    cfg = spec.config.compute
+    spec_path = Path(spec.run_dir) / "spec.json"
+    if node is None:
+        write_spec(spec, spec_path)
+        node = host_node(cfg)
     cmd = torchrun_command(
-        spec.config.compute,
+        cfg,
         plan,
         max_restarts=spec.config.train.max_restarts,
         spec=spec_path,
         log_dir=log_dir,
+        node=node,
     )
     uri = spec.tracking.uri if spec.tracking else None
     on_line("$ " + " ".join(cmd))
-    run_torchrun(
-        cmd,
-        child_env(plan, uri),
-        log_dir=log_dir,
-        on_line=on_line,
-        # One agent per run directory on a single node; the nodes of a multi-node job share
-        # the run directory, so there another node's agent is not a leftover.
-        pid_file=Path(spec.run_dir) / PID_FILE if spec.config.compute.nnodes == 1 else None,
-    )
+    try:
+        run_torchrun(
+            cmd,
+            child_env(plan, uri, node),
+            log_dir=log_dir,
+            on_line=on_line,
+            # One agent per run directory on a single node; the nodes of a multi-node job
+            # share the run directory, so there another node's agent is not a leftover.
+            pid_file=Path(spec.run_dir) / PID_FILE if cfg.nnodes == 1 else None,
+        )
+    except TrainingFailed as e:
+        if cfg.nnodes > 1 and "RendezvousTimeoutError" in str(e):
+            raise TrainingFailed(
+                f"the rendezvous {rendezvous_id(cfg, spec_path)} at {cfg.rdzv_endpoint} did "
+                f"not gather compute.nnodes={cfg.nnodes} nodes within compute.join_timeout_s="
+                f"{cfg.join_timeout_s} s; start the other node(s) with `genpar join "
+                f"{Path(spec.run_dir).name} --rdzv-endpoint {cfg.rdzv_endpoint}` on a machine "
+                f"that shares the genpar home ({e})"
+            ) from None
+        raise

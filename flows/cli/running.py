@@ -1,4 +1,5 @@
-"""Running pipelines: `genpar run` (one pipeline, now) and `genpar retrain` (the nightly, now)."""
+"""Running pipelines: `genpar run` (one pipeline, now), `genpar retrain` (the nightly, now) and
+`genpar join` (another machine's share of a multi-node run)."""
 
 from __future__ import annotations
 
@@ -94,3 +95,33 @@ def retrain(
         console.print(
             f"challenger: MLflow run {result['run_id']}, version {result['model_version']}"
         )
+
+
+@app.command(rich_help_panel=PANEL)
+def join(
+    run_id: Annotated[str, typer.Argument(help="MLflow run id of the run to join.")],
+    rdzv_endpoint: Annotated[
+        str,
+        typer.Option("--rdzv-endpoint", help="HOST:PORT of the rendezvous (the flow's node)."),
+    ],
+    local_addr: Annotated[
+        str | None,
+        typer.Option(
+            "--local-addr",
+            help="This machine's address that the others reach (default: the one on the route "
+            "to the rendezvous host).",
+        ),
+    ] = None,
+    wait_s: Annotated[
+        float, typer.Option("--wait-s", help="Seconds to wait for the run spec to appear.")
+    ] = 600.0,
+) -> None:
+    """Join a multi-node run (compute.nnodes > 1) from this machine: reads the run spec from
+    the shared genpar home and starts this node's torchrun agent, to the end of training."""
+    from tasks.join import join_training
+
+    try:
+        join_training(run_id, rdzv_endpoint=rdzv_endpoint, local_addr=local_addr, wait_s=wait_s)
+    except GenparError as e:  # a config error, or the job's failure (the rank's own error)
+        fail(str(e), code=1)
+    console.print(f"[bold green]done[/]  this node's share of run [cyan]{run_id}[/]")

@@ -29,13 +29,14 @@ def train_key(config: Any, shards_key: str) -> str:
     payload["retrain"] = {"warm_start": config.retrain.warm_start}
     payload["train"].pop("resume", None)
     payload["train"].pop("max_restarts", None)
+    payload["train"].pop("allow_reshard", None)  # may a resume reshard: not which weights
     payload["shards"] = shards_key
     return stable_hash(payload)[:16]
 
 
 # Where things run, not how: an address changes no number (results do not depend on which
 # Dask cluster or rendezvous host served them), so a restarted cluster is not a new run.
-_ADDRESSES = {"dask_address", "rdzv_endpoint", "rdzv_id"}
+_ADDRESSES = {"dask_address", "rdzv_endpoint", "rdzv_id", "join_timeout_s"}
 
 
 def run_identity(config: Any) -> str:
@@ -53,6 +54,7 @@ def run_identity(config: Any) -> str:
     )
     payload["retrain"] = {"warm_start": config.retrain.warm_start}
     payload["train"].pop("resume", None)
+    payload["train"].pop("allow_reshard", None)
     payload["generate"].pop("max_samples_per_request", None)  # a serving limit, not the run's
     for key in _ADDRESSES:
         payload["compute"].pop(key, None)

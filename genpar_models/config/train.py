@@ -16,6 +16,12 @@ class TrainConfig(Section):
     max_steps: int = Field(2000, ge=1, description="Optimizer steps in total (all epochs).")
     batch_size_per_rank: int = Field(64, ge=1, le=65536, description="Samples per step per rank.")
     lr: float = Field(1e-3, gt=0, le=1.0, description="Adam learning rate (VAE, GAN generator).")
+    optimizer: Literal["adam", "sgd"] = Field(
+        "adam",
+        description="adam: Adam with adam_beta1/adam_beta2 and weight_decay; sgd: plain SGD "
+        "(no momentum) with weight_decay, whose update is proportional to the gradient (how "
+        "gradient parity across strategies is tested: Adam hides a wrong gradient scale).",
+    )
     lr_discriminator: float | None = Field(
         None, gt=0, le=1.0, description="GAN discriminator learning rate (default: lr)."
     )
@@ -84,6 +90,13 @@ class TrainConfig(Section):
         description="Continue an interrupted run of the same config and data from its newest "
         "valid checkpoint instead of starting over.",
     )
+    allow_reshard: bool = Field(
+        False,
+        description="Resume a sharded (compute.strategy fsdp) checkpoint under another world "
+        "size: its tensors are resharded onto this run's ranks and the run is tagged "
+        "genpar.resharded_from. The global batch and data order change with the ranks, so "
+        "the run is no longer the exact continuation; off: such a resume is refused.",
+    )
     init_from: str | None = Field(
         None,
         description="Initialise the weights (not the optimizer) from this model when no "
@@ -120,12 +133,46 @@ class ComputeConfig(Section):
     dask_workers: int | None = Field(
         None, ge=1, description="Workers of the local Dask cluster (default: one per core)."
     )
-    nnodes: int = Field(1, ge=1, description="torchrun nodes; >1 needs rdzv_endpoint.")
-    rdzv_endpoint: str | None = Field(None, description="host:port of the c10d rendezvous.")
-    rdzv_id: str | None = Field(None, description="Rendezvous job id shared by all nodes.")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="ddp: every rank holds the whole model and optimizer state "
+        "(DistributedDataParallel); fsdp: FSDP2 fully_shard on the model's blocks, so each "
+        "rank holds 1/world_size of the parameters, gradients and optimizer state, with "
+        "sharded checkpoints (torch.distributed.checkpoint). On CUDA, parameters in bf16 "
+        "with fp32 gradient reduction when train.precision resolves to bf16.",
+    )
+    nnodes: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="torchrun nodes; >1 needs rdzv_endpoint, and the other nodes join with "
+        "`genpar join RUN_ID --rdzv-endpoint HOST:PORT` (the genpar home must be shared).",
+    )
+    rdzv_endpoint: str | None = Field(
+        None,
+        description="host:port of the c10d rendezvous: an address of the flow's node, whose "
+        "agent hosts the store (the port must be free there and reachable from the others).",
+    )
+    rdzv_id: str | None = Field(
+        None, description="Rendezvous job id shared by all nodes (default: the run's id)."
+    )
+    join_timeout_s: int = Field(
+        600,
+        ge=5,
+        le=86400,
+        description="Multi-node: seconds the rendezvous waits for all compute.nnodes to join "
+        "before the run fails naming the rendezvous (torchrun's join_timeout).",
+    )
 
     @model_validator(mode="after")
     def _check_nodes(self) -> ComputeConfig:
         if self.nnodes > 1 and not self.rdzv_endpoint:
             raise ValueError("compute.rdzv_endpoint is required when compute.nnodes > 1")
+        if self.rdzv_endpoint is not None:
+            host, _, port = self.rdzv_endpoint.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    f"compute.rdzv_endpoint must be HOST:PORT (e.g. 10.0.0.5:29400), got "
+                    f"{self.rdzv_endpoint!r}"
+                )
         return self

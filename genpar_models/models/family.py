@@ -69,9 +69,14 @@ class StepTools:
 
     @staticmethod
     def no_sync(module: nn.Module) -> contextlib.AbstractContextManager:
-        """A wrapped module's gradients are not all-reduced inside this block."""
+        """A wrapped module's gradients are not all-reduced inside this block (DDP's
+        `no_sync`, FSDP2's `set_requires_gradient_sync`)."""
         sync_off = getattr(module, "no_sync", None)
-        return sync_off() if callable(sync_off) else contextlib.nullcontext()
+        if callable(sync_off):
+            return sync_off()
+        if callable(getattr(module, "set_requires_gradient_sync", None)):
+            return _fsdp_no_sync(module)
+        return contextlib.nullcontext()
 
     def sync_if(self, module: nn.Module, last: bool) -> contextlib.AbstractContextManager:
         """Gradient accumulation under DDP: all-reduce on the last micro-batch only."""
@@ -94,6 +99,15 @@ class StepTools:
         else:
             self.clip(params)
             optimizer.step()
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(module: nn.Module):
+    module.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)
 
 
 # likelihood(model, x, generator, iw_samples) -> per-sample (N,) tensors in nats: "recon",

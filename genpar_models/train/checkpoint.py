@@ -6,7 +6,9 @@ optimizer's non-tensor state, and the sha256 of the tensor file). The tensor fil
 first and the sidecar last, both atomically, so a checkpoint exists only once it is complete.
 A checkpoint whose hash does not match (truncated, flipped bytes) is skipped, and the newest
 valid one wins. The same tensor format, with one module, is the exported model
-(genpar_models/models/export.py).
+(genpar_models/models/export.py). Under compute.strategy=fsdp a checkpoint is a directory
+`ckpt-00000200.dcp` written by every rank (train/sharded.py) beside the same kind of sidecar;
+both kinds are listed, pruned and ordered here.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from genpar_models.util.tensorfile import FORMAT
 
 log = logging.getLogger(__name__)
 
-_CKPT = re.compile(r"^ckpt-(\d{8})\.safetensors$")
+_CKPT = re.compile(r"^ckpt-(\d{8})\.(safetensors|dcp)$")
 
 
 def _tensors_of(
@@ -121,7 +123,10 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
 def prune_checkpoints(directory: Path, *, keep: int) -> None:
     for _, path in list_checkpoints(directory)[keep:]:
         path.with_suffix(".json").unlink(missing_ok=True)
-        path.unlink(missing_ok=True)
+        if path.is_dir():
+            atomic.retire(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def read_verified(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -152,21 +157,33 @@ def check_compatible(meta: dict[str, Any], expect: dict[str, Any], path: Path) -
             )
 
 
-def check_layout(have: dict[str, Any] | None, want: dict[str, Any], path: Path) -> None:
-    """Refuse to resume under another process layout (world size, device, precision).
+def check_layout(
+    have: dict[str, Any] | None,
+    want: dict[str, Any],
+    path: Path,
+    *,
+    allow_reshard: bool = False,
+) -> int | None:
+    """Refuse to resume under another process layout (world size, device, precision,
+    strategy); return the checkpoint's world size when it is resharded onto this one.
 
     The global batch and the data order follow the world size, the noise streams the ranks,
     the numbers the precision: resuming under another layout would silently change the
-    experiment. A checkpoint written before layouts were recorded (`have` None) is accepted.
+    experiment. A checkpoint written before layouts were recorded (`have` None) is accepted;
+    one written before strategies were recorded was DDP's. A sharded (fsdp) checkpoint may
+    change world size with `allow_reshard` (train.allow_reshard), nothing else.
 
     Raises:
         CheckpointError: naming what differs and the settings that resume exactly.
     """
     if have is None:
-        return
+        return None
+    have = {"strategy": "ddp", **have}
     diffs = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
     if not diffs:
-        return
+        return None
+    if allow_reshard and set(diffs) == {"world_size"} and want.get("strategy") == "fsdp":
+        return int(have["world_size"])
     changed = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diffs.items())
     fixes = []
     if "device" in diffs:
@@ -177,16 +194,25 @@ def check_layout(have: dict[str, Any] | None, want: dict[str, Any], path: Path) 
         fixes.append(f"compute.cpu_procs={ranks}" if on == "cpu" else f"{ranks} visible GPUs")
     if "precision" in diffs:
         fixes.append(f"train.precision={have['precision']}")
+    if "strategy" in diffs:
+        fixes.append(f"compute.strategy={have['strategy']}")
+    reshard = ""
+    if "world_size" in diffs and have["strategy"] == "fsdp" == want.get("strategy"):
+        reshard = (
+            "; to reshard this fsdp checkpoint onto this run's ranks (not an exact resume), "
+            "set train.allow_reshard=true"
+        )
     raise CheckpointError(
         f"{path} was written with {_layout(have)}, this run has {_layout(want)} ({changed}): "
         "resuming would silently change the experiment (the global batch and data order follow "
         "the world size, the noise the ranks, the numbers the precision). To resume exactly, "
-        f"run with {' and '.join(fixes)}; to start over, set train.resume=false."
+        f"run with {' and '.join(fixes)}{reshard}; to start over, set train.resume=false."
     )
 
 
 def _layout(layout: dict[str, Any]) -> str:
-    return f"{layout.get('world_size')} {layout.get('device')} rank(s) in {layout.get('precision')}"
+    ranks = f"{layout.get('world_size')} {layout.get('device')} rank(s)"
+    return f"{ranks} in {layout.get('precision')} ({layout.get('strategy', 'ddp')})"
 
 
 @dataclass
@@ -195,6 +221,7 @@ class Resumed:
     path: Path
     meta: dict[str, Any]
     skipped: list[str]
+    resharded_from: int | None = None  # the world size a resharded checkpoint was saved by
 
 
 def restore_latest(
@@ -213,6 +240,12 @@ def restore_latest(
     """
     skipped: list[str] = []
     for step, path in list_checkpoints(directory):
+        if path.is_dir():
+            raise CheckpointError(
+                f"{path} is a sharded checkpoint (compute.strategy=fsdp); this run uses "
+                "compute.strategy=ddp. To resume it, run with compute.strategy=fsdp; to start "
+                "over, set train.resume=false."
+            )
         try:
             tensors, meta = read_verified(path)
         except CheckpointError as e:

@@ -26,13 +26,14 @@ from genpar_models.errors import CheckpointError
 from genpar_models.models.export import count_parameters, export_model, load_exported
 from genpar_models.models.family import Family
 from genpar_models.models.registry import check_model_config
-from genpar_models.train import checkpoint
+from genpar_models.train import persist
 from genpar_models.train.dist import DistContext, all_reduce_sum, barrier
 from genpar_models.train.feed import BatchFeed
 from genpar_models.train.runspec import RunSpec
+from genpar_models.train.sharding import full_state_dict
 from genpar_models.train.sink import make_sink
-from genpar_models.train.tools import process_layout, step_tools
-from genpar_models.train.trainer import global_batch_size, make_trainer
+from genpar_models.train.tools import process_layout
+from genpar_models.train.trainer import global_batch_size, make_steps, make_trainer
 from genpar_models.util import atomic, seeding
 
 log = logging.getLogger("genpar.train")
@@ -132,22 +133,21 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
     model = family.build(cfg.model, shardset.image_shape).to(ctx.device)
     if family.fit_data is not None:
         family.fit_data(model, shardset)  # before a checkpoint may restore it
-    steps = family.make_steps(model, cfg.train, step_tools(ctx, cfg.train))
+    is_sharded = cfg.compute.strategy == "fsdp"
+    # Sharded weights take no whole state_dict: warm-start before (a checkpoint still wins).
+    pre_warm = warm_start(model, spec.init_model_dir) if is_sharded else None
+    steps = make_steps(model, family, cfg, ctx)
     trainer = make_trainer(model, family, steps, cfg)
     expect = {"model_spec": model.model_spec(), "train_key": spec.train_key}
-    layout = process_layout(ctx, cfg.train.precision)
+    layout = process_layout(ctx, cfg.train.precision, cfg.compute.strategy)
     resumed = None
     if cfg.train.resume:
-        resumed = checkpoint.restore_latest(
-            spec.checkpoint_dir,
-            modules=trainer.modules,
-            optimizers=steps.optimizers,
-            expect=expect,
-            layout=layout,
-        )
+        resumed = persist.restore(spec, trainer, expect, layout)
     expect = {**expect, "layout": layout}  # recorded with every checkpoint from here on
     start = resumed.step if resumed else 0
-    warm = None if resumed else warm_start(model, spec.init_model_dir)
+    warm = None
+    if not resumed:
+        warm = pre_warm if is_sharded else warm_start(model, spec.init_model_dir)
     if warm and trainer.ema is not None:
         trainer.ema.reset()  # average from the warm-start weights, not the random init
     if ctx.is_main:  # leftovers of a writer killed mid-write (never visible to readers)
@@ -175,10 +175,14 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
         if warm:
             log.info("warm start: weights from %s", warm)
             sink.set_tags({"genpar.warm_started_from": warm})
+        if resumed and resumed.resharded_from:  # train.allow_reshard: not an exact resume
+            log.warning("resharded %s from %d rank(s)", resumed.path.name, resumed.resharded_from)
+            sink.set_tags({"genpar.resharded_from": f"{resumed.resharded_from} ranks"})
         sink.set_tags(
             {
                 "genpar.world_size": ctx.world_size,
                 "genpar.device": ctx.device.type,
+                "genpar.strategy": cfg.compute.strategy,
                 "genpar.resumed_from_step": start,
                 "genpar.elastic_restarts": restarts,
             }
@@ -195,6 +199,9 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
     bits = family.reports_bits_per_dim(model.model_spec(), cfg.data.binarize)
     validation = (val_images, bits)
     state = _loop(trainer, family, feed, validation, spec, ctx, sink, start, expect, resumed)
+    state["resharded_from"] = resumed.resharded_from if resumed else None
+    # Under FSDP the exported model is gathered whole (a collective) into one file.
+    state["weights"] = full_state_dict(model, ctx) if is_sharded else None
     barrier(ctx)
     if not ctx.is_main:
         return None
@@ -232,18 +239,7 @@ def _loop(
             sink.log_metrics(scores, step)
             last.update(scores)
         if at_ckpt:
-            if ctx.is_main:
-                last_ckpt = str(
-                    checkpoint.save_checkpoint(
-                        spec.checkpoint_dir,
-                        step=step,
-                        modules=trainer.modules,
-                        optimizers=trainer.steps.optimizers,
-                        keep=cfg.keep_checkpoints,
-                        meta={**expect, "metrics": last, "pending_metrics": sink.pending()},
-                    )
-                )
-                sink.commit()  # a crash before this line is healed by replay on resume
+            last_ckpt = persist.save(trainer, spec, ctx, step, {**expect, "metrics": last}, sink)
             barrier(ctx)
         if logged or validated or at_ckpt:
             # train/samples_per_s covers the training steps since the last log, validation or
@@ -262,7 +258,10 @@ def _loop(
 def _finish(trainer, model, spec, sink, state, start, restarts, ctx) -> dict[str, Any]:
     cfg = spec.config
     spec_dict = model.model_spec()
-    weights, variants = trainer.export_states(model)
+    if state["weights"] is not None:
+        weights, variants = state["weights"], {}
+    else:
+        weights, variants = trainer.export_states(model)
     model_path = export_model(
         spec.model_dir,
         state=weights,
@@ -287,6 +286,8 @@ def _finish(trainer, model, spec, sink, state, start, restarts, ctx) -> dict[str
         "wall_s": state["wall_s"],
         "num_parameters": count_parameters(model),
         "global_batch_size": global_batch_size(cfg, ctx.world_size),
+        "strategy": cfg.compute.strategy,
+        "resharded_from": state["resharded_from"],
         "metrics_flushed": flushed,
         # Tracking unreachable at the end: the task retries these (never lost, never twice).
         "pending_metrics": [] if flushed else sink.pending(),

@@ -1,8 +1,11 @@
-"""The `StepTools` a family's training steps get: DDP wrapping, Adam, clipping, autocast.
+"""The `StepTools` a family's training steps get: DDP wrapping, the optimizer, clipping,
+autocast.
 
 Built by the trainer from the process group and the `train` section, so a family's steps
 (genpar_models/models/<family>/steps.py) stay free of torch.distributed and of config
 plumbing, and a single-process fine-tune (compression) gets the same tools without DDP.
+Under compute.strategy=fsdp the modules are sharded before the steps are made
+(train/sharding.py), so `wrap` leaves them as they are.
 """
 
 from __future__ import annotations
@@ -47,25 +50,30 @@ def autocast(ctx: DistContext, precision: str) -> contextlib.AbstractContextMana
     return contextlib.nullcontext()
 
 
-def process_layout(ctx: DistContext, precision: str) -> dict[str, object]:
-    """What a checkpoint must match to resume exactly: ranks, device type, precision."""
+def process_layout(ctx: DistContext, precision: str, strategy: str = "ddp") -> dict[str, object]:
+    """What a checkpoint must match to resume exactly: ranks, device type, precision and
+    the parallel strategy (whose checkpoints are safetensors or sharded)."""
     return {
         "world_size": ctx.world_size,
         "device": ctx.device.type,
         "precision": resolved_precision(ctx, precision),
+        "strategy": strategy,
     }
 
 
-def step_tools(ctx: DistContext, cfg: TrainConfig) -> StepTools:
-    """The tools for this process group (DDP when distributed) and this `train` section."""
+def step_tools(ctx: DistContext, cfg: TrainConfig, strategy: str = "ddp") -> StepTools:
+    """The tools for this process group (DDP when distributed; nothing to wrap under FSDP,
+    whose modules are already sharded) and this `train` section."""
 
     def wrap(module: nn.Module) -> nn.Module:
-        if not ctx.distributed:
+        if not ctx.distributed or strategy == "fsdp":
             return module
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         return DDP(module, device_ids=ids)
 
     def optimizer(params: Iterable[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=lr, weight_decay=cfg.weight_decay)
         return torch.optim.Adam(
             params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
         )

@@ -17,9 +17,13 @@ import torch
 from torch import nn
 
 from genpar_models.config import PipelineConfig
+from genpar_models.errors import ConfigError
 from genpar_models.models.family import Family, Steps
+from genpar_models.train.dist import DistContext
 from genpar_models.train.ema import EmaWeights
 from genpar_models.train.schedule import LrSchedule
+from genpar_models.train.sharding import shard_modules
+from genpar_models.train.tools import step_tools
 
 
 @dataclass
@@ -49,9 +53,31 @@ class Trainer:
         return self.ema.state_dict_of(model, self.sampling_net), {"raw": model.state_dict()}
 
 
+def make_steps(model: nn.Module, family: Family, cfg: PipelineConfig, ctx: DistContext) -> Steps:
+    """The family's steps with this process group's tools. Under compute.strategy=fsdp the
+    modules the steps name are sharded first (in place, new parameter objects), and the steps
+    made again so that their optimizers hold the shards (train/sharding.py)."""
+    tools = step_tools(ctx, cfg.train, cfg.compute.strategy)
+    steps = family.make_steps(model, cfg.train, tools)
+    if cfg.compute.strategy == "fsdp" and ctx.distributed:
+        shard_modules(steps.modules.values(), ctx, cfg.train.precision)
+        steps = family.make_steps(model, cfg.train, tools)
+    return steps
+
+
 def make_trainer(model: nn.Module, family: Family, steps: Steps, cfg: PipelineConfig) -> Trainer:
-    """The trainer of `steps` for this config (before a checkpoint is restored into it)."""
+    """The trainer of `steps` for this config (before a checkpoint is restored into it).
+
+    Raises:
+        ConfigError: model.ema_decay under compute.strategy=fsdp (the average of sharded
+            weights is not built yet).
+    """
     train = cfg.train
+    if cfg.model.ema_decay is not None and cfg.compute.strategy == "fsdp":
+        raise ConfigError(
+            f"model.ema_decay={cfg.model.ema_decay} is not supported with compute.strategy=fsdp "
+            "yet; set model.ema_decay=null or use compute.strategy=ddp"
+        )
     schedule = LrSchedule(
         steps.optimizers,
         schedule=train.lr_schedule,

@@ -34,14 +34,24 @@ def _rank_processes(root_pid: int) -> dict[int, psutil.Process]:
     return ranks
 
 
-@pytest.mark.parametrize(("family", "steps"), [("vae", 600), ("dcgan", 300)])
+@pytest.mark.parametrize(
+    ("family", "steps", "strategy"),
+    [("vae", 600, "ddp"), ("dcgan", 300, "ddp"), ("vae", 100, "fsdp")],
+)
 def test_sigkilled_worker_restarts_and_resumes_exactly(
-    tmp_path: Path, tiny: PipelineConfig, mlflow_template: Path, family: str, steps: int
+    tmp_path: Path,
+    tiny: PipelineConfig,
+    mlflow_template: Path,
+    family: str,
+    steps: int,
+    strategy: str,
 ) -> None:
     """A rank SIGKILLed mid-run: torchrun restarts both ranks, they resume from the newest
-    checkpoint, and the final weights equal an uninterrupted 2-rank run's bit for bit."""
+    checkpoint (sharded under fsdp), and the final weights equal an uninterrupted 2-rank
+    run's bit for bit."""
     cfg = tiny.model_copy(
         update={
+            "compute": tiny.compute.model_copy(update={"strategy": strategy}),
             "model": as_family(tiny.model, family),
             "train": tiny.train.model_copy(
                 update={
