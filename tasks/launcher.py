@@ -225,7 +225,12 @@ def run_torchrun(
 
 
 def launch_training(
-    spec: RunSpec, plan: Plan, *, log_dir: Path, on_line: Callable[[str], None]
+    spec: RunSpec,
+    plan: Plan,
+    *,
+    log_dir: Path,
+    on_line: Callable[[str], None],
+    extra_env: dict[str, str] | None = None,
 ) -> None:
     """Write the run spec and run torchrun on it to completion (see `run_torchrun`)."""
     spec_path = write_spec(spec, Path(spec.run_dir) / "spec.json")
@@ -238,4 +243,5 @@ def launch_training(
     )
     uri = spec.tracking.uri if spec.tracking else None
     on_line("$ " + " ".join(cmd))
-    run_torchrun(cmd, child_env(plan, uri), log_dir=log_dir, on_line=on_line)
+    env = child_env(plan, uri) | (extra_env or {})
+    run_torchrun(cmd, env, log_dir=log_dir, on_line=on_line)
