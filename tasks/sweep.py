@@ -226,14 +226,10 @@ def _open_trial_run(parent: SweepRun, trial: Trial, shards_dir: str) -> RunHandl
     client = store.connect(parent.uri)
     config = trial.config
     key = config.train_key(read_manifest(shards_dir).key)
-    found = client.search_runs(
-        [parent.experiment_id],
-        filter_string=f"tags.`{TAG_PARENT}` = '{parent.run_id}' and tags.`{TAG_TRIAL}` = '{trial.id}'",
-        max_results=5,
-    )
-    if found:
-        run_id = found[0].info.run_id
-        if found[0].info.status != "RUNNING":
+    found = _find_child(parent, trial.id)
+    if found is not None:
+        run_id = found.info.run_id
+        if found.info.status != "RUNNING":
             client.update_run(run_id, status="RUNNING")
     else:
         run_id = store.create_run(
@@ -318,13 +314,13 @@ def run_trial(
         state.update(step=result["step"], metrics=result["metrics"])
     if rung_metric is not None:
         score = _score(state["metrics"], rung_metric, trial)
-        state["rungs"][str(stop_at)] = score
-        _write_state(run.run_dir, state)
-        store.log_metrics(
-            store.connect(run.uri), run.run_id, {"sweep/rung_score": score}, step=stop_at
-        )
+        client = store.connect(run.uri)
+        if str(stop_at) not in state["rungs"]:  # a re-run finds it recorded already
+            state["rungs"][str(stop_at)] = score
+            _write_state(run.run_dir, state)
+            store.log_metrics(client, run.run_id, {"sweep/rung_score": score}, step=stop_at)
         store.set_tags(
-            store.connect(run.uri),
+            client,
             run.run_id,
             {TAG_STATUS: f"at step {stop_at} ({rung_metric}={score:.5g})"},
         )
@@ -404,7 +400,8 @@ def _find_child(parent: SweepRun, trial_id: str) -> Any:
     client = store.connect(parent.uri)
     found = client.search_runs(
         [parent.experiment_id],
-        filter_string=f"tags.`{TAG_PARENT}` = '{parent.run_id}' and tags.`{TAG_TRIAL}` = '{trial_id}'",
+        filter_string=f"tags.`{TAG_PARENT}` = '{parent.run_id}' "
+        f"and tags.`{TAG_TRIAL}` = '{trial_id}'",
         max_results=1,
     )
     return found[0] if found else None
