@@ -26,11 +26,13 @@ from typing import Any
 from prefect import flow
 from prefect.futures import PrefectFuture
 
-from genpar_models.config.sweep import SweepConfig
+from flows.evaluate import evaluate_flow
+from genpar_models.config.sweep import SweepConfig, resolve_base
 from genpar_models.errors import GenparError
 from genpar_models.sweep import halving
 from genpar_models.sweep.plan import Trial, expand_seeds, tpe_points
 from tasks.preflight import preflight
+from tasks.promotion import decide_promotion, find_champion, record_decision
 from tasks.sweep import (
     SweepPlan,
     SweepRun,
@@ -41,7 +43,7 @@ from tasks.sweep import (
     share_data,
     stop_trial,
 )
-from tasks.sweep_report import finish_sweep, mark_sweep_failed, register_best
+from tasks.sweep_report import finish_sweep, mark_sweep_failed, register_best, trial_config
 
 
 class SweepFailed(GenparError):
@@ -166,6 +168,16 @@ def _history(sweep: SweepConfig, outcomes: list[dict[str, Any]]) -> list[tuple[d
     return [(p, sum(v) / len(v) if v else None) for p, v in grouped.values()]
 
 
+def _promote(parent: SweepRun, best: dict[str, Any], uri: str) -> dict[str, Any]:
+    """The nightly's rule: score the champion again under the best trial's protocol, and move
+    the alias only if the best trial beats it by the base's retrain.rule."""
+    config, _ = trial_config(parent, best["run_id"])
+    champion = find_champion(config, uri)
+    defending = evaluate_flow(champion["ref"], config) if champion else None
+    decision = decide_promotion(config, best, defending)
+    return record_decision(config, uri, best, champion, decision)
+
+
 @flow(
     name="genpar-sweep",
     flow_run_name="sweep-{sweep.name}",
@@ -175,10 +187,13 @@ def _history(sweep: SweepConfig, outcomes: list[dict[str, Any]]) -> list[tuple[d
 )
 def sweep_flow(sweep: SweepConfig) -> dict[str, Any]:
     """Train a sweep's trials concurrently with successive halving; one parent MLflow run."""
+    sweep = resolve_base(sweep)
     plan = plan_sweep(sweep)
     uri = preflight(plan.base)
     shards = share_data(plan.trials)
     parent = open_sweep_run(sweep, plan, uri)
     outcomes = _search(sweep, plan, parent, shards)
     best = register_best(sweep, parent, outcomes)
+    if best and sweep.promote:
+        best["promotion"] = _promote(parent, best, uri)
     return finish_sweep(sweep, parent, outcomes, best)

@@ -55,20 +55,19 @@ def trial_config(parent: SweepRun, run_id: str) -> tuple[PipelineConfig, RunHand
 def register_best(
     sweep: SweepConfig, parent: SweepRun, outcomes: list[dict[str, Any]]
 ) -> dict[str, Any] | None:
-    """Register the best finished trial's model (once; a re-run gets the same version) and,
-    with sweep.promote, give it the champion alias if it wins by the base's retrain.rule."""
+    """Register the best finished trial's model (once; a re-run gets the same version)."""
     best = best_outcome(sweep, outcomes)
     if best is None:
         run_logger().warning("no trial finished: nothing to register")
         return None
     config, handle = trial_config(parent, best["run_id"])
     version = register_model.fn(config, handle, best["metrics"])
-    out = {**best, "model_version": version, "registered_model": config.registered_model_name}
-    if sweep.promote:
-        from tasks.sweep_promote import promote_best
-
-        out["promotion"] = promote_best(config, handle, out)
-    return out
+    return {
+        **best,
+        "model_version": version,
+        "registered_model": config.registered_model_name,
+        "run_dir": handle.run_dir,
+    }
 
 
 def _log_results(parent: SweepRun, rows: list[dict[str, Any]], plot: Path, md: str) -> None:

@@ -9,7 +9,14 @@ import typer
 from rich.table import Table
 
 from flows.cli.app import app
-from flows.cli.common import SetOpt, console, fail, prefect_defaults, server_starting_alongside
+from flows.cli.common import (
+    SetOpt,
+    UriOpt,
+    console,
+    fail,
+    prefect_defaults,
+    server_starting_alongside,
+)
 from genpar_models.errors import GenparError
 
 PANEL = "Run pipelines"
@@ -83,3 +90,36 @@ def sweep(
             f"version {best.get('model_version')}"
         )
     console.print(f"  parent MLflow run [cyan]{summary['run_id']}[/]: {summary['url']}")
+
+
+@app.command(rich_help_panel="Runs and configs")
+def gc(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would be removed; remove nothing.")
+    ] = False,
+    uri: UriOpt = None,
+) -> None:
+    """Free disk: checkpoints of finished, stopped and failed runs beyond the newest, shard sets
+    no run references, cached model downloads; never what unfinished runs or the champions'
+    lineage need."""
+    from genpar_models.config import PipelineConfig
+    from tasks import mlflow_store as store
+    from tasks.gc import apply_gc, plan_gc
+
+    try:
+        plan = plan_gc(store.resolve_uri(PipelineConfig(tracking={"uri": uri})))
+    except GenparError as e:
+        fail(str(e), code=1)
+    verb = "would remove" if dry_run else "removed"
+    for r in plan.removals:
+        console.print(f"{verb} {r.path}  ({_mib(r.bytes)}, {r.why})", highlight=False)
+    if not dry_run:
+        apply_gc(plan)
+    console.print(
+        f"[bold]{verb} {len(plan.removals)} item(s), {_mib(plan.freed)}[/]; kept "
+        f"{len(plan.kept)} protected item(s)"
+    )
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"

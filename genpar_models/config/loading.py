@@ -60,8 +60,7 @@ def _known_fields(
             hint = difflib.get_close_matches(part, list(fields), n=1)
             suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
             raise ConfigError(
-                f"{label}: unknown key {part!r} in {where}{suggestion} "
-                f"(known: {', '.join(fields)})"
+                f"{label}: unknown key {part!r} in {where}{suggestion} (known: {', '.join(fields)})"
             )
         ann = fields[part].annotation
         current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None

@@ -150,6 +150,16 @@ class SweepConfig(Section):
         return Choices(choices=dim) if isinstance(dim, list) else dim
 
 
+def resolve_base(sweep: SweepConfig) -> SweepConfig:
+    """The sweep with a `base` file name (relative to the working directory: a deployment's
+    form) loaded into the inline config the trials are built from."""
+    if isinstance(sweep.base, dict):
+        return sweep
+    from genpar_models.config.loading import load_config
+
+    return sweep.model_copy(update={"base": load_config(sweep.base).model_dump(mode="json")})
+
+
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
     """Read a sweep file; its `base` (a file relative to the sweep file, or inline) is loaded
     as a pipeline config with `overrides` applied (migrated, validated) and stored inline.

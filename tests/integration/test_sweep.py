@@ -38,7 +38,7 @@ SWEEP = f"""
 name: sweep-test
 base: {TINY}
 search: grid
-concurrency: {{concurrency}}
+concurrency: CONCURRENCY
 space:
   train.lr: [0.003, 0.03]
   train.batch_size_per_rank: [32, 4096]   # 4096 > the train split: those ranks fail
@@ -49,7 +49,7 @@ early_stopping: {{metric: val/elbo, direction: maximize, rungs: [0.2], keep: 0.2
 
 def _sweep_file(directory: Path, concurrency: int) -> Path:
     path = directory / f"sweep-c{concurrency}.yaml"
-    path.write_text(SWEEP.format(concurrency=concurrency))
+    path.write_text(SWEEP.replace("CONCURRENCY", str(concurrency)))
     return path
 
 
@@ -210,3 +210,75 @@ def test_killed_sweep_resumes_and_matches_concurrency_2(swept, tmp_path: Path) -
     assert children[best].data.metrics["eval/fid"] == pytest.approx(
         children2[best].data.metrics["eval/fid"], rel=1e-6
     )
+
+
+def test_runs_lists_a_sweeps_trials_ranked_by_its_objective(swept) -> None:
+    from tasks.listing import list_runs
+
+    summary, _, _ = swept
+    rows, columns = list_runs(
+        uri=None,
+        experiment=None,
+        sort=None,
+        desc=False,
+        metrics=None,
+        limit=10,
+        sweep=summary["run_id"],
+    )
+    assert columns[:4] == ["trial", "run", "status", "sweep"] and "eval/fid" in columns
+    assert rows[0]["trial"] == summary["best"]["id"] and rows[0]["eval/fid"]
+    assert sorted(r["trial"] for r in rows) == ["t000", "t001", "t002", "t003"]
+    assert {r["train.lr"] for r in rows} == {"0.003", "0.03"}
+
+
+def test_gc_frees_what_no_run_needs_after_a_sweep(swept) -> None:
+    """Last in this module: it deletes files of the shared sweep's home."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    summary, client, home = swept
+    children = _children(client, summary["run_id"])
+    ckpts = {
+        t: sorted((Path(r.data.tags["genpar.run_dir"]) / "checkpoints").glob("ckpt-*.safetensors"))
+        for t, r in children.items()
+    }
+    best = summary["best"]["id"]
+    stopped = "t002" if best == "t000" else "t000"
+    assert len(ckpts[stopped]) == 3 and len(ckpts[best]) == 3  # train.keep_checkpoints
+    # an unfinished run (it resumes from its checkpoints), an unreferenced old shard set and a
+    # cached model download
+    exp = client.get_experiment_by_name("tiny").experiment_id
+    open_dir = home / "runs" / "tiny" / "unfinished"
+    (open_dir / "checkpoints").mkdir(parents=True)
+    for step in (10, 20):
+        (open_dir / "checkpoints" / f"ckpt-{step:08d}.safetensors").write_bytes(b"x")
+    client.create_run(exp, tags={"genpar.run_dir": str(open_dir)})
+    (shards,) = [p for p in (home / "shards").iterdir() if not p.name.startswith("_")]
+    orphan = home / "shards" / "0123orphan"
+    import shutil
+
+    shutil.copytree(shards, orphan)
+    os.utime(orphan / "manifest.json", (time.time() - 7200, time.time() - 7200))
+    cached = home / "cache" / "models" / "somerun" / "model"
+    cached.mkdir(parents=True)
+    (cached / "model.safetensors").write_bytes(b"y" * 1000)
+
+    dry = CliRunner().invoke(app, ["gc", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "would remove" in dry.output and str(orphan) in dry.output
+    assert all(p.exists() for c in ckpts.values() for p in c) and orphan.exists()
+
+    done = CliRunner().invoke(app, ["gc"])
+    assert done.exit_code == 0, done.output
+    assert "removed" in done.output and "MiB" in done.output
+    for t in (stopped, best):  # the newest checkpoint of each is kept
+        left = sorted((ckpts[t][0].parent).glob("ckpt-*.safetensors"))
+        assert left == ckpts[t][-1:]
+        assert left[0].with_suffix(".json").exists()
+    assert not orphan.exists() and shards.exists()  # the sweep's shards are referenced
+    assert not (home / "cache" / "models" / "somerun").exists()
+    assert len(list((open_dir / "checkpoints").iterdir())) == 2  # unfinished: untouched
+    assert (
+        Path(children[best].data.tags["genpar.run_dir"]) / "model" / "model.safetensors"
+    ).exists()
