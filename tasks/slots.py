@@ -17,12 +17,13 @@ import contextlib
 import json
 import re
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 
-from genpar_models.util import atomic
+from genpar_models.util import atomic, lease
 from genpar_models.util.paths import genpar_home
 
 LEASE_S = 60.0  # Prefect's minimum; renewed in the background while the trial runs
@@ -47,7 +48,7 @@ def _alive(record: dict) -> bool:
 
 def _records() -> list[tuple[Path, dict]]:
     out = []
-    for path in sorted(_records_dir().glob("*.json")):
+    for path in sorted(_records_dir().glob("*.json")) if _records_dir().exists() else []:
         with contextlib.suppress(OSError, ValueError):
             out.append((path, json.loads(path.read_text())))
     return out
@@ -90,9 +91,21 @@ def ensure_limit(capacity: int) -> str:
     return name
 
 
+_PICK = threading.Lock()
+
+
+def _free_gpus(units: int, pool: int) -> list[int]:
+    """The lowest `units` GPU ids of 0..pool-1 that no living holder has (the limit's slots
+    guarantee there are enough)."""
+    taken = {g for _, r in _records() if _alive(r) for g in r.get("gpus", [])}
+    free = [g for g in range(pool) if g not in taken]
+    return free[:units]
+
+
 @contextlib.contextmanager
-def trial_slots(units: int, what: str) -> Iterator[None]:
-    """Hold `units` slots of this host's limit (waiting for them) while the block runs."""
+def trial_slots(units: int, what: str, gpu_pool: int = 0) -> Iterator[list[int]]:
+    """Hold `units` slots of this host's limit (waiting for them) while the block runs; on a
+    GPU machine (`gpu_pool` GPUs) the slots are GPUs and the block gets their ids."""
     from prefect.concurrency._leases import maintain_concurrency_lease
     from prefect.concurrency._sync import (
         acquire_concurrency_slots_with_lease,
@@ -107,18 +120,19 @@ def trial_slots(units: int, what: str) -> Iterator[None]:
     record = _records_dir() / f"{granted.lease_id}.json"
     try:
         record.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(
-            record,
-            {
+        with _PICK, lease.held(record.parent / ".pick.lease", what="picking GPUs"):
+            gpus = _free_gpus(units, gpu_pool) if gpu_pool else []
+            info = {
                 "pid": me.pid,
                 "create_time": me.create_time(),
                 "slots": units,
+                "gpus": gpus,
                 "lease_id": str(granted.lease_id),
                 "what": what,
-            },
-        )
+            }
+            atomic.write_json(record, info)
         with maintain_concurrency_lease(granted.lease_id, LEASE_S, suppress_warnings=True):
-            yield
+            yield gpus
     finally:
         try:
             release_concurrency_slots_with_lease(granted.lease_id)

@@ -308,8 +308,17 @@ def run_trial(
         return state["outcome"]
     timing = {"task_start": t_start}
     if state.get("step", 0) < stop_at:
-        with slots.trial_slots(units, f"{parent.run_id}/{trial.id}"):
-            result = train_model(trial.config, shards_dir, run, stop_at_step=stop_at)
+        pool = cuda_device_count() if trial.config.compute.device != "cpu" else 0
+        with slots.trial_slots(units, f"{parent.run_id}/{trial.id}", pool) as gpus:
+            env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if gpus else None
+            result = train_model(
+                trial.config,
+                shards_dir,
+                run,
+                stop_at_step=stop_at,
+                extra_env=env,
+                cuda_devices=len(gpus) if gpus else None,
+            )
         timing |= result["timing"]
         state.update(step=result["step"], metrics=result["metrics"])
     if rung_metric is not None:

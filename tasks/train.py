@@ -46,14 +46,17 @@ def train_model(
     run: RunHandle,
     stop_at_step: int | None = None,
     extra_env: dict[str, str] | None = None,
+    cuda_devices: int | None = None,
 ) -> dict[str, Any]:
     """Launch torchrun on the run spec; return result.json (checkpoint, model path, metrics),
     with `timing` (torchrun's start and end, epoch seconds).
 
     `stop_at_step` trains only up to that step (a sweep's rung); `extra_env` is added to the
-    ranks' environment (a sweep's CUDA_VISIBLE_DEVICES)."""
+    ranks' environment (a sweep's CUDA_VISIBLE_DEVICES), and `cuda_devices` the GPUs it leaves
+    the job (default: every visible one)."""
     log = run_logger()
-    plan = plan_processes(config.compute, cuda_device_count())
+    gpus = cuda_device_count() if cuda_devices is None else cuda_devices
+    plan = plan_processes(config.compute, gpus)
     run_dir = Path(run.run_dir)
     spec = RunSpec(
         config=config,

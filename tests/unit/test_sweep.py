@@ -171,3 +171,18 @@ def test_successive_halving_decisions() -> None:
     assert halving.rung_steps(300, [0.11, 0.33]) == [33, 99]
     with pytest.raises(ConfigError, match="distinct"):
         halving.rung_steps(4, [0.3, 0.35])
+
+
+def test_the_sweep_deployment_form_holds_a_valid_sweep_of_the_config(tiny) -> None:
+    from flows.deployments import build_deployments, deployment_names
+    from genpar_models.config.sweep import SweepConfig
+    from tasks.sweep import check_sweep
+
+    deployments = build_deployments(tiny)
+    assert "genpar-sweep/sweep" in deployment_names(deployments)
+    (sweep_dep,) = [d for d in deployments if d.name == "sweep"]
+    sweep = SweepConfig.model_validate(sweep_dep.parameters["sweep"])
+    assert sweep.base == tiny.model_dump(mode="json")
+    assert [t.config.train.lr for t in check_sweep(sweep).trials] == pytest.approx(
+        [0.001, 0.003, 0.009]
+    )
