@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             "gpu",
             "serve",
             "gan",
+            "sweep",
         ],
         help="run only these sections",
     )
@@ -127,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     everything = ["preprocess", "train", "generate", "evaluate", "orchestration", "gpu", "serve"]
-    everything.append("gan")
-    only = set(args.only or everything)
+    everything += ["gan", "sweep"]
+    # The sweep section costs minutes even in quick mode (real sweeps and runs): the quick
+    # suite (CI's smoke test) runs it only when asked for with --only sweep.
+    only = set(args.only or [e for e in everything if not (args.quick and e == "sweep")])
     from benchmarks import (
         eval_bench,
         gan_bench,
@@ -137,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         orchestration_bench,
         preprocess_bench,
         serve_bench,
+        sweep_bench,
         train_bench,
     )
 
@@ -160,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
             ("serve", lambda: serve_bench.run(model_dir, args.quick)),
             ("gan", lambda: gan_bench.run(shards, work / "gan", args.quick, args.gan_epochs)),
+            ("sweep", lambda: sweep_bench.run(work / "sweep", args.quick)),
         ]
         for name, fn in steps:
             if name not in only:

@@ -3,6 +3,7 @@
     genpar-pipeline/pipeline                 the pipeline; on demand (UI form, API, CLI)
     genpar-evaluate/evaluate                 score a model, default <name>@champion; on demand
     genpar-nightly-retrain/nightly-retrain   on retrain.cron in retrain.timezone, one at a time
+    genpar-sweep/sweep                       a sweep of the config; on demand (UI form)
 
 The config's values become the deployments' default parameters, so the Prefect UI's run form
 opens with them (the typed `PipelineConfig` gives it its fields, defaults and descriptions).
@@ -26,10 +27,22 @@ from prefect.schedules import Cron
 from flows.evaluate import evaluate_flow
 from flows.nightly import nightly_retrain
 from flows.pipeline import pipeline
+from flows.sweep import sweep_flow
 from genpar_models.config import PipelineConfig
+from genpar_models.config.sweep import SweepConfig
 from infra import serving
 
-PIPELINE, EVALUATE, NIGHTLY = "pipeline", "evaluate", "nightly-retrain"
+PIPELINE, EVALUATE, NIGHTLY, SWEEP = "pipeline", "evaluate", "nightly-retrain", "sweep"
+
+
+def default_sweep(config: PipelineConfig) -> SweepConfig:
+    """The sweep form's defaults: the config's learning rate and its neighbours, x3 apart."""
+    lr = config.train.lr
+    return SweepConfig(
+        name=f"{config.name}-lr",
+        base=config.model_dump(mode="json"),
+        space={"train.lr": [lr / 3, lr, lr * 3]},
+    )
 
 
 def build_deployments(config: PipelineConfig) -> list[RunnerDeployment]:
@@ -65,6 +78,13 @@ def build_deployments(config: PipelineConfig) -> list[RunnerDeployment]:
             f"promote the challenger to @champion only if it beats the champion on "
             f"{config.retrain.primary_metric} by rule {config.retrain.rule} (margin "
             f"{config.retrain.min_improvement:g}).",
+            **common,
+        ),
+        sweep_flow.to_deployment(
+            name=SWEEP,
+            parameters={"sweep": default_sweep(config).model_dump(mode="json", by_alias=True)},
+            description=f"Sweep {config.name}: train the space's configurations at once with "
+            "successive halving; one parent MLflow run with a child per trial.",
             **common,
         ),
     ]
@@ -104,6 +124,7 @@ def serve_deployments(
     say(f"  {names[0]}  on demand; its run form holds the config")
     say(f"  {names[1]}  on demand")
     say(f"  {names[2]}  {schedule}, one run at a time")
+    say(f"  {names[3]}  on demand; its run form holds the sweep")
     say(f"UI: {api.removesuffix('/api')}/deployments   (Ctrl-C stops serving)")
     try:
         prefect.serve(

@@ -357,6 +357,7 @@ def launch_training(
     log_dir: Path,
     on_line: Callable[[str], None],
     node: Node | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> None:
     """Write the run spec (the flow's node) and run torchrun on it to completion (see
     `run_torchrun`); a joining node (`node`, `genpar join`) reads the spec already there.
@@ -383,7 +384,7 @@ def launch_training(
     try:
         run_torchrun(
             cmd,
-            child_env(plan, uri, node),
+            child_env(plan, uri, node) | (extra_env or {}),
             log_dir=log_dir,
             on_line=on_line,
             # One agent per run directory on a single node; the nodes of a multi-node job

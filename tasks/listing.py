@@ -64,8 +64,10 @@ def list_runs(
     metrics: list[str] | None,
     limit: int,
     protocol: str | None = None,
+    sweep: str | None = None,
 ) -> tuple[list[dict[str, str]], list[str]]:
-    """(rows, column names) for the newest runs, or ranked by a metric.
+    """(rows, column names) for the newest runs, or ranked by a metric; with `sweep` (a
+    parent run id) that sweep's trials, ranked by its objective unless `sort` says otherwise.
 
     Raises:
         ProtocolMismatch: `sort` is an evaluation metric and the runs holding it were
@@ -73,6 +75,8 @@ def list_runs(
     """
     resolved = store.resolve_uri(PipelineConfig(tracking={"uri": uri}))
     client = store.connect(resolved)
+    if sweep:
+        return _sweep_rows(client, sweep, sort, desc, metrics, limit, protocol)
     if experiment:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
@@ -122,3 +126,56 @@ def _row(r: Any, exps: dict[str, str], present: list[str], ptag: str | None) -> 
         row["protocol"] = r.data.tags.get(ptag, "")
     row.update({m: _fmt(r.data.metrics.get(m)) for m in present})
     return row
+
+
+def _sweep_rows(
+    client: Any,
+    parent_id: str,
+    sort: str | None,
+    desc: bool,
+    metrics: list[str] | None,
+    limit: int,
+    protocol: str | None,
+) -> tuple[list[dict[str, str]], list[str]]:
+    """A sweep's child runs, best first by its objective (or `sort`), protocol-guarded."""
+    import json
+
+    from mlflow.exceptions import MlflowException
+
+    try:
+        parent = client.get_run(parent_id)
+    except MlflowException:
+        raise GenparError(f"--sweep {parent_id}: no such MLflow run") from None
+    if parent.data.tags.get("genpar.sweep.role") != "parent":
+        raise GenparError(f"--sweep {parent_id}: run {parent_id} is not a sweep's parent run")
+    direction, _, objective = parent.data.params.get("sweep.objective", " ").partition(" ")
+    if not sort:
+        sort, desc = objective, direction == "maximize"
+    exp_id = parent.info.experiment_id
+    runs = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+        order_by=[f"metrics.`{sort}` {'DESC' if desc else 'ASC'}", "tags.`genpar.sweep.trial`"],
+        max_results=5000,
+    )
+    runs = [r for r in runs if "genpar.sweep.trial" in r.data.tags]
+    if protocol:
+        runs = [r for r in runs if _matches(r, protocol, protocol_kind(sort))]
+    guard_ranking(runs, sort)
+    runs = runs[:limit]
+    swept = list(json.loads(parent.data.params.get("sweep.space", "{}")))
+    wanted = metrics or [sort]
+    rows = []
+    for r in runs:
+        values = json.loads(r.data.tags.get("genpar.sweep.params", "{}"))
+        rows.append(
+            {
+                "trial": r.data.tags["genpar.sweep.trial"],
+                "run": r.info.run_id[:12],
+                "status": r.info.status,
+                "sweep": r.data.tags.get("genpar.sweep.status", ""),
+                **{k: _fmt(values.get(k)) for k in swept},
+                **{m: _fmt(r.data.metrics.get(m)) for m in wanted},
+            }
+        )
+    return rows, ["trial", "run", "status", "sweep", *swept, *wanted]

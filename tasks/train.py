@@ -40,10 +40,23 @@ def _init_model_dir(config: PipelineConfig, uri: str) -> str | None:
     retries=0,
     cache_policy=NO_CACHE,
 )
-def train_model(config: PipelineConfig, shards_dir: str, run: RunHandle) -> dict[str, Any]:
-    """Launch torchrun on the run spec; return result.json (checkpoint, model path, metrics)."""
+def train_model(
+    config: PipelineConfig,
+    shards_dir: str,
+    run: RunHandle,
+    stop_at_step: int | None = None,
+    extra_env: dict[str, str] | None = None,
+    cuda_devices: int | None = None,
+) -> dict[str, Any]:
+    """Launch torchrun on the run spec; return result.json (checkpoint, model path, metrics),
+    with `timing` (torchrun's start and end, epoch seconds).
+
+    `stop_at_step` trains only up to that step (a sweep's rung); `extra_env` is added to the
+    ranks' environment (a sweep's CUDA_VISIBLE_DEVICES), and `cuda_devices` the GPUs it leaves
+    the job (default: every visible one)."""
     log = run_logger()
-    plan = plan_processes(config.compute, cuda_device_count())
+    gpus = cuda_device_count() if cuda_devices is None else cuda_devices
+    plan = plan_processes(config.compute, gpus)
     run_dir = Path(run.run_dir)
     spec = RunSpec(
         config=config,
@@ -53,6 +66,7 @@ def train_model(config: PipelineConfig, shards_dir: str, run: RunHandle) -> dict
         threads_per_proc=plan.threads_per_proc,
         tracking=TrackingTarget(uri=run.uri, run_id=run.run_id),
         init_model_dir=_init_model_dir(config, run.uri),
+        stop_at_step=stop_at_step,
     )
     spec.result_path.unlink(missing_ok=True)
     log_dir = run_dir / "torchrun" / time.strftime("launch-%Y%m%d-%H%M%S")
@@ -63,8 +77,10 @@ def train_model(config: PipelineConfig, shards_dir: str, run: RunHandle) -> dict
         plan.threads_per_proc,
         log_dir,
     )
-    launch_training(spec, plan, log_dir=log_dir, on_line=log.info)
+    started = time.time()
+    launch_training(spec, plan, log_dir=log_dir, on_line=log.info, extra_env=extra_env)
     result = json.loads(spec.result_path.read_text())
+    result["timing"] = {"torchrun_start": started, "torchrun_end": time.time()}
     pending = result.pop("pending_metrics", [])
     if pending:
         log.warning(

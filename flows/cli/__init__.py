@@ -1,6 +1,7 @@
 """`genpar`: the command-line front door, one module per group of what a user does.
 
     running.py   run, retrain               run a pipeline, or the nightly retrain, now
+    sweeping.py  sweep                      train many configurations at once
     models.py    evaluate, compress, generate   work on a logged or registered model
     champion.py  promote, rollback, champion    move the champion alias by hand, its history
     runs.py      runs, config, ui, home     list and rank runs, inspect configs, open MLflow
@@ -20,6 +21,7 @@ from flows.cli.app import app
 # Each module registers its commands on import; the import order is the order of `--help`.
 # isort: off
 from flows.cli import running  # noqa: F401, E402
+from flows.cli import sweeping  # noqa: F401, E402
 from flows.cli import models  # noqa: F401, E402
 from flows.cli import champion  # noqa: F401, E402
 from flows.cli import runs  # noqa: F401, E402

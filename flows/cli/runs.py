@@ -48,6 +48,12 @@ def runs(
             "--protocol", help="Only runs evaluated under this protocol id (or its prefix)."
         ),
     ] = None,
+    sweep: Annotated[
+        str | None,
+        typer.Option(
+            "--sweep", help="A sweep's parent run id: its trials, ranked by its objective."
+        ),
+    ] = None,
 ) -> None:
     """A table of recent runs with their key params and metrics, sortable by a metric.
 
@@ -66,6 +72,7 @@ def runs(
             metrics=metric,
             limit=limit,
             protocol=protocol,
+            sweep=sweep,
         )
     except GenparError as e:
         fail(str(e), code=1)

@@ -45,25 +45,33 @@ def format_validation_error(err: ValidationError, origin: str) -> str:
 
 
 def _known_fields(
-    model: type[BaseModel], parts: list[str], override: str
+    model: type[BaseModel], parts: list[str], override: str, label: str | None = None
 ) -> type[BaseModel] | None:
-    """Walk `parts` through the model tree; raise ConfigError for an unknown key."""
+    """Walk `parts` through the model tree; raise ConfigError for an unknown key (the message
+    starts with `label`, default "override '<override>'")."""
+    label = label or f"override {override!r}"
     current: type[BaseModel] | None = model
     for depth, part in enumerate(parts):
         if current is None:
-            raise ConfigError(f"override {override!r}: {'.'.join(parts[:depth])} is not a section")
+            raise ConfigError(f"{label}: {'.'.join(parts[:depth])} is not a section")
         fields = current.model_fields
         if part not in fields:
             where = ".".join(parts[:depth]) or "the top level"
             hint = difflib.get_close_matches(part, list(fields), n=1)
             suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
             raise ConfigError(
-                f"override {override!r}: unknown key {part!r} in {where}{suggestion} "
-                f"(known: {', '.join(fields)})"
+                f"{label}: unknown key {part!r} in {where}{suggestion} (known: {', '.join(fields)})"
             )
         ann = fields[part].annotation
         current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
     return current
+
+
+def check_dotted_key(key: str, label: str) -> None:
+    """`key` names a field (not a section) of the config tree; ConfigError (did-you-mean)
+    starting with `label` otherwise."""
+    if _known_fields(PipelineConfig, key.strip().split("."), key, label) is not None:
+        raise ConfigError(f"{label}: {key} is a section, not a field; name one of its fields")
 
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -169,7 +169,7 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
             len(train_images),
             len(val_images),
             start,
-            cfg.train.max_steps,
+            spec.end_step,
             f", resumed from {resumed.path.name}" if resumed else "",
         )
         if warm:
@@ -212,20 +212,20 @@ def _loop(
     trainer, family, feed, validation, spec, ctx, sink, start, expect, resumed
 ) -> dict[str, Any]:
     """The steps from `start` to train.max_steps; `validation` is (val images, bits/dim?)."""
-    cfg = spec.config.train
+    cfg, end = spec.config.train, spec.end_step
     val_images, bits = validation
     meter, noise = Meter(), torch.Generator()
     last_ckpt = str(resumed.path) if resumed else None
     last: dict[str, float] = dict(resumed.meta.get("metrics", {})) if resumed else {}
     loop_start = time.perf_counter()
     t0, n0 = loop_start, start
-    for step in range(start + 1, cfg.max_steps + 1):
+    for step in range(start + 1, end + 1):
         noise.manual_seed(seeding.training_noise(spec.config.seed, ctx.rank, step))
         x = family.to_input(feed(step - 1), spec.config.data.binarize, noise)
         meter.add(trainer.step(step, x, noise))
-        at_ckpt = step % cfg.checkpoint_every_steps == 0 or step == cfg.max_steps
+        at_ckpt = step % cfg.checkpoint_every_steps == 0 or step == end
         logged = step % cfg.log_every_steps == 0 or at_ckpt
-        validated = step % cfg.val_every_steps == 0 or step == cfg.max_steps
+        validated = step % cfg.val_every_steps == 0 or step == end
         if logged:
             last = meter.read(ctx) if meter.count else last
             check_finite(last, trainer.steps.loss_key, step, last_ckpt)
@@ -246,7 +246,7 @@ def _loop(
             # checkpoint: the current speed, not an average diluted by start-up and pauses.
             t0, n0 = time.perf_counter(), step
     elapsed = time.perf_counter() - loop_start
-    samples = (cfg.max_steps - start) * trainer.rows_per_step * ctx.world_size
+    samples = max(end - start, 0) * trainer.rows_per_step * ctx.world_size
     return {
         "metrics": last,
         "checkpoint": last_ckpt,
@@ -269,14 +269,14 @@ def _finish(trainer, model, spec, sink, state, start, restarts, ctx) -> dict[str
         spec=spec_dict,
         meta={
             "train_key": spec.train_key,
-            "step": cfg.train.max_steps,
+            "step": spec.end_step,
             "metrics": state["metrics"],
             "image_shape": list(spec_dict.get("image_shape") or spec_dict["sequence_shape"]),
         },
     )
     flushed = sink.commit(force=True)
     result = {
-        "step": cfg.train.max_steps,
+        "step": spec.end_step,
         "resumed_from_step": start,
         "elastic_restarts": restarts,
         "checkpoint": state["checkpoint"],

@@ -35,6 +35,15 @@ class RunSpec(BaseModel):
     # Warm start: weights (not optimizer state) from this exported model when no checkpoint
     # exists yet; a checkpoint, once written, always wins (resume precedence).
     init_model_dir: str | None = None
+    # A sweep's rung: train up to this step (checkpointed, validated, exported as at the end)
+    # and stop; the same run resumed with a later stop continues as if never stopped, since
+    # the learning-rate schedule, data order and noise depend on train.max_steps and the step.
+    stop_at_step: int | None = None
+
+    @property
+    def end_step(self) -> int:
+        steps = self.config.train.max_steps
+        return min(self.stop_at_step, steps) if self.stop_at_step else steps
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from genpar_models.config import PipelineConfig, RetrainConfig
+from genpar_models.config.sweep import SweepConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,13 +26,16 @@ def _flows_in(path: Path) -> set[str]:
 def test_prefect_yaml_matches_the_code() -> None:
     spec = yaml.safe_load((REPO / "infra" / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert set(deployments) == {"pipeline", "evaluate", "nightly-retrain"}
+    assert set(deployments) == {"pipeline", "evaluate", "nightly-retrain", "sweep"}
     for d in deployments.values():
         file, func = d["entrypoint"].split(":")
         assert func in _flows_in(REPO / file), d["entrypoint"]
         assert d["work_pool"]["name"] == "genpar"
         if "config" in d["parameters"]:
             PipelineConfig.model_validate(d["parameters"]["config"])  # the form's defaults
+        if "sweep" in d["parameters"]:
+            sweep = SweepConfig.model_validate(d["parameters"]["sweep"])
+            PipelineConfig.model_validate(sweep.base)
     nightly = deployments["nightly-retrain"]
     (schedule,) = nightly["schedules"]
     RetrainConfig(cron=schedule["cron"], timezone=schedule["timezone"])
