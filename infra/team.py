@@ -17,6 +17,9 @@ Layout (beside infra/stack.py's)::
     $GENPAR_HOME/team/postgres/data/        the database cluster (owned by the service user)
     $GENPAR_HOME/stack/team-credentials.json
     $GENPAR_HOME/stack/logs/<server>.log
+
+This module is longer than 300 lines: one function per server of the team stack, each
+small, kept together so the stack reads in start order.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from distributed import Client, LocalCluster, as_completed
 
 from genpar_models.config import ComputeConfig
 from genpar_models.errors import ConfigError
+from genpar_models.util import atomic
 from genpar_models.util.cores import available_cores
 from genpar_models.util.paths import genpar_home, read_probe
 
@@ -104,7 +105,7 @@ def check_shared_home(address: str, timeout_s: float = 30.0) -> int:
     probe = home / "tmp" / f"dask-probe-{uuid.uuid4().hex}"
     probe.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex
-    probe.write_text(token)
+    atomic.write_text(probe, token)
     try:
         with Client(address, timeout=f"{timeout_s:.0f}s") as client:
             seen = client.run(read_probe, str(probe), token)

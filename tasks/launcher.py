@@ -14,6 +14,9 @@ would live on beside the re-run that resumes the same run directory. So the agen
 in `<run dir>/torchrun.pid` while it runs, and the next launch in that directory (the re-run
 holds the run's lease, so nothing else may be training there) stops whatever the file still
 names first.
+
+This module is longer than 300 lines: the command line (single and multi-node), the
+process tree's lifetime and the reading of rank errors belong to the one launch.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import psutil
 from genpar_models.config import ComputeConfig
 from genpar_models.errors import ConfigError, GenparError
 from genpar_models.train.runspec import RunSpec, write_spec
+from genpar_models.util import atomic
 from genpar_models.util.cores import available_cores
 
 GRACE_S = 30.0
@@ -262,9 +266,7 @@ def _write_pid(pid_file: Path, proc: subprocess.Popen) -> None:
     except psutil.NoSuchProcess:
         return
     record = {"pid": proc.pid, "create_time": started, "host": socket.gethostname()}
-    tmp = pid_file.with_name(pid_file.name + ".tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, pid_file)
+    atomic.write_json(pid_file, record)
 
 
 def stop_leftover(pid_file: Path, on_line: Callable[[str], None] = lambda _: None) -> bool:

@@ -6,6 +6,9 @@ tagged with the sweep's key (genpar_models/sweep/plan.py: sweep_key) and each ch
 `mlflow.parentRunId` and its trial id. A trial's run directory keeps `trial.json`: the score it
 had at each rung and whether it finished, so a re-run never trains a finished trial again and
 recomputes the same rung decisions from the recorded scores.
+
+This module is longer than 300 lines: the sweep's rounds, trials and their MLflow runs
+share state that a split would pass around.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def config_reference() -> str:
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             for name, sub in ann.model_fields.items():
-                default = json.dumps(sub.default)
+                default = json.dumps(sub.get_default(call_default_factory=True))
                 desc = (sub.description or "").replace("|", "\\|")
                 lines.append(
                     f"| `{section}.{name}` | {_type_name(sub.annotation)} | `{default}` | {desc} |"
