@@ -134,10 +134,11 @@ def status() -> None:
     served = serving.serve_state()
     if not states:
         console.print(f"no genpar stack is running for {stack.genpar_home()} (`genpar up`)")
+    width = max([len("serve"), *(len(server.name) for server, _ in states)]) + 2
     for server, state in states:
         colour = "green" if state == "running" else "red"
         console.print(
-            f"{server.name:14s} [{colour}]{state}[/]  {server.what}  (pid {server.proc.pid})",
+            f"{server.name:{width}s}[{colour}]{state}[/]  {server.what}  (pid {server.proc.pid})",
             highlight=False,
         )
     if served:
@@ -145,7 +146,7 @@ def status() -> None:
         colour = "green" if state == "running" else "red"
         names = ", ".join(info.get("deployments", []))
         console.print(
-            f"{'serve':8s} [{colour}]{state}[/]  pid {info['pid']}, config "
+            f"{'serve':{width}s}[{colour}]{state}[/]  pid {info['pid']}, config "
             f"{info.get('config')!r}: {names}",
             highlight=False,
         )

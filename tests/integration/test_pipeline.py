@@ -102,6 +102,9 @@ ADDED_PARAMS |= {
     for k in ("rnn", "hidden_dim", "rnn_layers", "decoder_input", "input_dropout", "free_bits")
 }
 ADDED_PARAMS |= {"train.kl_anneal_steps", "evaluate.posthoc_steps"}
+# Issue 16's model parallelism and several nodes: defaults keep DDP with Adam, as recorded.
+ADDED_PARAMS |= {"compute.strategy", "compute.join_timeout_s", "train.optimizer"}
+ADDED_PARAMS |= {"train.allow_reshard"}
 ADDED_METRICS = {"train/global_batch_size"}
 ADDED_TAGS = {"genpar.run_identity", *lineage_tags()}
 
