@@ -73,6 +73,10 @@ def _run_trials(
             continue
         for trial_id in finished:
             future = running.pop(trial_id)
+            # The final state the task returned: `.state` alone reads the API, which the
+            # task's last state change may not have reached yet (a trial that returns at
+            # once, resumed from its recorded rung, would read as still Running).
+            future.wait()
             state = future.state
             if state.is_completed():
                 completed.append(future.result())
