@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -136,3 +144,60 @@ def gan_forward_on(rank: int, world: int, norm: str, sn: bool) -> dict[str, torc
     share = slice(rank * 8 // world, (rank + 1) * 8 // world)
     with torch.no_grad():
         return {"g": g(z[share]), "d": d(x[share])}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 that a test can stop and start again."""
+
+    def __init__(self, db: Path, template: Path, *, proxy_artifacts: bool = False) -> None:
+        """`proxy_artifacts`: the server stores artifacts itself (`--artifacts-destination`,
+        as the team stack does) instead of clients writing to `--default-artifact-root`."""
+        self.db, self.port, self.proxy = db, free_port(), proxy_artifacts
+        shutil.copy(template, db)
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        mlflow = str(Path(sys.executable).with_name("mlflow"))
+        self.proc = subprocess.Popen(
+            [
+                mlflow,
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{self.db}",
+                "--artifacts-destination" if self.proxy else "--default-artifact-root",
+                str(self.db.parent / "artifacts"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(self.uri + "/health", timeout=2) as r,
+            ):
+                if r.status == 200:
+                    return
+            time.sleep(0.3)
+        raise RuntimeError("mlflow server did not come up")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # server, workers, job consumers
+            self.proc.wait()
+            self.proc = None

@@ -149,3 +149,39 @@ def home() -> None:
     console.print(str(genpar_home()), highlight=False)
     if HOME_ENV not in os.environ:
         err.print(f"(default; set {HOME_ENV} to move it)")
+
+
+@app.command(rich_help_panel=PANEL)
+def migrate(
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            help="Target MLflow tracking URI, e.g. http://mlflow.team:5000 (credentials from "
+            "MLFLOW_TRACKING_USERNAME/PASSWORD). Default: the running team or local stack's "
+            "MLflow, with its credentials.",
+        ),
+    ] = None,
+    from_: Annotated[
+        str | None,
+        typer.Option("--from", help="Source store (default: this genpar home's embedded one)."),
+    ] = None,
+) -> None:
+    """Copy this genpar home's runs (params, metric histories, tags, artifacts), registered
+    models, versions and aliases to another MLflow server, through MLflow's APIs. Running it
+    again copies only what is not there yet."""
+    from flows.cli.common import prefect_defaults
+    from genpar_models.util.paths import default_tracking_uri
+    from tasks import migrate as migration
+    from tasks.mlflow_store import move_credentials_to_env
+
+    source = from_ or default_tracking_uri()
+    prefect_defaults()  # the running stack's MLflow URI and credentials, when one runs
+    target = to or os.environ.get("MLFLOW_TRACKING_URI")
+    if not target or target == source:
+        fail("genpar migrate: name the target with --to URI (no genpar stack is running)", code=2)
+    try:
+        report = migration.migrate(source, move_credentials_to_env(target), say=console.print)
+    except GenparError as e:
+        fail(str(e), code=1)
+    console.print(f"migrated: {report.summary()}", highlight=False)

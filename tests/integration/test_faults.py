@@ -3,19 +3,15 @@ two pipelines at once. docs/RELIABILITY.md lists each with its behaviour."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,64 +31,9 @@ from tasks import mlflow_store as store
 from tasks.launcher import TrainingFailed
 from tasks.preprocess import preprocess
 from tests.conftest import TINY
-from tests.helpers import launch, make_shard_set
+from tests.helpers import MlflowServer, free_port, launch, make_shard_set
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MlflowServer:
-    """A real `mlflow server` on 127.0.0.1 that a test can stop and start again."""
-
-    def __init__(self, db: Path, template: Path) -> None:
-        self.db, self.port = db, free_port()
-        shutil.copy(template, db)
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        mlflow = str(Path(sys.executable).with_name("mlflow"))
-        self.proc = subprocess.Popen(
-            [
-                mlflow,
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                "1",
-                "--backend-store-uri",
-                f"sqlite:///{self.db}",
-                "--default-artifact-root",
-                str(self.db.parent / "artifacts"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(self.uri + "/health", timeout=2) as r,
-            ):
-                if r.status == 200:
-                    return
-            time.sleep(0.3)
-        raise RuntimeError("mlflow server did not come up")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)  # server, workers, job consumers
-            self.proc.wait()
-            self.proc = None
 
 
 @pytest.fixture
