@@ -4,7 +4,8 @@
     sweeping.py  sweep                      train many configurations at once
     models.py    evaluate, compress, generate   work on a logged or registered model
     champion.py  promote, rollback, champion    move the champion alias by hand, its history
-    runs.py      runs, config, ui, home     list and rank runs, inspect configs, open MLflow
+    runs.py      runs, config, ui, home,    list and rank runs, inspect configs, open MLflow,
+                 migrate                    copy a home's records to another MLflow
     stack.py     up, down, status, serve    the local stack and its deployments
     common.py    consoles, options, `load_or_fail`, Prefect/MLflow environment defaults
     docs.py      regenerate the README's config reference (`python -m flows.cli.docs`)

@@ -1,4 +1,5 @@
-"""Runs and configs: `genpar runs` (list and rank), `genpar config`, `genpar ui`, `genpar home`."""
+"""Runs and configs: `genpar runs` (list and rank), `genpar config`, `genpar ui`, `genpar home`,
+and `genpar migrate` (a home's MLflow records to another server)."""
 
 from __future__ import annotations
 
