@@ -8,7 +8,7 @@ run:  ## Quick start, first command: install and run the digits VAE pipeline
 	python3 -m venv $(VENV) && $(VENV)/bin/pip install -e . && $(VENV)/bin/genpar run configs/digits-vae.yaml
 
 test:  ## Quick start, second command: install with test extras and run every test
-	infra/install-chromium && python3 -m venv $(VENV) && $(VENV)/bin/pip install -e ".[test]" && $(PY) -m pytest
+	infra/install-test-deps && python3 -m venv $(VENV) && $(VENV)/bin/pip install -e ".[test]" && $(PY) -m pytest
 
 smoke:  ## The tiny pipeline (seconds of training)
 	$(VENV)/bin/genpar run configs/tiny.yaml

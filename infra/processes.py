@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import http.client
 import os
 import signal
 import socket
@@ -141,11 +142,12 @@ def port_user(port: int) -> str | None:
 
 
 def http_ok(url: str, timeout_s: float = 3.0) -> bool:
-    """Whether GET url answers 200 (a health endpoint)."""
+    """Whether GET url answers 200 (a health endpoint); False for anything else, including a
+    port held by something that does not speak HTTP (http.client's BadStatusLine)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as r:
             return r.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException):
         return False
 
 
