@@ -26,6 +26,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -376,6 +377,9 @@ def server_states() -> list[tuple[Server, str]]:
     return out
 
 
+ANSWER_GRACE_S = 30.0  # how long a live server may take to answer before it counts as down
+
+
 def use_stack() -> str | None:
     """Point this process (and its children) at the running stack; a note when it is stale.
 
@@ -385,6 +389,10 @@ def use_stack() -> str | None:
     states = server_states()
     if not states:
         return None
+    deadline = time.monotonic() + ANSWER_GRACE_S
+    while time.monotonic() < deadline and any(st.startswith("not answering") for _, st in states):
+        time.sleep(1)  # alive but slow (a busy machine): not a reason to write elsewhere
+        states = server_states()
     if any(state != "running" for _, state in states):
         bad = "; ".join(f"{s.name} {state}" for s, state in states if state != "running")
         return f"genpar stack is not healthy ({bad}); using the embedded defaults (`genpar status`)"

@@ -201,3 +201,41 @@ class MlflowServer:
                 os.killpg(self.proc.pid, signal.SIGKILL)  # server, workers, job consumers
             self.proc.wait()
             self.proc = None
+
+
+MODEL_DIR = Path(__file__).parent / "fixtures" / "v1" / "model-vae"  # a genpar 0.1 export
+
+
+def small_mlflow_home(name: str) -> dict[str, str]:
+    """A sweep parent and a trial (with a metric history, a model artifact, a file artifact),
+    a finished run, a registered model with a files version and a logged-model version, and
+    the champion alias, in the genpar home's embedded store ($GENPAR_HOME), experiment and
+    registered model `name`; made through MLflow's client as genpar makes them."""
+    from genpar_models.util.paths import default_tracking_uri
+    from tasks import mlflow_store as store
+    from tasks import registry, served_model
+
+    uri = default_tracking_uri()
+    client = store.connect(uri)
+    exp = store.ensure_experiment(client, uri, name)
+    parent = store.create_run(client, exp, name="sweep", tags={"genpar.sweep.role": "parent"})
+    trial = store.create_run(client, exp, name="t000", tags={"mlflow.parentRunId": parent})
+    store.log_params(client, trial, {"train.lr": 0.003, "data.binarize": "none"})
+    for step, value in enumerate((3.0, 2.0, 1.5)):
+        client.log_metric(trial, "train/loss", value, step=step * 10)
+    client.log_artifacts(trial, str(MODEL_DIR), registry.MODEL_ARTIFACT)
+    client.log_text(trial, "hello", "notes/readme.txt")
+    store.finish(client, trial, "FINISHED")
+    store.finish(client, parent, "KILLED")
+    registry.ensure_registered_model(client, name, "genpar models of this pipeline")
+    artifact_uri = client.get_run(trial).info.artifact_uri
+    client.create_model_version(name, f"{artifact_uri}/model", run_id=trial, tags={"eval/fid": "9"})
+    logged = served_model.log_served_model(
+        client, trial, MODEL_DIR, binarize="none", max_samples=100
+    )
+    with served_model.global_tracking_uri(uri):
+        client.create_model_version(
+            name, logged, run_id=trial, model_id=logged.removeprefix("models:/")
+        )
+    client.set_registered_model_alias(name, registry.ALIAS, "2")
+    return {"parent": parent, "trial": trial, "uri": uri}

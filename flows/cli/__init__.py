@@ -17,7 +17,10 @@ start.
 
 from __future__ import annotations
 
+import typer
+
 from flows.cli.app import app
+from flows.cli.common import prefect_defaults
 
 # Each module registers its commands on import; the import order is the order of `--help`.
 # isort: off
@@ -30,6 +33,17 @@ from flows.cli import stack  # noqa: F401, E402
 # isort: on
 
 __all__ = ["app", "main"]
+
+# Commands that manage the stack itself: they read its state, they must not be pointed at it.
+_STACK_COMMANDS = {"up", "down", "status"}
+
+
+@app.callback()
+def _environment(ctx: typer.Context) -> None:
+    """Before any command imports Prefect (whose settings are read once, at import), point the
+    environment at a running stack and set genpar's Prefect defaults (flows/cli/common.py)."""
+    if ctx.invoked_subcommand not in _STACK_COMMANDS:
+        prefect_defaults()
 
 
 def main() -> None:

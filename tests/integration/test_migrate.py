@@ -12,53 +12,19 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from genpar_models.util.paths import default_tracking_uri
 from tasks import mlflow_store as store
-from tasks import registry, served_model
+from tasks import registry
 from tasks.migrate import TAG_DONE, TAG_FROM, TAG_FROM_VERSION
 from tests.conftest import REPO
-from tests.helpers import MlflowServer, clean_env
+from tests.helpers import MODEL_DIR, MlflowServer, clean_env, small_mlflow_home
 
 pytestmark = [pytest.mark.integration]
 
-MODEL_DIR = REPO / "tests" / "fixtures" / "v1" / "model-vae"
 GENPAR = str(Path(sys.executable).with_name("genpar"))
 
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _small_home() -> dict[str, str]:
-    """A sweep parent and a trial (with a metric history, a model artifact, a file artifact),
-    a finished run, a registered model with a files version and a logged-model version, and
-    the champion alias; made through MLflow's client as genpar makes them."""
-    uri = default_tracking_uri()
-    client = store.connect(uri)
-    exp = store.ensure_experiment(client, uri, "tiny")
-    parent = store.create_run(client, exp, name="sweep", tags={"genpar.sweep.role": "parent"})
-    trial = store.create_run(client, exp, name="t000", tags={"mlflow.parentRunId": parent})
-    store.log_params(client, trial, {"train.lr": 0.003, "data.binarize": "none"})
-    for step, value in enumerate((3.0, 2.0, 1.5)):
-        client.log_metric(trial, "train/loss", value, step=step * 10)
-    client.log_artifacts(trial, str(MODEL_DIR), registry.MODEL_ARTIFACT)
-    client.log_text(trial, "hello", "notes/readme.txt")
-    store.finish(client, trial, "FINISHED")
-    store.finish(client, parent, "KILLED")
-    registry.ensure_registered_model(client, "tiny", "genpar models of this pipeline")
-    artifact_uri = client.get_run(trial).info.artifact_uri
-    client.create_model_version(
-        "tiny", f"{artifact_uri}/model", run_id=trial, tags={"eval/fid": "9"}
-    )
-    logged = served_model.log_served_model(
-        client, trial, MODEL_DIR, binarize="none", max_samples=100
-    )
-    with served_model.global_tracking_uri(uri):
-        client.create_model_version(
-            "tiny", logged, run_id=trial, model_id=logged.removeprefix("models:/")
-        )
-    client.set_registered_model_alias("tiny", registry.ALIAS, "2")
-    return {"parent": parent, "trial": trial, "uri": uri}
 
 
 def _migrate(home: Path, target: str) -> subprocess.CompletedProcess:
@@ -81,7 +47,7 @@ def _copies(client: MlflowClient) -> dict[str, object]:
 def test_a_home_moves_whole_and_once(
     tracked_home: Path, mlflow_template: Path, tmp_path: Path
 ) -> None:
-    source = _small_home()
+    source = small_mlflow_home("tiny")
     server = MlflowServer(tmp_path / "team.db", mlflow_template, proxy_artifacts=True)
     server.start()
     try:
