@@ -157,6 +157,11 @@ def torchrun_command(
 def child_env(plan: Plan, tracking_uri: str | None, node: Node | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(plan.threads_per_proc)  # torchrun would force 1 (section 3.5)
+    if node is not None:
+        # A fresh store per rendezvous round, hosted by that round's rank 0: the agents'
+        # shared store would carry one round's keys into the next, and the per-attempt prefix
+        # that keeps them apart on one node differs between nodes (genpar_models/train/dist.py).
+        env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     if node is not None and "GLOO_SOCKET_IFNAME" not in env:
         # gloo picks the interface of the hostname otherwise; one name, not NCCL's ^lo syntax
         ifname = interface_of(node.local_addr)

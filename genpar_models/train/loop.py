@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from genpar_models.models.export import count_parameters, export_model, load_exp
 from genpar_models.models.family import Family
 from genpar_models.models.registry import check_model_config
 from genpar_models.train import persist
-from genpar_models.train.dist import DistContext, all_reduce_sum, barrier
+from genpar_models.train.dist import DistContext, all_reduce_sum, barrier, elastic_restarts
 from genpar_models.train.feed import BatchFeed
 from genpar_models.train.runspec import RunSpec
 from genpar_models.train.sharding import full_state_dict
@@ -158,7 +157,7 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
     sink = make_sink(
         ctx.is_main, *(spec.tracking.uri, spec.tracking.run_id) if spec.tracking else (None, None)
     )
-    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+    restarts = elastic_restarts(ctx)
     if ctx.is_main:
         log.info(
             "training %s (%s params) on %d %s rank(s), %d train / %d val samples, steps %d→%d%s",

@@ -114,9 +114,16 @@ def test_two_nodes_on_loopback_train_one_job(home: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_a_worker_killed_on_one_node_restarts_both_and_resumes(home: Path) -> None:
+    """The joiner's worker SIGKILLed after the step-20 checkpoint: its agent restarts it, the
+    host's agent restarts its own for the membership change, and the job resumes. 120 steps
+    leave the killer 100 steps (seconds under load) to act; no validation in between."""
     endpoint = f"127.0.0.1:{free_port()}"
     cfg = _cfg(
-        endpoint, "train.max_steps=300", "train.checkpoint_every_steps=20", "train.max_restarts=1"
+        endpoint,
+        "train.max_steps=120",
+        "train.checkpoint_every_steps=20",
+        "train.val_every_steps=100",
+        "train.max_restarts=1",
     )
     spec = _spec(home, cfg)
     joiner = _join(home, spec, endpoint)
@@ -124,7 +131,7 @@ def test_a_worker_killed_on_one_node_restarts_both_and_resumes(home: Path) -> No
 
     def kill_the_joiners_worker() -> None:
         ckpt = Path(spec.run_dir) / "checkpoints" / "ckpt-00000020.json"
-        deadline = time.time() + 60
+        deadline = time.time() + 90
         while time.time() < deadline and not ckpt.exists():
             time.sleep(0.02)
         for p in psutil.Process(joiner.pid).children(recursive=True):
@@ -143,7 +150,8 @@ def test_a_worker_killed_on_one_node_restarts_both_and_resumes(home: Path) -> No
     assert "pid" in killed, "the joining node's worker was never killed"
     assert joiner.returncode == 0, out[-3000:]
     result = _result(spec)
-    assert result["step"] == 300 and result["elastic_restarts"] == 1
+    # One restart (the killed node's count; the host restarted for the membership change).
+    assert result["step"] == 120 and result["elastic_restarts"] == 1
     assert result["resumed_from_step"] >= 20 and result["resumed_from_step"] % 20 == 0
 
 
