@@ -378,6 +378,12 @@ def launch_training(
     if node is None:
         write_spec(spec, spec_path)
         node = host_node(cfg)
+        if node is not None:
+            on_line(
+                f"multi-node run: on each of the other {cfg.nnodes - 1} node(s), within "
+                f"compute.join_timeout_s={cfg.join_timeout_s} s: genpar join "
+                f"{Path(spec.run_dir).name} --rdzv-endpoint {cfg.rdzv_endpoint}"
+            )
     cmd = torchrun_command(
         cfg,
         plan,
