@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             "serve",
             "gan",
             "sweep",
+            "fsdp",
         ],
         help="run only these sections",
     )
@@ -128,12 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     everything = ["preprocess", "train", "generate", "evaluate", "orchestration", "gpu", "serve"]
-    everything += ["gan", "sweep"]
-    # The sweep section costs minutes even in quick mode (real sweeps and runs): the quick
-    # suite (CI's smoke test) runs it only when asked for with --only sweep.
-    only = set(args.only or [e for e in everything if not (args.quick and e == "sweep")])
+    everything += ["gan", "sweep", "fsdp"]
+    # The sweep and fsdp sections cost minutes even in quick mode (real sweeps and runs, two
+    # torchrun jobs per arm): the quick suite (CI's smoke test) runs them only when asked for
+    # with --only; test_fsdp.py runs FSDP for real in CI.
+    slow_quick = {"sweep", "fsdp"}
+    only = set(args.only or [e for e in everything if not (args.quick and e in slow_quick)])
     from benchmarks import (
         eval_bench,
+        fsdp_bench,
         gan_bench,
         generate_bench,
         gpu_bench,
@@ -148,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="genpar-bench-") as tmp:
         work = Path(tmp)
-        shards, model_dir, full_cfg = prepare(work, args.quick)
+        # The trained mnist-vae model is for the sections that read it (not preprocess,
+        # orchestration, sweep or fsdp, which make their own).
+        needs_model = only & {"train", "generate", "evaluate", "gpu", "serve", "gan"}
+        shards, model_dir, full_cfg = prepare(work, args.quick) if needs_model else (None,) * 3
         train_sps = None
         steps = [
             ("preprocess", lambda: preprocess_bench.run(work / "pre", args.quick)),
@@ -165,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             ("serve", lambda: serve_bench.run(model_dir, args.quick)),
             ("gan", lambda: gan_bench.run(shards, work / "gan", args.quick, args.gan_epochs)),
             ("sweep", lambda: sweep_bench.run(work / "sweep", args.quick)),
+            ("fsdp", lambda: fsdp_bench.run(work / "fsdp", args.quick)),
         ]
         for name, fn in steps:
             if name not in only:

@@ -157,6 +157,11 @@ def torchrun_command(
 def child_env(plan: Plan, tracking_uri: str | None, node: Node | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(plan.threads_per_proc)  # torchrun would force 1 (section 3.5)
+    if node is not None:
+        # A fresh store per rendezvous round, hosted by that round's rank 0: the agents'
+        # shared store would carry one round's keys into the next, and the per-attempt prefix
+        # that keeps them apart on one node differs between nodes (genpar_models/train/dist.py).
+        env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     if node is not None and "GLOO_SOCKET_IFNAME" not in env:
         # gloo picks the interface of the hostname otherwise; one name, not NCCL's ^lo syntax
         ifname = interface_of(node.local_addr)
@@ -373,6 +378,12 @@ def launch_training(
     if node is None:
         write_spec(spec, spec_path)
         node = host_node(cfg)
+        if node is not None:
+            on_line(
+                f"multi-node run: on each of the other {cfg.nnodes - 1} node(s), within "
+                f"compute.join_timeout_s={cfg.join_timeout_s} s: genpar join "
+                f"{Path(spec.run_dir).name} --rdzv-endpoint {cfg.rdzv_endpoint}"
+            )
     cmd = torchrun_command(
         cfg,
         plan,

@@ -43,13 +43,21 @@ TIMEOUT = dt.timedelta(minutes=10)
 
 
 def _attempt_store(rank: int, world_size: int) -> tdist.Store:
-    """The rendezvous store, namespaced by torchelastic's restart count.
+    """The rendezvous store of this attempt.
 
-    Under torchrun every attempt's ranks connect to the *same* agent-hosted TCPStore, and
-    torch 2.13's default process group uses un-prefixed keys there. After an elastic restart
-    the new ranks can then read the previous attempt's gloo addresses and fail with
-    "connectFullMesh failed ... Connection refused" (measured here: rank 1 SIGKILLed, the
-    restart died this way). A prefix per attempt keeps every attempt's keys apart.
+    Under a single-node torchrun every attempt's ranks connect to the *same* agent-hosted
+    TCPStore, and torch 2.13's default process group uses un-prefixed keys there. After an
+    elastic restart the new ranks can then read the previous attempt's gloo addresses and fail
+    with "connectFullMesh failed ... Connection refused" (measured here: rank 1 SIGKILLed, the
+    restart died this way). A prefix per attempt (torchelastic's restart count) keeps every
+    attempt's keys apart.
+
+    The restart count is per agent, though: after a worker dies on one node, that node's agent
+    counts a restart while the other node's restarts for the membership change without
+    counting (torch/distributed/elastic/agent/server/api.py, "membership changes do not count
+    as retries"), so the nodes' prefixes would differ. Multi-node launches therefore set
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (tasks/launcher.py): rank 0 hosts a fresh store on a
+    new port every rendezvous round, and no prefix is needed or wanted.
     """
     agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     base = tdist.TCPStore(
@@ -59,6 +67,8 @@ def _attempt_store(rank: int, world_size: int) -> tdist.Store:
         is_master=rank == 0 and not agent_hosts_store,
         timeout=TIMEOUT,
     )
+    if not agent_hosts_store:
+        return base
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     return tdist.PrefixStore(f"genpar/attempt-{attempt}", base)
 
@@ -97,3 +107,16 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if ctx.distributed:
         tdist.all_reduce(tensor, op=tdist.ReduceOp.SUM)
     return tensor
+
+
+def elastic_restarts(ctx: DistContext) -> int:
+    """How often torchrun restarted this job: the largest restart count of any node's agent.
+
+    Each agent counts only the restarts its own failures caused; the other nodes restart for
+    the membership change without counting, so rank 0's own count can be 0 after a worker
+    died on another node.
+    """
+    count = torch.tensor([int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))], device=ctx.device)
+    if ctx.distributed:
+        tdist.all_reduce(count, op=tdist.ReduceOp.MAX)
+    return int(count.item())

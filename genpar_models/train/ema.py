@@ -10,6 +10,12 @@ It is updated after each optimizer step from the weights DDP has already made id
 the same arithmetic on every rank, so every rank holds the same average; buffers (BatchNorm's
 running statistics) are copied, not averaged. The trainer checkpoints it as one more module
 ("ema") and exports it as the sampling network's weights.
+
+Under compute.strategy=fsdp the average is sharded like the network: the trainer copies the
+network before it is sharded (FSDP2 refuses to deepcopy a sharded module) and shards the copy
+on the same mesh (train/trainer.py), so each rank averages its own shard of every weight
+(DTensors with the same placements; the foreach arithmetic runs on the local shards) and
+holds 1/world_size of the average, which the checkpoint writes sharded and the export gathers.
 """
 
 from __future__ import annotations
@@ -28,16 +34,21 @@ def effective_decay(decay: float, step: int) -> float:
 class EmaWeights:
     """A frozen copy of `net` whose parameters track ema = d * ema + (1 - d) * weights."""
 
-    def __init__(self, net: nn.Module, decay: float) -> None:
+    def __init__(self, net: nn.Module, decay: float, module: nn.Module | None = None) -> None:
+        """`module`: the average's network, made by the caller (a sharded copy of `net` under
+        FSDP, see `frozen_copy`); default a copy of `net`."""
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"model.ema_decay must be in [0, 1), got {decay}")
         self.net, self.decay = net, decay
-        self.module = copy.deepcopy(net).requires_grad_(False).eval()
+        self.module = module if module is not None else frozen_copy(net)
 
     @torch.no_grad()
     def reset(self) -> None:
         """Start the average again from the network's current weights."""
-        self.module.load_state_dict(self.net.state_dict())
+        mine = [*self.module.parameters(), *self.module.buffers()]
+        theirs = [*self.net.parameters(), *self.net.buffers()]
+        for a, b in zip(mine, theirs, strict=True):
+            a.copy_(b.detach())
 
     @torch.no_grad()
     def update(self, step: int) -> float:
@@ -57,3 +68,8 @@ class EmaWeights:
         for key, value in self.module.state_dict().items():
             state[f"{attr}.{key}"] = value
         return state
+
+
+def frozen_copy(net: nn.Module) -> nn.Module:
+    """A copy of `net` that takes no gradients, in eval mode (the average's network)."""
+    return copy.deepcopy(net).requires_grad_(False).eval()

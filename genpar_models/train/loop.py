@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -27,13 +26,12 @@ from genpar_models.models.export import count_parameters, export_model, load_exp
 from genpar_models.models.family import Family
 from genpar_models.models.registry import check_model_config
 from genpar_models.train import persist
-from genpar_models.train.dist import DistContext, all_reduce_sum, barrier
+from genpar_models.train.dist import DistContext, all_reduce_sum, barrier, elastic_restarts
 from genpar_models.train.feed import BatchFeed
 from genpar_models.train.runspec import RunSpec
-from genpar_models.train.sharding import full_state_dict
 from genpar_models.train.sink import make_sink
 from genpar_models.train.tools import process_layout
-from genpar_models.train.trainer import global_batch_size, make_steps, make_trainer
+from genpar_models.train.trainer import ema_net, global_batch_size, make_steps, make_trainer
 from genpar_models.util import atomic, seeding
 
 log = logging.getLogger("genpar.train")
@@ -136,8 +134,9 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
     is_sharded = cfg.compute.strategy == "fsdp"
     # Sharded weights take no whole state_dict: warm-start before (a checkpoint still wins).
     pre_warm = warm_start(model, spec.init_model_dir) if is_sharded else None
-    steps = make_steps(model, family, cfg, ctx)
-    trainer = make_trainer(model, family, steps, cfg)
+    average = ema_net(model, family, cfg)  # under FSDP: copied before sharding
+    steps = make_steps(model, family, cfg, ctx, average)
+    trainer = make_trainer(model, family, steps, cfg, average)
     expect = {"model_spec": model.model_spec(), "train_key": spec.train_key}
     layout = process_layout(ctx, cfg.train.precision, cfg.compute.strategy)
     resumed = None
@@ -158,7 +157,7 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
     sink = make_sink(
         ctx.is_main, *(spec.tracking.uri, spec.tracking.run_id) if spec.tracking else (None, None)
     )
-    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+    restarts = elastic_restarts(ctx)
     if ctx.is_main:
         log.info(
             "training %s (%s params) on %d %s rank(s), %d train / %d val samples, steps %d→%d%s",
@@ -201,7 +200,7 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
     state = _loop(trainer, family, feed, validation, spec, ctx, sink, start, expect, resumed)
     state["resharded_from"] = resumed.resharded_from if resumed else None
     # Under FSDP the exported model is gathered whole (a collective) into one file.
-    state["weights"] = full_state_dict(model, ctx) if is_sharded else None
+    state["weights"] = trainer.gather_export_states(model, ctx) if is_sharded else None
     barrier(ctx)
     if not ctx.is_main:
         return None
@@ -259,7 +258,7 @@ def _finish(trainer, model, spec, sink, state, start, restarts, ctx) -> dict[str
     cfg = spec.config
     spec_dict = model.model_spec()
     if state["weights"] is not None:
-        weights, variants = state["weights"], {}
+        weights, variants = state["weights"]
     else:
         weights, variants = trainer.export_states(model)
     model_path = export_model(

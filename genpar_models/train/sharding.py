@@ -61,10 +61,16 @@ def is_sharded(module: nn.Module) -> bool:
     return isinstance(module, FSDPModule)
 
 
+def holds_shards(module: nn.Module) -> bool:
+    """Whether `module` or any module inside it is sharded (a GAN's container is not, its
+    generator and discriminator are)."""
+    return any(is_sharded(m) for m in module.modules())
+
+
 def full_state_dict(module: nn.Module, ctx: DistContext) -> dict[str, torch.Tensor] | None:
     """The whole state_dict of a (sharded) module, on the CPU of rank 0; None elsewhere.
     A collective under FSDP: every rank calls it."""
-    if not is_sharded(module):
+    if not holds_shards(module):
         return dict(module.state_dict()) if ctx.is_main else None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 

@@ -17,12 +17,11 @@ import torch
 from torch import nn
 
 from genpar_models.config import PipelineConfig
-from genpar_models.errors import ConfigError
 from genpar_models.models.family import Family, Steps
 from genpar_models.train.dist import DistContext
-from genpar_models.train.ema import EmaWeights
+from genpar_models.train.ema import EmaWeights, frozen_copy
 from genpar_models.train.schedule import LrSchedule
-from genpar_models.train.sharding import shard_modules
+from genpar_models.train.sharding import full_state_dict, shard_modules
 from genpar_models.train.tools import step_tools
 
 
@@ -52,32 +51,60 @@ class Trainer:
             return dict(model.state_dict()), {}
         return self.ema.state_dict_of(model, self.sampling_net), {"raw": model.state_dict()}
 
+    def gather_export_states(
+        self, model: nn.Module, ctx: DistContext
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """`export_states` of sharded modules, gathered whole on rank 0's CPU (None on the
+        other ranks). A collective under FSDP: every rank calls it."""
+        raw = full_state_dict(model, ctx)
+        average = None if self.ema is None else full_state_dict(self.ema.module, ctx)
+        if not ctx.is_main:
+            return None
+        if average is None:
+            return raw, {}
+        state = {**raw, **{f"{self.sampling_net}.{k}": v for k, v in average.items()}}
+        return state, {"raw": raw}
 
-def make_steps(model: nn.Module, family: Family, cfg: PipelineConfig, ctx: DistContext) -> Steps:
+
+def ema_net(model: nn.Module, family: Family, cfg: PipelineConfig) -> nn.Module | None:
+    """The moving average's network under compute.strategy=fsdp with model.ema_decay: a frozen
+    copy of the sampling network made *before* `make_steps` shards it (FSDP2 refuses to copy a
+    sharded module), for `make_steps` to shard beside it. None otherwise (EmaWeights copies)."""
+    if cfg.model.ema_decay is None or cfg.compute.strategy != "fsdp":
+        return None
+    return frozen_copy(getattr(model, family.sampling_net))
+
+
+def make_steps(
+    model: nn.Module,
+    family: Family,
+    cfg: PipelineConfig,
+    ctx: DistContext,
+    ema: nn.Module | None = None,
+) -> Steps:
     """The family's steps with this process group's tools. Under compute.strategy=fsdp the
-    modules the steps name are sharded first (in place, new parameter objects), and the steps
-    made again so that their optimizers hold the shards (train/sharding.py)."""
+    modules the steps name (and `ema`, the average's network from `ema_net`) are sharded first
+    (in place, new parameter objects) on one mesh, and the steps made again so that their
+    optimizers hold the shards (train/sharding.py)."""
     tools = step_tools(ctx, cfg.train, cfg.compute.strategy)
     steps = family.make_steps(model, cfg.train, tools)
     if cfg.compute.strategy == "fsdp" and ctx.distributed:
-        shard_modules(steps.modules.values(), ctx, cfg.train.precision)
+        extra = [] if ema is None else [ema]
+        shard_modules([*steps.modules.values(), *extra], ctx, cfg.train.precision)
         steps = family.make_steps(model, cfg.train, tools)
     return steps
 
 
-def make_trainer(model: nn.Module, family: Family, steps: Steps, cfg: PipelineConfig) -> Trainer:
-    """The trainer of `steps` for this config (before a checkpoint is restored into it).
-
-    Raises:
-        ConfigError: model.ema_decay under compute.strategy=fsdp (the average of sharded
-            weights is not built yet).
-    """
+def make_trainer(
+    model: nn.Module,
+    family: Family,
+    steps: Steps,
+    cfg: PipelineConfig,
+    ema: nn.Module | None = None,
+) -> Trainer:
+    """The trainer of `steps` for this config (before a checkpoint is restored into it);
+    `ema`: the average's network (sharded) from `ema_net`, under FSDP."""
     train = cfg.train
-    if cfg.model.ema_decay is not None and cfg.compute.strategy == "fsdp":
-        raise ConfigError(
-            f"model.ema_decay={cfg.model.ema_decay} is not supported with compute.strategy=fsdp "
-            "yet; set model.ema_decay=null or use compute.strategy=ddp"
-        )
     schedule = LrSchedule(
         steps.optimizers,
         schedule=train.lr_schedule,
@@ -85,11 +112,12 @@ def make_trainer(model: nn.Module, family: Family, steps: Steps, cfg: PipelineCo
         max_steps=train.max_steps,
     )
     decay = cfg.model.ema_decay
-    ema = None if decay is None else EmaWeights(getattr(model, family.sampling_net), decay)
-    modules = dict(steps.modules) if ema is None else {**steps.modules, "ema": ema.module}
+    net = getattr(model, family.sampling_net)
+    average = None if decay is None else EmaWeights(net, decay, module=ema)
+    modules = dict(steps.modules) if average is None else {**steps.modules, "ema": average.module}
     critic_batches = getattr(steps, "batches_per_step", 1)
     rows = train.batch_size_per_rank * train.grad_accum_steps * critic_batches
-    return Trainer(steps, modules, ema, schedule, rows, family.sampling_net)
+    return Trainer(steps, modules, average, schedule, rows, family.sampling_net)
 
 
 def global_batch_size(cfg: PipelineConfig, world_size: int) -> int:

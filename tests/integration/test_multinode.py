@@ -95,28 +95,23 @@ def _result(spec: RunSpec) -> dict:
     return json.loads(spec.result_path.read_text())
 
 
-@pytest.mark.timeout(120)
-def test_two_nodes_on_loopback_train_one_job(home: Path) -> None:
-    endpoint = f"127.0.0.1:{free_port()}"
-    spec = _spec(home, _cfg(endpoint))
-    joiner = _join(home, spec, endpoint)  # started first: it waits for the spec
-    lines: list[str] = []
-    launch(spec, lines.append)
-    out = _finish(joiner)
-    assert joiner.returncode == 0, out[-3000:]
-    result = _result(spec)
-    assert result["step"] == 20 and result["global_batch_size"] == 2 * 32  # 2 nodes x 1 rank
-    command = next(line for line in lines if line.startswith("$ "))
-    assert "--rdzv-conf=join_timeout=30,is_host=true" in command
-    assert "--local-addr=127.0.0.1" in command
-    assert "is_host=false" in out and "--local-addr=127.0.0.1" in out
-
-
-@pytest.mark.timeout(120)
-def test_a_worker_killed_on_one_node_restarts_both_and_resumes(home: Path) -> None:
+# Measured on 2 shared cores: 69 s at load 8, 125 s at load 12; the limit is for such machines.
+@pytest.mark.timeout(240)
+def test_two_nodes_on_loopback_train_one_job_and_a_killed_worker_restarts_both(
+    home: Path,
+) -> None:
+    """One job on two loopback nodes (the flow's node hosts the store, `genpar join` joins),
+    and the joiner's worker SIGKILLed after the step-20 checkpoint: its agent restarts it, the
+    host's agent restarts its own for the membership change, and the job resumes. 120 steps
+    leave the killer 100 steps (seconds under load) to act; no validation in between. One
+    job serves both (CI time: shared/STACK.md, issue 16's budget)."""
     endpoint = f"127.0.0.1:{free_port()}"
     cfg = _cfg(
-        endpoint, "train.max_steps=300", "train.checkpoint_every_steps=20", "train.max_restarts=1"
+        endpoint,
+        "train.max_steps=120",
+        "train.checkpoint_every_steps=20",
+        "train.val_every_steps=100",
+        "train.max_restarts=1",
     )
     spec = _spec(home, cfg)
     joiner = _join(home, spec, endpoint)
@@ -124,7 +119,7 @@ def test_a_worker_killed_on_one_node_restarts_both_and_resumes(home: Path) -> No
 
     def kill_the_joiners_worker() -> None:
         ckpt = Path(spec.run_dir) / "checkpoints" / "ckpt-00000020.json"
-        deadline = time.time() + 60
+        deadline = time.time() + 90
         while time.time() < deadline and not ckpt.exists():
             time.sleep(0.02)
         for p in psutil.Process(joiner.pid).children(recursive=True):
@@ -136,15 +131,24 @@ def test_a_worker_killed_on_one_node_restarts_both_and_resumes(home: Path) -> No
 
     killer = threading.Thread(target=kill_the_joiners_worker, daemon=True)
     killer.start()
-    launch(spec)
+    lines: list[str] = []
+    launch(spec, lines.append)
     out = _finish(joiner)
     killer.join(timeout=5)
     (Path(spec.run_dir) / "joiner.log").write_text(out)
     assert "pid" in killed, "the joining node's worker was never killed"
     assert joiner.returncode == 0, out[-3000:]
     result = _result(spec)
-    assert result["step"] == 300 and result["elastic_restarts"] == 1
+    # One restart (the killed node's count; the host restarted for the membership change).
+    assert result["step"] == 120 and result["elastic_restarts"] == 1
     assert result["resumed_from_step"] >= 20 and result["resumed_from_step"] % 20 == 0
+    assert result["global_batch_size"] == 2 * 32  # 2 nodes x 1 rank
+    command = next(line for line in lines if line.startswith("$ "))
+    assert "--rdzv-conf=join_timeout=30,is_host=true" in command
+    assert "--local-addr=127.0.0.1" in command
+    assert "is_host=false" in out and "--local-addr=127.0.0.1" in out
+    run_id = Path(spec.run_dir).name  # the flow's log tells the user the other node's command
+    assert any(f"genpar join {run_id} --rdzv-endpoint {endpoint}" in line for line in lines)
 
 
 @pytest.mark.timeout(60)

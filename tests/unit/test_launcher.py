@@ -1,5 +1,6 @@
 """Which rank's error becomes the training failure's message (torchelastic error.json files),
-and how a torchrun agent left running by a killed flow is stopped before the next launch."""
+how a torchrun agent left running by a killed flow is stopped before the next launch, and the
+environment a multi-node agent gets."""
 
 from __future__ import annotations
 
@@ -14,8 +15,17 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
-from tasks.launcher import PID_FILE, _write_pid, first_rank_error, stop_leftover
+from tasks.launcher import (
+    PID_FILE,
+    Node,
+    Plan,
+    _write_pid,
+    child_env,
+    first_rank_error,
+    stop_leftover,
+)
 
 GLOO = (
     "RuntimeError: [/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed "
@@ -105,3 +115,19 @@ def test_a_pid_file_of_another_process_signals_nothing(tmp_path: Path) -> None:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_a_multi_node_agent_gets_a_fresh_store_per_round_and_its_interface(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Restart counts differ between nodes after one node's worker dies, so the per-attempt
+    prefix of the shared store cannot keep rounds apart there (genpar_models/train/dist.py)."""
+    monkeypatch.delenv("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", raising=False)
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    plan = Plan(nproc=1, device="cpu", threads_per_proc=1)
+    env = child_env(plan, None, Node(is_host=False, local_addr="127.0.0.1"))
+    assert env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
+    assert env["GLOO_SOCKET_IFNAME"] == "lo"
+    single = child_env(plan, None)
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" not in single  # one agent: its prefix works
+    assert "GLOO_SOCKET_IFNAME" not in single
