@@ -1,0 +1,175 @@
+"""The team stack for real: one `genpar up --team` (PostgreSQL, an S3 server, Prefect and
+MLflow on them with credentials, a Dask scheduler with 2 workers, a Prefect worker on the
+`genpar` pool) serves the whole tests/scaleout session, on free ports of 127.0.0.1; `genpar
+down` ends it. The tests look at what landed through the servers' own protocols: SQL on the
+PostgreSQL databases, S3 listings, the Prefect REST API, the Dask scheduler.
+
+The genpar home lies under a directory of mode 0711 directly in /tmp: PostgreSQL runs as the
+`postgres` account, which must pass through every directory above its data.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers import clean_env, free_port
+from tests.system.conftest import FINAL, genpar
+
+SLOW = 600  # seconds a genpar command may take here (the tiny pipeline is ~1 minute quiet)
+
+
+@dataclass
+class Team:
+    home: Path
+    env: dict[str, str]  # a genpar user's: the stack is found through its state file
+    ports: dict[str, int]
+    creds: dict[str, str]
+    api: httpx.Client = field(repr=False)
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['mlflow']}"
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """What any process needs to use the stack by hand (what `genpar` finds itself)."""
+        return {
+            "PREFECT_API_URL": f"http://127.0.0.1:{self.ports['prefect']}/api",
+            "PREFECT_API_AUTH_STRING": self.creds["prefect_auth_string"],
+            "MLFLOW_TRACKING_URI": self.mlflow_url,
+            "MLFLOW_TRACKING_USERNAME": self.creds["mlflow_username"],
+            "MLFLOW_TRACKING_PASSWORD": self.creds["mlflow_password"],
+        }
+
+    def sql(self, db: str, query: str, *args: Any) -> list[tuple]:
+        import psycopg2
+
+        conn = psycopg2.connect(
+            host="127.0.0.1",
+            port=self.ports["postgres"],
+            user=db,
+            password=self.creds[f"{db}_db_password"],
+            dbname=db,
+        )
+        try:
+            with conn.cursor() as cur:
+                cur.execute(query, args)
+                return cur.fetchall()
+        finally:
+            conn.close()
+
+    def s3_keys(self) -> list[str]:
+        import boto3
+
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{self.ports['s3']}",
+            aws_access_key_id=self.creds["s3_access_key"],
+            aws_secret_access_key=self.creds["s3_secret_key"],
+            region_name="us-east-1",
+        )
+        keys, token = [], None
+        while True:
+            kw = {"ContinuationToken": token} if token else {}
+            page = s3.list_objects_v2(Bucket="genpar-artifacts", **kw)
+            keys += [o["Key"] for o in page.get("Contents", [])]
+            token = page.get("NextContinuationToken")
+            if not token:
+                return keys
+
+    @contextlib.contextmanager
+    def mlflow_credentials(self) -> Iterator[None]:
+        """MLflow's client in this process, with the stack's credentials, for the block."""
+        keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+        before = {k: os.environ.get(k) for k in keys}
+        os.environ.update({k: self.client_env[k] for k in keys})
+        try:
+            yield
+        finally:
+            for k, v in before.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        for delay in (1, 2, 4, 0):
+            r = self.api.request(method, path, json=body)
+            if r.status_code not in (429, 502, 503) or not delay:
+                break
+            time.sleep(delay)
+        r.raise_for_status()
+        return r.json() if r.content else None
+
+    def wait_flow_run(self, flow_run_id: str, timeout: float = 300) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        run: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            run = self.request("GET", f"/flow_runs/{flow_run_id}")
+            if run["state_type"] in FINAL:
+                return run
+            time.sleep(2)
+        raise AssertionError(f"flow run {flow_run_id} did not finish in {timeout:.0f} s: {run}")
+
+
+def _traversable_base() -> Path:
+    base = Path(tempfile.mkdtemp(prefix="genpar-scaleout-", dir="/tmp"))
+    base.chmod(0o711)
+    return base
+
+
+@pytest.fixture(scope="session")
+def team() -> Iterator[Team]:
+    if not shutil.which("initdb") and not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+        pytest.fail("PostgreSQL is not installed: .ci/run installs Debian's postgresql")
+    base = _traversable_base()
+    home = base / "home"
+    env = {
+        **clean_env(home),
+        # a schedule's runs are created within seconds, and a worker picks them up at once
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+    }
+    home.chmod(0o711)
+    ports: dict[str, int] = {}
+    for name in ("prefect", "mlflow", "postgres", "s3", "dask"):
+        while (port := free_port()) in ports.values():  # the kernel may hand one out twice
+            pass
+        ports[name] = port
+    args = ["up", "--team", "--dask-workers", "2"]
+    for k, v in ports.items():
+        args += [f"--{k}-port", str(v)]
+    try:
+        up = genpar(env, *args, timeout=SLOW)
+        assert up.returncode == 0, up.stdout[-4000:] + up.stderr[-4000:]
+        stack = home / "stack"
+        creds = json.loads((stack / "credentials.json").read_text())
+        creds |= json.loads((stack / "team-credentials.json").read_text())
+        token = base64.b64encode(creds["prefect_auth_string"].encode()).decode()
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{ports['prefect']}/api",
+            headers={"Authorization": f"Basic {token}"},
+            timeout=30,
+        ) as api:
+            yield Team(home, env, ports, creds, api)
+    finally:
+        down = genpar(env, "down", timeout=SLOW)
+        shutil.rmtree(base, ignore_errors=True)
+    assert down.returncode == 0, down.stdout + down.stderr
+    for name, port in ports.items():
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0, f"{name} still listens after down"
