@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             "serve",
             "gan",
             "sweep",
+            "halving",
         ],
         help="run only these sections",
     )
@@ -125,18 +126,27 @@ def main(argv: list[str] | None = None) -> int:
         default=128,
         help="epochs of each GAN recipe (the issue's target: 128, ~8 min per arm on 2 cores)",
     )
+    parser.add_argument(
+        "--halving-steps",
+        type=int,
+        default=None,
+        help="train.max_steps of the halving section's digits-vae trials (default: the "
+        "config's 3,000; 5 seeds x (9 full trials + a halving sweep), ~45 min on 2 cores)",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     everything = ["preprocess", "train", "generate", "evaluate", "orchestration", "gpu", "serve"]
-    everything += ["gan", "sweep"]
-    # The sweep section costs minutes even in quick mode (real sweeps and runs): the quick
-    # suite (CI's smoke test) runs it only when asked for with --only sweep.
-    only = set(args.only or [e for e in everything if not (args.quick and e == "sweep")])
+    everything += ["gan", "sweep", "halving"]
+    # The sweep and halving sections cost minutes even in quick mode (real sweeps and runs):
+    # the quick suite (CI's smoke test) runs them only when asked for with --only.
+    slow = ("sweep", "halving")
+    only = set(args.only or [e for e in everything if not (args.quick and e in slow)])
     from benchmarks import (
         eval_bench,
         gan_bench,
         generate_bench,
         gpu_bench,
+        halving_bench,
         orchestration_bench,
         preprocess_bench,
         serve_bench,
@@ -148,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="genpar-bench-") as tmp:
         work = Path(tmp)
-        shards, model_dir, full_cfg = prepare(work, args.quick)
+        # the mnist-vae model and shards only where a section uses them (not sweep/halving)
+        uses_model = only - {"preprocess", "orchestration", "sweep", "halving"}
+        shards, model_dir, full_cfg = prepare(work, args.quick) if uses_model else (None,) * 3
         train_sps = None
         steps = [
             ("preprocess", lambda: preprocess_bench.run(work / "pre", args.quick)),
@@ -165,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
             ("serve", lambda: serve_bench.run(model_dir, args.quick)),
             ("gan", lambda: gan_bench.run(shards, work / "gan", args.quick, args.gan_epochs)),
             ("sweep", lambda: sweep_bench.run(work / "sweep", args.quick)),
+            (
+                "halving",
+                lambda: halving_bench.run(work / "halving", args.quick, args.halving_steps),
+            ),
         ]
         for name, fn in steps:
             if name not in only:
