@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             "gan",
             "sweep",
             "fsdp",
+            "halving",
         ],
         help="run only these sections",
     )
@@ -126,14 +127,21 @@ def main(argv: list[str] | None = None) -> int:
         default=128,
         help="epochs of each GAN recipe (the issue's target: 128, ~8 min per arm on 2 cores)",
     )
+    parser.add_argument(
+        "--halving-steps",
+        type=int,
+        default=None,
+        help="train.max_steps of the halving section's digits-vae trials (default: the "
+        "config's 3,000; 5 seeds x (9 full trials + a halving sweep), ~45 min on 2 cores)",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     everything = ["preprocess", "train", "generate", "evaluate", "orchestration", "gpu", "serve"]
-    everything += ["gan", "sweep", "fsdp"]
-    # The sweep and fsdp sections cost minutes even in quick mode (real sweeps and runs, two
-    # torchrun jobs per arm): the quick suite (CI's smoke test) runs them only when asked for
-    # with --only; test_fsdp.py runs FSDP for real in CI.
-    slow_quick = {"sweep", "fsdp"}
+    everything += ["gan", "sweep", "fsdp", "halving"]
+    # The sweep, fsdp and halving sections cost minutes even in quick mode (real sweeps and
+    # runs, two torchrun jobs per arm): the quick suite (CI's smoke test) runs them only when
+    # asked for with --only; test_fsdp.py and test_sweep.py run them for real in CI.
+    slow_quick = {"sweep", "fsdp", "halving"}
     only = set(args.only or [e for e in everything if not (args.quick and e in slow_quick)])
     from benchmarks import (
         eval_bench,
@@ -141,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         gan_bench,
         generate_bench,
         gpu_bench,
+        halving_bench,
         orchestration_bench,
         preprocess_bench,
         serve_bench,
@@ -153,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="genpar-bench-") as tmp:
         work = Path(tmp)
         # The trained mnist-vae model is for the sections that read it (not preprocess,
-        # orchestration, sweep or fsdp, which make their own).
+        # orchestration, sweep, fsdp or halving, which make their own).
         needs_model = only & {"train", "generate", "evaluate", "gpu", "serve", "gan"}
         shards, model_dir, full_cfg = prepare(work, args.quick) if needs_model else (None,) * 3
         train_sps = None
@@ -173,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
             ("gan", lambda: gan_bench.run(shards, work / "gan", args.quick, args.gan_epochs)),
             ("sweep", lambda: sweep_bench.run(work / "sweep", args.quick)),
             ("fsdp", lambda: fsdp_bench.run(work / "fsdp", args.quick)),
+            (
+                "halving",
+                lambda: halving_bench.run(work / "halving", args.quick, args.halving_steps),
+            ),
         ]
         for name, fn in steps:
             if name not in only:

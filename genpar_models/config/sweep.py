@@ -96,7 +96,11 @@ class SweepConfig(Section):
         description="The base pipeline config: a YAML file (relative to the sweep file) or an "
         "inline config. `genpar sweep` resolves a file into the inline form."
     )
-    search: Literal["grid", "random", "tpe"] = "grid"
+    search: Literal["grid", "random", "tpe"] = Field(
+        "grid",
+        description="grid: every combination of the lists; random: Optuna's seeded "
+        "RandomSampler; tpe: Optuna's TPE in seeded rounds of `concurrency` proposals.",
+    )
     trials: int | None = Field(
         None, ge=1, description="random/tpe: how many; grid: the first N combinations."
     )
@@ -111,9 +115,19 @@ class SweepConfig(Section):
     seeds: list[int] | None = Field(
         None, min_length=1, description="Train each configuration once per seed (sets `seed`)."
     )
-    objective: Objective = Objective()
-    early_stopping: EarlyStopping | None = None
-    trial_compute: TrialCompute = TrialCompute()
+    objective: Objective = Field(
+        Objective(), description="The metric that ranks finished trials, and its direction."
+    )
+    early_stopping: EarlyStopping | None = Field(
+        None,
+        description="Synchronous successive halving: the metric compared at each rung, the "
+        "rungs (fractions of train.max_steps) and the fraction kept; none: every trial trains "
+        "to the end.",
+    )
+    trial_compute: TrialCompute = Field(
+        TrialCompute(),
+        description="One trial's ranks and threads (CPU) or GPUs; never depends on concurrency.",
+    )
     fail_fast: bool = Field(False, description="Stop the sweep at the first failed trial.")
     promote: bool = Field(
         False,

@@ -70,7 +70,8 @@ def _launches(run) -> int:
 
 @pytest.fixture(scope="module")
 def swept(prefect_server, tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path):
-    """The shared sweep, run in this process at concurrency 2: (summary, client, home)."""
+    """The shared sweep, run in this process at concurrency 2 with promote: (summary, client,
+    home)."""
     import shutil
 
     from flows.sweep import sweep_flow
@@ -83,7 +84,7 @@ def swept(prefect_server, tmp_path_factory: pytest.TempPathFactory, mlflow_templ
         db.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(mlflow_template, db)
         sweep = load_sweep(_sweep_file(home.parent, 2), OVERRIDES)
-        summary = sweep_flow(sweep)
+        summary = sweep_flow(sweep.model_copy(update={"promote": True}))
         yield summary, MlflowClient(default_tracking_uri()), home
 
 
@@ -129,9 +130,97 @@ def test_sweep_nests_runs_stops_losers_records_failures_and_registers_the_best(s
     assert {"sweep/results.md", "sweep/results.csv", "sweep/objective.png"} <= artifacts
     (version,) = client.search_model_versions("name='tiny'")
     assert version.run_id == survivor.info.run_id
-    # one shard set and one feature extractor for all trials
+    # --promote: no champion yet, so by the nightly's rule the best trial takes the alias
+    assert summary["best"]["promotion"]["promote"] is True
+    assert client.get_model_version_by_alias("tiny", "champion").version == version.version
+    # one shard set, one feature extractor and one set of reference statistics for all
+    # trials, built before any trial: the survivor's scorecard found both cached
     assert len([p for p in (home / "shards").iterdir() if not p.name.startswith("_")]) == 1
+    assert len(list((home / "cache" / "eval" / "extractors").glob("*/*"))) == 1
+    report = json.loads(
+        (Path(survivor.data.tags["genpar.run_dir"]) / "eval/report.json").read_text()
+    )
+    assert report["cache"]["extractor"] == "cached" and report["cache"]["reference"] == "cached"
     assert summary["best"]["id"] == best_at_rung
+    # the Prefect flow run: each trial (per rung) a task with its state, a table artifact of
+    # the trials and a markdown artifact linking the parent run
+    tasks, artifacts = _prefect_view(parent.data.tags["prefect.flow_run_id"])
+    assert tasks["trial-t001-to-step-60"] == "FAILED" and tasks["failed-t001"] == "COMPLETED"
+    assert tasks[f"trial-{best_at_rung}-to-step-300"] == "COMPLETED"
+    assert f"trial-{other}-to-step-300" not in tasks and tasks[f"stop-{other}"] == "COMPLETED"
+    table = json.loads(artifacts["table"].data)
+    assert [r["trial"] for r in table][0] == best_at_rung and len(table) == 4
+    assert summary["run_id"] in artifacts["markdown"].data
+
+
+def _prefect_view(flow_run_id: str) -> tuple[dict[str, str], dict[str, object]]:
+    """The flow run's task runs (name -> state type) and its artifacts by type."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)]))
+        )
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])
+            )
+        )
+    return {r.name: r.state.type.value for r in runs}, {a.type: a for a in artifacts}
+
+
+FAIL_FAST = f"""
+name: sweep-fail-fast
+base: {TINY}
+search: random
+trials: 3
+seed: 3
+concurrency: 1
+fail_fast: true
+space:
+  train.lr: {{low: 0.001, high: 0.01, log: true}}
+  train.batch_size_per_rank: {{choices: [32, 4096]}}
+objective: {{metric: eval/fid, direction: minimize}}
+"""
+
+
+def test_random_sweep_under_fail_fast_stops_at_the_first_failed_trial(swept, tmp_path) -> None:
+    """A random sweep in the shared home (its shards and evaluation cache are reused): the
+    seeded sampler's second trial fails in its ranks, so fail_fast starts no third trial, and
+    the sweep fails naming the trial, with its runs recorded."""
+    from flows.sweep import SweepFailed, sweep_flow
+    from tasks.sweep import check_sweep
+
+    _, client, _ = swept
+    path = tmp_path / "fail-fast.yaml"
+    path.write_text(FAIL_FAST)
+    sweep = load_sweep(path)
+    planned = check_sweep(sweep).trials
+    assert [t.config.train.batch_size_per_rank for t in planned] == [32, 4096, 32]
+    assert planned[0].config.train.lr != planned[2].config.train.lr  # drawn, not a grid
+    with pytest.raises(SweepFailed, match=r"(?s)trial t001 failed \(fail_fast\).*train split"):
+        sweep_flow(sweep)
+    exp = client.get_experiment_by_name("tiny").experiment_id
+    (parent,) = client.search_runs(
+        [exp],
+        filter_string="tags.`genpar.sweep.role` = 'parent' "
+        "and params.`sweep.name` = 'sweep-fail-fast'",
+    )
+    assert parent.info.status == "FAILED" and parent.data.params["sweep.search"] == "random"
+    children = _children(client, parent.info.run_id)
+    assert sorted(children) == ["t000", "t001"]  # t002 never started
+    assert children["t000"].info.status == "FINISHED"
+    assert "eval/fid" in children["t000"].data.metrics
+    assert children["t001"].info.status == "FAILED"
+    assert "larger than the train split" in children["t001"].data.tags["genpar.error"]
 
 
 def _ranks_alive(home: Path) -> list:
@@ -272,10 +361,12 @@ def test_gc_frees_what_no_run_needs_after_a_sweep(swept) -> None:
     done = CliRunner().invoke(app, ["gc"])
     assert done.exit_code == 0, done.output
     assert "removed" in done.output and "MiB" in done.output
-    for t in (stopped, best):  # the newest checkpoint of each is kept
-        left = sorted((ckpts[t][0].parent).glob("ckpt-*.safetensors"))
-        assert left == ckpts[t][-1:]
-        assert left[0].with_suffix(".json").exists()
+    # the stopped trial keeps its newest checkpoint; the best trial is the champion (the
+    # fixture's promote): its run is kept whole
+    left = sorted(ckpts[stopped][0].parent.glob("ckpt-*.safetensors"))
+    assert left == ckpts[stopped][-1:] and left[0].with_suffix(".json").exists()
+    assert sorted(ckpts[best][0].parent.glob("ckpt-*.safetensors")) == ckpts[best]
+    assert f"{children[best].data.tags['genpar.run_dir']}/checkpoints" not in done.output
     assert not orphan.exists() and shards.exists()  # the sweep's shards are referenced
     assert not (home / "cache" / "models" / "somerun").exists()
     assert len(list((open_dir / "checkpoints").iterdir())) == 2  # unfinished: untouched

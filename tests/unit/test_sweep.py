@@ -186,3 +186,58 @@ def test_the_sweep_deployment_form_holds_a_valid_sweep_of_the_config(tiny) -> No
     assert [t.config.train.lr for t in check_sweep(sweep).trials] == pytest.approx(
         [0.001, 0.003, 0.009]
     )
+
+
+def test_a_trials_compute_is_trial_compute_whatever_the_concurrency(tmp_path: Path) -> None:
+    """Packing: concurrency decides how many trials run at once, never what one trial trains on,
+    so a trial trains the same numbers whatever runs beside it (and the sweep's identity, which
+    a re-run looks its parent run up by, is the same too)."""
+    from genpar_models.sweep.plan import sweep_key
+
+    # the base asks for 2 ranks x 2 threads: the sweep's trial_compute (1 x 1) wins
+    one = _check(tmp_path, GOOD, ["compute.cpu_procs=2", "compute.threads_per_proc=2"])
+    free = GOOD.replace("concurrency: 1\n", "")  # default: what the machine fits
+    fitted = _check(tmp_path, free, ["compute.cpu_procs=2", "compute.threads_per_proc=2"])
+    assert fitted.concurrency >= 1 and fitted.units_per_trial == one.units_per_trial == 1
+    assert [t.config for t in fitted.trials] == [t.config for t in one.trials]
+    assert {
+        (t.config.compute.cpu_procs, t.config.compute.threads_per_proc) for t in one.trials
+    } == {(1, 1)}
+    sweeps = [load_sweep(_write(tmp_path, text)) for text in (GOOD, free)]
+    assert sweep_key(sweeps[0]) == sweep_key(sweeps[1])
+    # 2 ranks per trial: every trial gets 2 ranks, and concurrency is what is left to fit
+    two = _check(tmp_path, free + "trial_compute: {cpu_procs: 2, threads_per_proc: 1}\n")
+    assert {t.config.compute.cpu_procs for t in two.trials} == {2} and two.units_per_trial == 2
+    assert two.concurrency == max(1, two.capacity // 2)
+
+
+def test_tpe_proposes_in_seeded_batches_of_concurrency(tmp_path: Path) -> None:
+    """TPE's first round is `concurrency` proposals; its sweep identity includes concurrency
+    (it sizes the rounds), and the same file and concurrency plan the same trials."""
+    text = RANDOM.replace("search: random", "search: tpe")
+    one = _check(tmp_path, text.replace("seed: 3", "seed: 3\nconcurrency: 1"))
+    two = _check(tmp_path, text.replace("seed: 3", "seed: 3\nconcurrency: 2"))
+    assert [t.id for t in one.trials] == ["t000"] and [t.id for t in two.trials] == ["t000", "t001"]
+    again = _check(tmp_path, text.replace("seed: 3", "seed: 3\nconcurrency: 2"))
+    assert [t.params for t in again.trials] == [t.params for t in two.trials]
+    assert one.key != two.key == again.key
+
+
+def test_the_sweep_flows_form_describes_every_field() -> None:
+    """The Prefect UI renders the sweep deployment's form from the flow's parameter schema:
+    one typed `sweep` parameter whose fields carry their descriptions, and whose defaults (the
+    infra/prefect.yaml form) validate against it."""
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.sweep import sweep_flow
+
+    schema = parameter_schema(sweep_flow).model_dump_for_openapi()
+    assert schema["properties"]["sweep"]["$ref"] == "#/definitions/SweepConfig"
+    fields = schema["definitions"]["SweepConfig"]["properties"]
+    assert schema["definitions"]["SweepConfig"]["required"] == ["base", "space"]
+    undocumented = [k for k, v in fields.items() if not v.get("description")]
+    assert undocumented == []
+    assert fields["search"]["enum"] == ["grid", "random", "tpe"]
+    rungs = schema["definitions"]["EarlyStopping"]["properties"]["rungs"]
+    assert "train.max_steps" in rungs["description"]
+    assert "int" in schema["definitions"]["Range"]["properties"]  # the alias the file uses

@@ -1,0 +1,108 @@
+"""Successive halving against the whole grid: does eta = 3 halving on a 9-point learning-rate
+grid of digits-vae pick the configuration the full grid finds best, and with how many steps?
+
+Per search seed (the trials' training seed, `seeds: [s]`; a grid itself has nothing to seed)
+two real `genpar sweep`s run in one fresh GENPAR_HOME, so they share the shards and the
+evaluation cache: the grid with every trial trained to `train.max_steps` (the full-budget
+truth), and the same grid with rungs [0.11, 0.33] keeping 1/3 at each (9 -> 3 -> 1). Both rank
+by the full-budget `val/elbo` and halve on `val/elbo`. A promoted trial continues from its rung
+checkpoint bit-exactly, so the survivor's final numbers are the full run's. Steps spent are
+what each trial trained (its trial.json), against 9 x max_steps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.common import Result
+from benchmarks.orchestration_bench import create_prefect_database
+from benchmarks.sweep_bench import REPO, _genpar
+
+LRS = [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05]
+HALVING = (
+    "early_stopping: {metric: val/elbo, direction: maximize, rungs: [0.11, 0.33], keep: 0.34}\n"
+)
+
+
+def _sweep_file(work: Path, seed: int, halving: bool, lrs: list[float]) -> Path:
+    name = f"halving-s{seed}" if halving else f"grid-s{seed}"
+    path = work / f"{name}.yaml"
+    path.write_text(
+        f"name: {name}\nbase: {REPO / 'configs' / 'digits-vae.yaml'}\nsearch: grid\n"
+        f"space:\n  train.lr: {lrs}\nseeds: [{seed}]\n"
+        "objective: {metric: val/elbo, direction: maximize}\n"
+        "trial_compute: {cpu_procs: 1, threads_per_proc: 1}\n" + (HALVING if halving else "")
+    )
+    return path
+
+
+def _sweep_result(home: Path, name: str) -> tuple[str, int]:
+    """(the best trial's lr, steps all its trials trained) of the sweep called `name`."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("digits-vae").experiment_id
+    (parent,) = client.search_runs(
+        [exp],
+        filter_string=f"tags.`genpar.sweep.role` = 'parent' and params.`sweep.name` = '{name}'",
+    )
+    children = client.search_runs(
+        [exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    best = parent.data.tags["genpar.sweep.best_run_id"]
+    steps = 0
+    for child in children:
+        state = Path(child.data.tags["genpar.run_dir"]) / "trial.json"
+        steps += int(json.loads(state.read_text()).get("step", 0))
+    (lr,) = [c.data.params["train.lr"] for c in children if c.info.run_id == best]
+    return lr, steps
+
+
+def run(work: Path, quick: bool, max_steps: int | None = None) -> list[Result]:
+    """`max_steps` shortens digits-vae's training (default: the config's 3,000 steps)."""
+    work.mkdir(parents=True, exist_ok=True)
+    prefect_home = work / "prefect"
+    create_prefect_database(work / "home-warmup", prefect_home)
+    seeds = [0] if quick else [0, 1, 2, 3, 4]
+    steps_cap = 100 if quick else max_steps
+    sets = ["--set", f"train.max_steps={steps_cap}"] if steps_cap else []
+    picked, spent, grid_steps, rows = 0, 0, 0, []
+    for seed in seeds:
+        home = work / f"home-s{seed}"
+        walls = {}
+        for halving in (False, True):
+            path = _sweep_file(work, seed, halving, LRS)
+            walls[halving], _ = _genpar(["sweep", str(path), *sets], home, prefect_home)
+        truth, full = _sweep_result(home, f"grid-s{seed}")
+        choice, used = _sweep_result(home, f"halving-s{seed}")
+        picked += choice == truth
+        spent, grid_steps = spent + used, grid_steps + full
+        rows.append(
+            f"seed {seed}: grid best lr {truth}, halving picked {choice}, "
+            f"{used}/{full} steps, {walls[True]:.0f} s vs {walls[False]:.0f} s"
+        )
+    sec = f"successive halving (digits-vae, 9-point lr grid, eta 3, {len(seeds)} search seed(s))"
+    return [
+        Result(
+            sec,
+            "search seeds where halving picked the grid's best",
+            picked,
+            f"of {len(seeds)}",
+            baseline=f"{len(seeds)} seeds",
+            ratio=picked / len(seeds),
+            target=0.8,
+            note="; ".join(rows),
+        ),
+        Result(
+            sec,
+            "steps spent by halving",
+            spent,
+            "steps",
+            baseline="the full grid's steps",
+            ratio=spent / grid_steps,
+            target=0.4,
+            target_kind="max",
+            note=f"train.max_steps={steps_cap or 'config (3000)'}",
+        ),
+    ]
