@@ -78,8 +78,9 @@ def markdown(results: list[Result], info: dict, quick: bool) -> str:
         )
         ratio = "" if r.ratio is None else f"{r.ratio:.2f}x"
         note = f" ({r.note})" if r.note else ""
+        value = f"{r.value:,.1f}" if abs(r.value) >= 10 else f"{r.value:.3g}"
         lines.append(
-            f"| {r.name}{note} | {r.value:,.1f} {r.unit} | {r.baseline or ''} | "
+            f"| {r.name}{note} | {value} {r.unit} | {r.baseline or ''} | "
             f"{ratio} | {target} | {r.status} |"
         )
     return "\n".join(lines).strip() + "\n"
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             "serve",
             "gan",
             "sweep",
+            "sequences",
         ],
         help="run only these sections",
     )
@@ -125,10 +127,16 @@ def main(argv: list[str] | None = None) -> int:
         default=128,
         help="epochs of each GAN recipe (the issue's target: 128, ~8 min per arm on 2 cores)",
     )
+    parser.add_argument(
+        "--sequence-steps",
+        type=int,
+        default=None,
+        help="steps of each sines arm of the sequences section (default: sines-rvae's 3,000)",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     everything = ["preprocess", "train", "generate", "evaluate", "orchestration", "gpu", "serve"]
-    everything += ["gan", "sweep"]
+    everything += ["gan", "sweep", "sequences"]
     # The sweep section costs minutes even in quick mode (real sweeps and runs): the quick
     # suite (CI's smoke test) runs it only when asked for with --only sweep.
     only = set(args.only or [e for e in everything if not (args.quick and e == "sweep")])
@@ -139,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         gpu_bench,
         orchestration_bench,
         preprocess_bench,
+        sequence_bench,
         serve_bench,
         sweep_bench,
         train_bench,
@@ -148,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="genpar-bench-") as tmp:
         work = Path(tmp)
-        shards, model_dir, full_cfg = prepare(work, args.quick)
+        # the mnist shards and model most sections share (not needed by sweep, sequences)
+        if only - {"sweep", "sequences"}:
+            shards, model_dir, full_cfg = prepare(work, args.quick)
         train_sps = None
         steps = [
             ("preprocess", lambda: preprocess_bench.run(work / "pre", args.quick)),
@@ -165,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             ("serve", lambda: serve_bench.run(model_dir, args.quick)),
             ("gan", lambda: gan_bench.run(shards, work / "gan", args.quick, args.gan_epochs)),
             ("sweep", lambda: sweep_bench.run(work / "sweep", args.quick)),
+            (
+                "sequences",
+                lambda: sequence_bench.run(work / "seq", args.quick, args.sequence_steps),
+            ),
         ]
         for name, fn in steps:
             if name not in only:
