@@ -225,10 +225,6 @@ def quality(cfg: PipelineConfig, shards: Path, work: Path) -> list[Result]:
         )
         out.append(Result(sec, f"{label}: eval/fid (recurrent encoder)", m["eval/fid"], ""))
     out.append(Result(sec, "real-on-real predictive MAE (reference)", real, ""))
-    if "eval/elbo_per_step" in ours:
-        out.append(
-            Result(sec, "genpar rvae: eval/elbo_per_step", ours["eval/elbo_per_step"], "nats")
-        )
     return out
 
 
