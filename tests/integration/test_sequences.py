@@ -184,10 +184,10 @@ def test_sines_nightly_end_to_end_with_the_sequence_scorecard(
     assert np.array_equal(np.asarray(answer["series"], np.float32), gen_values)  # bit for bit
 
 
-def test_generated_series_are_identical_on_one_or_two_dask_workers(
+def test_generated_series_are_identical_on_dask_workers_or_here(
     home: Path, tmp_path: Path, tiny_seq: PipelineConfig
 ) -> None:
-    """Seeded chunks: the same files from 1 or 2 Dask workers or this process; the series
+    """Seeded chunks: the same files from 2 Dask workers or this process; the series
     come back in the source's units with their lengths (a variable-length source)."""
     import torch
 
@@ -212,15 +212,17 @@ def test_generated_series_are_identical_on_one_or_two_dask_workers(
     )
     train(spec, DistContext(0, 0, 1, torch.device("cpu")))
     digests = {}
-    for where, workers in (("dask", 1), ("dask", 2), ("local", None)):
+    # 2 workers against this process alone: one cluster start fewer than 1 and 2 workers
+    # (CI time), and any dependence on where a chunk runs shows as a difference here
+    for where, workers in (("dask", 2), ("local", None)):
         compute = cfg.compute.model_copy(update={"dask_workers": workers})
         gen = cfg.generate.model_copy(update={"parallel": where})
         c = cfg.model_copy(update={"compute": compute, "generate": gen})
         out = tmp_path / f"gen-{where}{workers or ''}"
         generate_to_dir(c, str(spec.model_dir), out)
         digests[out.name] = _digests(out)
-    assert len(digests["gen-dask1"]) == 2 * 4  # 32 series in chunks of 8: values + lengths
-    assert digests["gen-dask1"] == digests["gen-dask2"] == digests["gen-local"]
+    assert len(digests["gen-dask2"]) == 2 * 4  # 32 series in chunks of 8: values + lengths
+    assert digests["gen-dask2"] == digests["gen-local"]
     out = tmp_path / "gen-dask2"
     values = np.concatenate([np.load(p) for p in sorted(out.glob("samples-?????.npy"))])
     lengths = np.concatenate([np.load(p) for p in sorted(out.glob("samples-*.lengths.npy"))])
