@@ -78,8 +78,9 @@ def markdown(results: list[Result], info: dict, quick: bool) -> str:
         )
         ratio = "" if r.ratio is None else f"{r.ratio:.2f}x"
         note = f" ({r.note})" if r.note else ""
+        value = f"{r.value:,.1f}" if abs(r.value) >= 10 else f"{r.value:.3g}"
         lines.append(
-            f"| {r.name}{note} | {r.value:,.1f} {r.unit} | {r.baseline or ''} | "
+            f"| {r.name}{note} | {value} {r.unit} | {r.baseline or ''} | "
             f"{ratio} | {target} | {r.status} |"
         )
     return "\n".join(lines).strip() + "\n"
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             "sweep",
             "fsdp",
             "halving",
+            "sequences",
         ],
         help="run only these sections",
     )
@@ -134,10 +136,16 @@ def main(argv: list[str] | None = None) -> int:
         help="train.max_steps of the halving section's digits-vae trials (default: the "
         "config's 3,000; 5 seeds x (9 full trials + a halving sweep), ~45 min on 2 cores)",
     )
+    parser.add_argument(
+        "--sequence-steps",
+        type=int,
+        default=None,
+        help="steps of each sines arm of the sequences section (default: sines-rvae's 3,000)",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     everything = ["preprocess", "train", "generate", "evaluate", "orchestration", "gpu", "serve"]
-    everything += ["gan", "sweep", "fsdp", "halving"]
+    everything += ["gan", "sweep", "fsdp", "halving", "sequences"]
     # The sweep, fsdp and halving sections cost minutes even in quick mode (real sweeps and
     # runs, two torchrun jobs per arm): the quick suite (CI's smoke test) runs them only when
     # asked for with --only; test_fsdp.py and test_sweep.py run them for real in CI.
@@ -152,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         halving_bench,
         orchestration_bench,
         preprocess_bench,
+        sequence_bench,
         serve_bench,
         sweep_bench,
         train_bench,
@@ -185,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
             (
                 "halving",
                 lambda: halving_bench.run(work / "halving", args.quick, args.halving_steps),
+            ),
+            (
+                "sequences",
+                lambda: sequence_bench.run(work / "seq", args.quick, args.sequence_steps),
             ),
         ]
         for name, fn in steps:

@@ -4,7 +4,8 @@ The pipeline and the `genpar-evaluate` flow run the same two tasks, `evaluate` t
 `log_evaluation`, so a model scored after training and one scored again later carry the same
 scorecard, protocols and artifacts. Generated samples are drawn and featurised in blocks: on
 Dask workers when the config names a cluster (or evaluate.parallel=dask), otherwise batched in
-this process, on the GPU when there is one.
+this process, on the GPU when there is one. A sequence model's series are drawn the same way
+(its seeded blocks on Dask workers or here, the same values) and scored in this process.
 """
 
 from __future__ import annotations
@@ -58,6 +59,35 @@ def _generate_on_dask(config: PipelineConfig, model_dir: str, extractor_dir: str
     return collect(blocks)
 
 
+def _series_on_dask(config: PipelineConfig, model_dir: str) -> Any:
+    """A sequence model's generated series for the scorecard, in the seeded blocks the
+    evaluation draws in process (the same values), on Dask workers."""
+    from genpar_models.eval.sequence_scorecard import collect_series, series_block
+
+    plan = block_plan(config.evaluate.num_samples)
+    with dask_client(config.compute) as client:
+        blocks = map_with_progress(
+            client,
+            series_block,
+            [i for i, _ in plan],
+            [n for _, n in plan],
+            model_dir=model_dir,
+            seed=seeding.evaluation(config.evaluate.seed),
+            label="evaluate: sample blocks",
+            report=run_logger().info,
+        )
+    return collect_series(blocks)
+
+
+def _generated(config: PipelineConfig, model_dir: str, extractor_dir: str) -> Any:
+    """Generated samples drawn on Dask (evaluate.parallel), else None: drawn by the scorecard."""
+    if not use_dask(config):
+        return None
+    if config.data.modality == "sequences":
+        return _series_on_dask(config, model_dir)
+    return _generate_on_dask(config, model_dir, extractor_dir)
+
+
 @task(
     name="evaluate",
     task_run_name="evaluate-{config.model.name}-{config.data.source}",
@@ -71,12 +101,7 @@ def evaluate(
     log, device, t0 = run_logger(), eval_device(config), time.perf_counter()
     prepared = prepare(shards_dir, config.evaluate, device=device)
     prepare_s = time.perf_counter() - t0
-    sequences = config.data.modality == "sequences"  # drawn here: a few ms per block
-    generated = (
-        _generate_on_dask(config, model_dir, str(prepared[0].directory))
-        if use_dask(config) and not sequences
-        else None
-    )
+    generated = _generated(config, model_dir, str(prepared[0].directory))
     report = evaluate_model(
         model_dir,
         shards_dir,

@@ -70,12 +70,16 @@ def requirements() -> list[str]:
 
 
 def signature() -> ModelSignature:
-    """Rows of n/seed (sampling) or image/seed (reconstruct, elbo). Every column is optional
+    """Rows of n/seed (sampling) or image/seed (reconstruct, elbo; series/seed for a
+    sequence model). Every column is optional
     (which are needed depends on `params.task`) and of any type: MLflow's enforcement of
     `long` truncates n = 2.5 to 2 and reads true as 1, so predict checks the values itself and
     refuses those, naming the field."""
     inputs = Schema(
-        [ColSpec(AnyType(), name, required=False) for name in ("n", "seed", "label", "image")]
+        [
+            ColSpec(AnyType(), name, required=False)
+            for name in ("n", "seed", "label", "image", "series")
+        ]
     )
     params = ParamSchema(
         [ParamSpec("task", "string", "sample"), ParamSpec("format", "string", "json")]
@@ -87,6 +91,8 @@ def serving_spec(model_dir: Path, binarize: str, max_samples: int) -> ServingSpe
     """The served model's settings: `genpar generate`'s default chunking (so a request with
     n and seed returns what `genpar generate --n N --seed S` writes), the request limit, the
     model's image shape and the run's binarisation."""
+    from genpar_models.models.registry import get_family
+
     meta = read_meta(model_dir)
     spec = meta["model_spec"]
     # a sequence model's (T, C) travels as its sample shape
@@ -96,6 +102,7 @@ def serving_spec(model_dir: Path, binarize: str, max_samples: int) -> ServingSpe
         max_samples_per_request=max_samples,
         image_shape=tuple(int(d) for d in shape),
         binarize=binarize,
+        modality=get_family(spec["name"]).modality,
     )
 
 

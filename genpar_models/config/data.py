@@ -8,10 +8,10 @@ from pydantic import Field, field_validator, model_validator
 
 from genpar_models.config.base import Section
 
-BUILTIN_SOURCES = ("digits", "mnist5k", "sines", "basic_motions")
+BUILTIN_SOURCES = ("digits", "mnist5k", "sines", "basic_motions", "japanese_vowels")
 # Which sources hold which modality (array and table hold either, as data.modality says).
 IMAGE_SOURCES = ("digits", "mnist5k", "folder", "array", "table")
-SEQUENCE_SOURCES = ("sines", "basic_motions", "array", "table")
+SEQUENCE_SOURCES = ("sines", "basic_motions", "japanese_vowels", "array", "table")
 # Fields only data.modality sequences reads (left out of an image shard set's key).
 SEQUENCE_FIELDS = (
     "modality",
@@ -37,16 +37,17 @@ class DataConfig(Section):
         "variable length). Never guessed from the data: an image array and a sequence array "
         "can have the same rank.",
     )
-    source: Literal["digits", "mnist5k", "folder", "array", "table", "sines", "basic_motions"] = (
-        Field(
-            "digits",
-            description="digits / mnist5k: built-in image datasets shipped inside installed "
-            "packages; folder: a directory of PNG/JPEG images (class subfolders become labels); "
-            "array: a .npy or .npz file; table: a Parquet or CSV file (images: pixel columns; "
-            "sequences: long format, one row per series and step). Sequences only: sines "
-            "(TimeGAN's generated sine protocol, seeded) and basic_motions (sktime's bundled "
-            "BasicMotions, 80 series x 100 steps x 6 channels).",
-        )
+    source: Literal[
+        "digits", "mnist5k", "folder", "array", "table", "sines", "basic_motions", "japanese_vowels"
+    ] = Field(
+        "digits",
+        description="digits / mnist5k: built-in image datasets shipped inside installed "
+        "packages; folder: a directory of PNG/JPEG images (class subfolders become labels); "
+        "array: a .npy or .npz file; table: a Parquet or CSV file (images: pixel columns; "
+        "sequences: long format, one row per series and step). Sequences only: sines "
+        "(TimeGAN's generated sine protocol, seeded), basic_motions (sktime's bundled "
+        "BasicMotions, 80 series x 100 steps x 6 channels) and japanese_vowels (sktime's "
+        "bundled JapaneseVowels, 640 series x 7-29 steps x 12 channels, variable length).",
     )
     path: str | None = Field(
         None, description="File or folder for the folder/array/table sources; unused for built-ins."

@@ -135,11 +135,15 @@ def evaluate_model(
     """
     with one_thread(device):
         if open_shard_set(shards_dir, verify=False).is_sequences:
-            return _evaluate_sequences(model_dir, shards_dir, cfg, prepared, root, plots_dir)
+            return _evaluate_sequences(
+                model_dir, shards_dir, cfg, prepared, root, plots_dir, generated
+            )
         return _evaluate(model_dir, shards_dir, cfg, prepared, generated, device, root)
 
 
-def _evaluate_sequences(model_dir, shards_dir, cfg, prepared, root, plots_dir) -> dict[str, Any]:
+def _evaluate_sequences(
+    model_dir, shards_dir, cfg, prepared, root, plots_dir, generated
+) -> dict[str, Any]:
     from genpar_models.eval.sequence_scorecard import evaluate_sequences
 
     t0 = time.perf_counter()
@@ -148,7 +152,7 @@ def _evaluate_sequences(model_dir, shards_dir, cfg, prepared, root, plots_dir) -
     extractor, ref = prepared or prepare(shards_dir, cfg.evaluate, root=root)
     t1 = time.perf_counter()
     scores, protocols, gen = evaluate_sequences(
-        model, meta, shardset, cfg, (extractor, ref), plots_dir
+        model, meta, shardset, cfg, (extractor, ref), plots_dir, generated
     )
     metrics_ = {
         "eval/num_parameters": float(count_parameters(model)),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,14 +113,45 @@ def prepare_sequences(
     return extractor, Reference(extractor.directory, protocol, feats, None, floor, True)
 
 
+@dataclass(frozen=True)
+class GeneratedSeries:
+    """The evaluation's generated series in model units (N, T, C), NaN-padded, and the seconds
+    their blocks took (summed), drawn here or on Dask workers (`series_block`)."""
+
+    series: np.ndarray
+    seconds: float
+
+
 @torch.no_grad()
+def _draw(model: torch.nn.Module, index: int, size: int, seed: int) -> np.ndarray:
+    gen = torch.Generator().manual_seed(seeding.chunk(seed, index))
+    return model.sample(size, generator=gen).float().cpu().numpy()
+
+
 def sample_blocks(model: torch.nn.Module, n: int, seed: int) -> tuple[np.ndarray, float]:
     """n generated series in model units (N, T, C), NaN-padded: seeded blocks of SAMPLE_BLOCK."""
-    t0, out = time.perf_counter(), []
-    for index, size in block_plan(n):
-        gen = torch.Generator().manual_seed(seeding.chunk(seed, index))
-        out.append(model.sample(size, generator=gen).float().cpu().numpy())
+    t0 = time.perf_counter()
+    out = [_draw(model, index, size, seed) for index, size in block_plan(n)]
     return np.concatenate(out), time.perf_counter() - t0
+
+
+def series_block(index: int, size: int, *, model_dir: str, seed: int) -> dict[str, Any]:
+    """Block `index` of the evaluation's generated series, drawn in this process (a Dask
+    worker) on one thread: the same values `sample_blocks` draws for it."""
+    from genpar_models.infer.sampling import cached_model
+
+    t0 = time.perf_counter()
+    with torch_threads(1):
+        series = _draw(cached_model(model_dir), index, size, seed)
+    return {"index": index, "series": series, "seconds": time.perf_counter() - t0}
+
+
+def collect_series(blocks: list[dict[str, Any]]) -> GeneratedSeries:
+    """Blocks (any order) -> the generated set, in block order."""
+    blocks = sorted(blocks, key=lambda b: b["index"])
+    return GeneratedSeries(
+        np.concatenate([b["series"] for b in blocks]), sum(b["seconds"] for b in blocks)
+    )
 
 
 def _source_units(x: np.ndarray, shardset: ShardSet) -> np.ndarray:
@@ -213,14 +245,18 @@ def evaluate_sequences(
     cfg: PipelineConfig,
     prepared: tuple[Extractor, Reference],
     plots_dir: Path | None,
+    generated: GeneratedSeries | None = None,
 ) -> tuple[dict[str, float], dict[str, dict], Generated]:
-    """(metrics, protocols by kind, the generated set's record) of one sequence model."""
+    """(metrics, protocols by kind, the generated set's record) of one sequence model;
+    `generated` (drawn on Dask by the caller) or drawn here, the same series either way."""
     from genpar_models.eval.protocol import LIKELIHOOD, QUALITY
     from genpar_models.models.registry import get_family
 
     ecfg, (extractor, ref) = cfg.evaluate, prepared
     seed = seeding.evaluation(ecfg.seed)
-    gen_std, seconds = sample_blocks(model, ecfg.num_samples, seed)
+    if generated is None:
+        generated = GeneratedSeries(*sample_blocks(model, ecfg.num_samples, seed))
+    gen_std, seconds = generated.series, generated.seconds
     real_std = _pick(shardset.load(ecfg.reference_split)[0], ecfg.max_real_samples, ecfg.seed)
     scores = sequence_quality(
         real_std, gen_std, shardset.load("train")[0], ref, extractor, shardset, ecfg, seed
@@ -247,5 +283,5 @@ def evaluate_sequences(
         real, gen = _source_units(real_std, shardset), _source_units(gen_std, shardset)
         plot_series_pairs(real, gen, plots_dir / "real_vs_generated.png")
         plot_series_embedding(real, gen, plots_dir / "pca.png", seed=ecfg.seed)
-    generated = Generated(features=np.zeros((len(gen_std), 0)), logits=None, seconds=seconds)
-    return scores, protocols, generated
+    record = Generated(features=np.zeros((len(gen_std), 0)), logits=None, seconds=seconds)
+    return scores, protocols, record

@@ -9,7 +9,10 @@ dicts) and params. `task` (params, default `sample`) says what each row asks:
                  one, the VAE)
     elbo         image, seed -> the one-sample ELBO terms in nats (families with a likelihood)
 
-`format` (params, `json` or `png`) says how images come back. Sampling draws the chunks
+`format` (params, `json` or `png`) says how images come back. A sequence model (its family's
+modality) answers series instead, as JSON only (series_encoding.py): `sample` gives n series
+in the source's units with their lengths, and `reconstruct` and `elbo` take a `series` column
+where an image model takes `image`. Sampling draws the chunks
 `genpar generate` draws: chunk i of `chunk_plan(n, chunk_size)` from `seeding.chunk(seed, i)`
 on one torch thread, so a row with n and seed returns the samples `genpar generate --n N
 --seed S` writes, bit for bit. Bad rows raise `RequestError` naming the row and field, before
@@ -30,13 +33,14 @@ import torch
 
 from genpar_models.errors import GenparError
 from genpar_models.infer.encoding import FORMATS, decode_image, encode_images
-from genpar_models.infer.sampling import chunk_plan, sample_uint8
+from genpar_models.infer.sampling import chunk_plan, sample_series, sample_uint8
+from genpar_models.infer.series_encoding import decode_series, encode_series
 from genpar_models.models.family import Family
 from genpar_models.util import seeding
 from genpar_models.util.threads import torch_threads
 
 TASKS = ("sample", "reconstruct", "elbo")
-COLUMNS = "n, seed, label, image"
+COLUMNS = "n, seed, label, image, series"
 SERVING_FILE = "serving.json"
 _SEED_LIMIT = 2**63
 
@@ -51,8 +55,9 @@ class ServingSpec:
 
     chunk_size: int  # generate.chunk_size of `genpar generate` without --config
     max_samples_per_request: int
-    image_shape: tuple[int, int, int]  # (C, H, W)
+    image_shape: tuple[int, ...]  # (C, H, W); a sequence model's (T, C)
     binarize: str = "none"  # data.binarize of the run: how `elbo` sees pixels
+    modality: str = "images"  # the family's: "sequences" answers series (older files: images)
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> ServingSpec:
@@ -138,10 +143,12 @@ def check_rows(rows: Sequence[Mapping[str, Any]], task: str, spec: ServingSpec) 
             n = integer(row, "n", i, low=1, high=limit)
             checked.append({"n": n, "seed": _seed(row, i)})
         else:
-            if "image" not in row:
-                raise RequestError(f"row {i}: missing column 'image' (params.task is {task})")
-            image = decode_image(row["image"], spec.image_shape, f"row {i}: image")
-            checked.append({"image": image, "seed": _seed(row, i)})
+            column = "series" if spec.modality == "sequences" else "image"
+            if column not in row:
+                raise RequestError(f"row {i}: missing column {column!r} (params.task is {task})")
+            decode = decode_series if column == "series" else decode_image
+            value = decode(row[column], spec.image_shape, f"row {i}: {column}")
+            checked.append({"image": value, "seed": _seed(row, i)})
     return checked
 
 
@@ -152,6 +159,18 @@ def sample_images(model: torch.nn.Module, n: int, seed: int, chunk_size: int) ->
         for index, size in chunk_plan(n, chunk_size)
     ]
     return np.concatenate(parts)
+
+
+def sample_series_chunks(
+    model: torch.nn.Module, n: int, seed: int, chunk_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A sequence model's n series (source units, NaN-padded) and lengths, chunked and seeded
+    exactly as `genpar generate` writes them."""
+    parts = [
+        sample_series(model, size, seeding.chunk(seed, index))
+        for index, size in chunk_plan(n, chunk_size)
+    ]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 class Server:
@@ -172,21 +191,36 @@ class Server:
             raise RequestError(f"params.task: the {self.family.name} family cannot reconstruct")
         if task == "elbo" and self.family.likelihood is None:
             raise RequestError(f"params.task: the {self.family.name} family has no likelihood")
+        sequences = self.spec.modality == "sequences"
+        if sequences and fmt != "json":
+            raise RequestError(f"params.format: {fmt!r}: a sequence model answers json only")
         rows = check_rows(rows_of(data), task, self.spec)
         with self._lock, torch_threads(1):
             if task == "sample":
                 return [self._sample(r["n"], r["seed"], fmt) for r in rows]
             images = torch.from_numpy(np.stack([r["image"] for r in rows]))
+            if sequences:  # the model reads standardised series (the shards' units)
+                images = (images - self.model.data_mean) / self.model.data_std
             if task == "reconstruct":
                 return self._reconstruct(images, fmt)
             return self._elbo(images, [r["seed"] for r in rows])
 
     def _sample(self, n: int, seed: int, fmt: str) -> dict[str, Any]:
+        if self.spec.modality == "sequences":
+            chunk = self.spec.chunk_size
+            return encode_series(*sample_series_chunks(self.model, n, seed, chunk))
         return encode_images(sample_images(self.model, n, seed, self.spec.chunk_size), fmt)
 
     @torch.no_grad()
     def _reconstruct(self, images: torch.Tensor, fmt: str) -> list[dict[str, Any]]:
         assert self.family.reconstruct is not None
+        if self.spec.modality == "sequences":  # posterior means, back in the source's units
+            series = self.model.denormalise(self.family.reconstruct(self.model, images))
+            values = series.float().numpy()
+            lengths = (~np.isnan(values[..., 0])).sum(axis=1)
+            return [
+                encode_series(values[i : i + 1], lengths[i : i + 1]) for i in range(len(values))
+            ]
         out = self.family.reconstruct(self.model, images.float() / 255.0)
         recon = (out.clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
         return [encode_images(recon[i : i + 1], fmt) for i in range(len(recon))]
@@ -197,7 +231,10 @@ class Server:
         answers = []
         for image, seed in zip(images, seeds, strict=True):  # each row its own noise
             gen = torch.Generator().manual_seed(seed)
-            x = self.family.to_input(image[None], self.spec.binarize, gen)
+            if self.spec.modality == "sequences":  # standardised units, as in training
+                x, extra = image[None], {"steps": int((~torch.isnan(image[:, 0])).sum())}
+            else:
+                x, extra = self.family.to_input(image[None], self.spec.binarize, gen), {}
             terms = self.family.likelihood(self.model, x, gen, 0)
-            answers.append({k: float(v[0]) for k, v in terms.items()} | {"unit": "nats"})
+            answers.append({k: float(v[0]) for k, v in terms.items()} | extra | {"unit": "nats"})
         return answers

@@ -74,6 +74,22 @@ def test_basic_motions_is_read_from_the_installed_sktime() -> None:
     assert all(np.isfinite(p.images).all() for p in parts)
 
 
+def test_japanese_vowels_is_variable_length_and_read_from_the_installed_sktime() -> None:
+    cfg = _seq(source="japanese_vowels", shard_size=256)
+    info, specs = plan_partitions(cfg)
+    assert info.num_items == 640 and info.sequence_shape == (29, 12)
+    assert info.class_names == tuple(str(k) for k in range(1, 10))
+    parts = [load_partition(s, cfg) for s in specs]
+    lengths = np.concatenate([p.lengths for p in parts])
+    assert lengths.min() == 7 and lengths.max() == 29 and len(set(lengths.tolist())) > 10
+    values = np.concatenate([p.images for p in parts])
+    inside = np.arange(29)[None, :] < lengths[:, None]
+    assert np.isfinite(values[inside]).all() and np.isnan(values[~inside]).all()
+    # the first training series' first value, as sktime's file has it
+    assert values[0, 0, 0] == np.float32(1.860936)
+    assert len(np.unique(np.concatenate([p.labels for p in parts]))) == 9
+
+
 def test_array_lengths_from_nan_end_padding_and_from_a_lengths_array(tmp_path: Path) -> None:
     x = np.arange(4 * 6, dtype=np.float32).reshape(4, 6)  # (N, T): one channel
     x[1, 4:] = np.nan
@@ -177,6 +193,39 @@ def test_bad_series_in_a_long_table_are_named(tmp_path: Path) -> None:
     assert part.ids == ["t.csv:series_id=ok"]
     with pytest.raises(DataError, match="no column 'sid' \\(data.id_column\\)"):
         plan_partitions(cfg.model_copy(update={"id_column": "sid"}))
+
+
+def test_bad_times_labels_and_channel_counts_in_a_long_table(tmp_path: Path) -> None:
+    """The table's other bad inputs: a non-numeric or missing time, a label that changes
+    within a series (each named, then skipped and counted), a wrong channel count (refused)."""
+    frame = pd.DataFrame(
+        {
+            "series_id": ["ok"] * 2 + ["when"] * 2 + ["notime"] * 2 + ["relabel"] * 2,
+            "time": ["0", "1", "0", "x", "0", "", "0", "1"],
+            "v": [1.0, 2.0] * 4,
+            "label": [0, 0, 0, 0, 0, 0, 0, 1],
+        }
+    )
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    cfg = _seq(source="table", path=str(path), label_column="label")
+    reasons = dict(_all(cfg)[0].bad)
+    assert (
+        reasons["t.csv:series_id=when"]
+        == "t.csv:series_id=when: column 'time' holds non-numeric 'x'"
+    )
+    assert "missing time in column 'time'" in reasons["t.csv:series_id=notime"]
+    assert (
+        "label column 'label' holds [0, 1], not one class index"
+        in reasons["t.csv:series_id=relabel"]
+    )
+    with pytest.raises(DataError, match=r"1 value columns \['v'\], expected data.series_chan"):
+        plan_partitions(cfg.model_copy(update={"series_channels": 2}))
+    root = tmp_path / "shards"
+    root.mkdir()
+    skip = {"on_bad": "skip", "val_fraction": 0.0, "test_fraction": 0.0}
+    manifest = open_shard_set(_build(cfg.model_copy(update=skip), root)).manifest
+    assert manifest.total == 1 and manifest.skipped["count"] == 3
 
 
 def test_bad_series_fail_leaving_nothing_or_are_skipped_and_counted(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ fails before any worker starts; `load_partition` decodes and normalises samples 
 per-sample problems in `Partition.bad` instead of raising, so ``data.on_bad`` can decide.
 Image kinds: the built-ins ``digits`` and ``mnist5k``, ``folder``, ``array`` and ``table``;
 sequence kinds (data.modality: sequences, sources/series*.py): ``sines``, ``basic_motions``,
-``array`` and ``table``.
+``japanese_vowels``, ``array`` and ``table``.
 Nothing here imports dask, prefect or torch.
 """
 
@@ -65,12 +65,14 @@ _LOADERS: dict[str, Loader] = {
 _SEQUENCE_SURVEYS: dict[str, Survey] = {
     "sines": describe_series_builtin,
     "basic_motions": describe_series_builtin,
+    "japanese_vowels": describe_series_builtin,
     "array": survey_series_array,
     "table": survey_series_table,
 }
 _SEQUENCE_LOADERS: dict[str, Loader] = {
     "sines": load_series_builtin,
     "basic_motions": load_series_builtin,
+    "japanese_vowels": load_series_builtin,
     "array": load_series_array,
     "table": load_series_table,
 }

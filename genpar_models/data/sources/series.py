@@ -1,4 +1,4 @@
-"""Sequence sources (data.modality: sequences): arrays, the generated sines and BasicMotions.
+"""Sequence sources (data.modality: sequences): arrays, the generated sines, sktime's bundled sets.
 
 A series is (L, C) floats, L its length. Every source hands `pack_series` the series of one
 partition; it validates each (zero length, longer than data.max_length, wrong channel count,
@@ -12,9 +12,10 @@ end of a series (trailing steps where every channel is NaN). ``sines`` is TimeGA
 (Yoon et al. 2019, github.com/jsyoon0823/TimeGAN utils.sine_data_generation): per series and
 channel a frequency and a phase uniform in [0, 0.1), x_t = sin(f t + p), scaled to [0, 1] as
 (x + 1) / 2; series i is drawn from numpy's generator seeded by (data.sines_seed, i), so a
-partition needs no other. ``basic_motions`` reads sktime's bundled BasicMotions .ts files (train
-then test, 80 series x 100 steps x 6 channels, 4 classes) with the small parser below, without
-importing sktime.
+partition needs no other. ``basic_motions`` and ``japanese_vowels`` read sktime's bundled
+BasicMotions (80 series x 100 steps x 6 channels, 4 classes) and JapaneseVowels (640 series x
+7-29 steps x 12 channels, variable length, 9 speakers) .ts files, train then test, with the small
+parser below, without importing sktime.
 """
 
 from __future__ import annotations
@@ -246,11 +247,15 @@ def _sines_shape(cfg: DataConfig) -> tuple[int, int]:
     return cfg.max_length or cfg.series_length, cfg.series_channels or SINES_CHANNELS
 
 
-def basic_motions_dir() -> Path:
+# sktime's bundled UEA datasets genpar reads (data.source -> the folder and files' name)
+BUNDLED = {"basic_motions": "BasicMotions", "japanese_vowels": "JapaneseVowels"}
+
+
+def bundled_dir(source: str) -> Path:
     spec = importlib.util.find_spec("sktime")
     if spec is None or not spec.origin:
-        raise DataError("data.source 'basic_motions' needs the sktime package: pip install sktime")
-    path = Path(spec.origin).parent / "datasets" / "data" / "BasicMotions"
+        raise DataError(f"data.source {source!r} needs the sktime package: pip install sktime")
+    path = Path(spec.origin).parent / "datasets" / "data" / BUNDLED[source]
     if not path.is_dir():
         raise DataError(f"sktime is installed but its bundled {path} is missing")
     return path
@@ -281,10 +286,11 @@ def parse_ts(path: Path) -> tuple[list[np.ndarray], list[str], list[str]]:
 
 
 @functools.cache
-def basic_motions() -> tuple[list[np.ndarray], np.ndarray, tuple[str, ...], str]:
-    """(series, labels, class names, fingerprint): train file then test file, cached."""
-    folder = basic_motions_dir()
-    files = [folder / "BasicMotions_TRAIN.ts", folder / "BasicMotions_TEST.ts"]
+def bundled_series(source: str) -> tuple[list[np.ndarray], np.ndarray, tuple[str, ...], str]:
+    """(series, labels, class names, fingerprint) of a bundled dataset: train file then test
+    file, cached."""
+    folder, name = bundled_dir(source), BUNDLED[source]
+    files = [folder / f"{name}_TRAIN.ts", folder / f"{name}_TEST.ts"]
     series, names, classes = [], [], []
     for f in files:
         s, n, classes = parse_ts(f)
@@ -292,7 +298,7 @@ def basic_motions() -> tuple[list[np.ndarray], np.ndarray, tuple[str, ...], str]
         names += n
     labels = np.asarray([classes.index(n) for n in names], dtype=np.int64)
     version = importlib.metadata.version("sktime")
-    return series, labels, tuple(classes), sha256_files(files, prefix=f"basic_motions\n{version}\n")
+    return series, labels, tuple(classes), sha256_files(files, prefix=f"{source}\n{version}\n")
 
 
 def describe_series_builtin(cfg: DataConfig) -> tuple[SourceInfo, tuple[str, ...]]:
@@ -307,17 +313,17 @@ def describe_series_builtin(cfg: DataConfig) -> tuple[SourceInfo, tuple[str, ...
             sequence_shape=(cfg.max_length or cfg.series_length, _sines_shape(cfg)[1]),
         )
         return info, ()
-    series, labels, classes, fingerprint = basic_motions()
+    series, labels, classes, fingerprint = bundled_series(cfg.source)
     longest = max(len(s) for s in series)
     channels = series[0].shape[1]
     if cfg.series_channels is not None and cfg.series_channels != channels:
         raise DataError(
-            f"sktime:BasicMotions has {channels} channels, not data.series_channels="
+            f"sktime:{BUNDLED[cfg.source]} has {channels} channels, not data.series_channels="
             f"{cfg.series_channels}"
         )
     info = SourceInfo(
-        kind="basic_motions",
-        uri="sktime:BasicMotions",
+        kind=cfg.source,
+        uri=f"sktime:{BUNDLED[cfg.source]}",
         fingerprint=fingerprint,
         num_items=capped(len(series), cfg),
         class_names=classes,
@@ -334,11 +340,11 @@ def load_series_builtin(spec: PartitionSpec, cfg: DataConfig) -> Partition:
         return pack_series(
             spec, cfg, ids=[f"sines[{i}]" for i in rows], series=series, labels=[-1] * len(rows)
         )
-    all_series, labels, _, _ = basic_motions()
+    all_series, labels, _, _ = bundled_series(spec.kind)
     return pack_series(
         spec,
         cfg,
-        ids=[f"BasicMotions[{i}]" for i in rows],
+        ids=[f"{BUNDLED[spec.kind]}[{i}]" for i in rows],
         series=[all_series[i] for i in rows],
         labels=[int(labels[i]) for i in rows],
     )

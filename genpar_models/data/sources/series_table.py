@@ -104,6 +104,11 @@ def _numbers(rows: pd.DataFrame, column: str, sid: str) -> tuple[np.ndarray, str
     return coerced.to_numpy(dtype=np.float64, na_value=np.nan), None
 
 
+def _plain(values) -> list:
+    """Values as Python scalars, so a message reads [0, 1], not [np.int64(0), np.int64(1)]."""
+    return [v.item() if isinstance(v, np.generic) else v for v in values]
+
+
 def series_of(rows: pd.DataFrame, sid: str, cfg: DataConfig, values: list[str], label: str | None):
     """((L, C) values sorted by time, label) of one series, or (None, reason)."""
     time, problem = _numbers(rows, cfg.time_column, sid)
@@ -135,7 +140,7 @@ def series_of(rows: pd.DataFrame, sid: str, cfg: DataConfig, values: list[str], 
         if len(labs) != 1 or not float(labs[0]).is_integer() or labs[0] < 0:
             return (
                 None,
-                f"{sid}: label column {label!r} holds {list(labs)[:4]}, not one class index",
+                f"{sid}: label column {label!r} holds {_plain(labs[:4])}, not one class index",
             )
         lab = int(labs[0])
     return (np.stack(columns, axis=1).reshape(len(rows), len(values)), lab), None
