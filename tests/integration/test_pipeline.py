@@ -107,6 +107,7 @@ ADDED_PARAMS |= {"compute.strategy", "compute.join_timeout_s", "train.optimizer"
 ADDED_PARAMS |= {"train.allow_reshard"}
 ADDED_METRICS = {"train/global_batch_size"}
 ADDED_TAGS = {"genpar.run_identity", *lineage_tags()}
+ADDED_TAGS |= {"genpar.strategy"}  # issue 16: ddp or fsdp, set by rank 0 at the start
 
 
 def _same_as_recorded(
