@@ -18,6 +18,9 @@ from typing import Any
 
 import psutil
 
+# A Result whose target is on the value itself (no baseline): its "ratio" is the value.
+ABSOLUTE = "target (absolute)"
+
 
 @dataclass
 class Result:
@@ -28,7 +31,7 @@ class Result:
     value: float
     unit: str
     baseline: str | None = None
-    ratio: float | None = None
+    ratio: float | None = None  # against the baseline; with baseline ABSOLUTE, the value itself
     target: float | None = None  # ratio >= target passes (or <= for max targets)
     target_kind: str = "min"  # "min": ratio must be at least target; "max": at most
     note: str = ""

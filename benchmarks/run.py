@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import Result, machine
+from benchmarks.common import ABSOLUTE, Result, machine
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results"
@@ -77,6 +77,8 @@ def markdown(results: list[Result], info: dict, quick: bool) -> str:
             "" if r.target is None else ("≥ " if r.target_kind == "min" else "≤ ") + f"{r.target:g}"
         )
         ratio = "" if r.ratio is None else f"{r.ratio:.2f}x"
+        if r.ratio is not None and r.baseline == ABSOLUTE:
+            ratio = f"{r.ratio:.3g}"  # the value against an absolute target, not a ratio
         note = f" ({r.note})" if r.note else ""
         value = f"{r.value:,.1f}" if abs(r.value) >= 10 else f"{r.value:.3g}"
         lines.append(

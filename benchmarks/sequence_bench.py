@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import Result, interleaved, median, stopwatch
+from benchmarks.common import ABSOLUTE, Result, interleaved, median, stopwatch
 from benchmarks.peer_rvae import sample_peer, train_peer
 from genpar_models.config import PipelineConfig, load_config
 from genpar_models.train.dist import DistContext
@@ -204,7 +204,7 @@ def quality(cfg: PipelineConfig, shards: Path, work: Path) -> list[Result]:
                 f"{label}: eval/discriminative_score",
                 m["eval/discriminative_score"],
                 "",
-                baseline="target (absolute)",
+                baseline=ABSOLUTE,
                 ratio=m["eval/discriminative_score"],
                 target=0.05,
                 target_kind="max",
