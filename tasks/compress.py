@@ -28,7 +28,7 @@ from genpar_models.eval.protocol import QUALITY, TAG_PREFIX, protocol_id
 from genpar_models.eval.scorecard import prepare
 from genpar_models.util import atomic
 from tasks import mlflow_store as store
-from tasks import registry, served_model
+from tasks import registry, served_model, uploads
 from tasks.common import retry_unless_user_error, run_logger
 from tasks.evaluate import eval_device
 from tasks.registry import MODEL_ARTIFACT
@@ -81,9 +81,9 @@ def log_compression(
         },
     )
     for name in ("table.md", "table.json", "quality_vs_speed.png"):
-        client.log_artifact(child, str(Path(out_dir) / name), "compress")
+        uploads.upload(client, child, Path(out_dir) / name, "compress")
     # The child run's `model` artifact is the chosen variant, so registry references resolve.
-    client.log_artifacts(child, str(Path(out_dir) / "model" / best), MODEL_ARTIFACT)
+    uploads.upload(client, child, Path(out_dir) / "model" / best, MODEL_ARTIFACT)
     row = next(r for r in result["rows"] if r["variant"] == best)
     tags = {k: f"{v:.6g}" for k, v in row.items() if isinstance(v, int | float)}
     name = f"{config.registered_model_name}-compressed"

@@ -153,7 +153,13 @@ def resolve_model(
     }
 
 
-@task(name="log-evaluation", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+@task(
+    name="log-evaluation",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=retry_unless_user_error,
+    cache_policy=NO_CACHE,
+)
 def log_evaluation(
     uri: str, run_id: str, report: dict[str, Any], report_dir: str, log_to: str = "run"
 ) -> str:

@@ -23,6 +23,7 @@ from mlflow.entities import Run
 
 from genpar_models.eval.protocol import KINDS, TAG_PREFIX
 from tasks import mlflow_store as store
+from tasks import uploads
 
 EXTRACTOR_EXPERIMENT = "genpar-feature-extractors"
 TAG_EXTRACTOR_FP = "genpar.extractor_fp"
@@ -62,7 +63,9 @@ def _child_run(client: MlflowClient, parent: Run, report: dict[str, Any]) -> str
     return child.info.run_id
 
 
-def extractor_run(client: MlflowClient, uri: str, report: dict[str, Any]) -> str:
+def extractor_run(
+    client: MlflowClient, uri: str, report: dict[str, Any], kept: str | None = None
+) -> str:
     """The extractor's MLflow run (created, with loss/accuracy and weights, the first time)."""
     info = report["extractor"]
     exp = client.get_experiment_by_name(EXTRACTOR_EXPERIMENT)
@@ -73,19 +76,23 @@ def extractor_run(client: MlflowClient, uri: str, report: dict[str, Any]) -> str
     found = client.search_runs(
         [exp_id], filter_string=f"tags.`{TAG_EXTRACTOR_FP}` = '{info['fingerprint']}'"
     )
-    if found:
-        return found[0].info.run_id
-    dataset = report["protocols"]["quality"]["dataset"]
-    run_id = client.create_run(
-        exp_id,
-        run_name=f"{info['kind']}-{dataset[:8]}",
-        tags={TAG_EXTRACTOR_FP: info["fingerprint"], "genpar.dataset": dataset},
-    ).info.run_id
-    numbers = {k: v for k, v in info["summary"].items() if isinstance(v, int | float)}
-    store.log_metrics(client, run_id, {f"extractor/{k}": v for k, v in numbers.items()})
-    store.log_params(client, run_id, {"kind": info["kind"], "dataset": dataset})
-    client.log_artifacts(run_id, info["directory"], "extractor")
-    store.finish(client, run_id)
+    finished = [r for r in found if r.info.status == "FINISHED"]
+    if finished:
+        return finished[0].info.run_id
+    if found:  # made before, but its upload failed (the store was away): upload again
+        run_id = found[0].info.run_id
+    else:
+        dataset = report["protocols"]["quality"]["dataset"]
+        run_id = client.create_run(
+            exp_id,
+            run_name=f"{info['kind']}-{dataset[:8]}",
+            tags={TAG_EXTRACTOR_FP: info["fingerprint"], "genpar.dataset": dataset},
+        ).info.run_id
+        numbers = {k: v for k, v in info["summary"].items() if isinstance(v, int | float)}
+        store.log_metrics(client, run_id, {f"extractor/{k}": v for k, v in numbers.items()})
+        store.log_params(client, run_id, {"kind": info["kind"], "dataset": dataset})
+    uploads.upload(client, run_id, info["directory"], "extractor", kept=kept)
+    store.finish(client, run_id)  # FINISHED only with its weights: what marks it whole
     return run_id
 
 
@@ -100,7 +107,8 @@ def record_scorecard(
     metrics = report["metrics"]
     step = len(client.get_metric_history(target, next(iter(metrics))))
     store.log_metrics(client, target, metrics, step=step)
-    ext_run = extractor_run(client, uri, report)
+    kept = str(Path(report_dir).parent)  # the pipeline's run directory
+    ext_run = extractor_run(client, uri, report, kept)
     tags = {
         **_protocol_tags(report),
         "genpar.eval.extractor": report["extractor"]["kind"],
@@ -109,7 +117,7 @@ def record_scorecard(
         "genpar.eval.cache": json.dumps(report["cache"]),
     }
     store.set_tags(client, target, tags)
-    client.log_artifacts(target, str(Path(report_dir)), "eval")
+    uploads.upload(client, target, report_dir, "eval", kept=kept)
     if child:
         store.finish(client, target)
     return target

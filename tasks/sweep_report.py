@@ -19,7 +19,7 @@ from genpar_models.sweep import halving
 from genpar_models.sweep.report import plot_objective, results_markdown, results_rows
 from genpar_models.util import atomic
 from tasks import mlflow_store as store
-from tasks import runlock
+from tasks import runlock, uploads
 from tasks.artifacts import artifact_key, run_url, ui_base
 from tasks.common import run_logger
 from tasks.sweep import SweepRun
@@ -80,7 +80,7 @@ def _log_results(parent: SweepRun, rows: list[dict[str, Any]], plot: Path, md: s
     atomic.write_text(run_dir / "sweep" / "results.csv", buf.getvalue())
     atomic.write_text(run_dir / "sweep" / "results.md", md)
     client = store.connect(parent.uri)
-    client.log_artifacts(parent.run_id, str(run_dir / "sweep"), "sweep")
+    uploads.upload(client, parent.run_id, run_dir / "sweep", "sweep")
     if rows:  # MLflow's table view (artifact viewer, and "evaluation" comparisons)
         columns = {c: [("" if r[c] is None else str(r[c])) for r in rows] for c in rows[0]}
         client.log_table(parent.run_id, data=columns, artifact_file="sweep/results.json")

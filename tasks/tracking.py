@@ -16,7 +16,7 @@ from genpar_models.data.manifest import read_manifest
 from genpar_models.util import atomic
 from genpar_models.util.lineage import lineage_tags
 from tasks import mlflow_store as store
-from tasks import registry, runlock, served_model
+from tasks import registry, runlock, served_model, uploads
 from tasks.common import retry_unless_user_error, run_logger
 
 
@@ -102,9 +102,16 @@ def start_run(config: PipelineConfig, uri: str, shards_dir: str) -> RunHandle:
     )
 
 
-@task(name="record-dataset", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+@task(
+    name="record-dataset",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=retry_unless_user_error,
+    cache_policy=NO_CACHE,
+)
 def record_dataset(run: RunHandle, shards_dir: str) -> None:
-    """Log the shard manifest as the run's dataset input, plus counts and skipped samples."""
+    """Log the shard manifest as the run's dataset input, plus counts and skipped samples
+    (once: a resumed run has them), and the manifest as an artifact."""
     import pandas as pd
     from mlflow.data import from_pandas
     from mlflow.entities import DatasetInput, InputTag
@@ -124,39 +131,49 @@ def record_dataset(run: RunHandle, shards_dir: str) -> None:
             name=f"shards-{manifest.key}",
             digest=manifest.key[:16],
         )._to_mlflow_entity()
-    context = InputTag("mlflow.data.context", "training")
-    client.log_inputs(run.run_id, datasets=[DatasetInput(ds, tags=[context])])
-    store.log_metrics(
-        client,
-        run.run_id,
-        {
-            **{f"data/{s}_samples": float(e.count) for s, e in manifest.splits.items()},
-            "data/skipped_samples": float(manifest.skipped["count"]),
-        },
-    )
+    counts = {
+        **{f"data/{s}_samples": float(e.count) for s, e in manifest.splits.items()},
+        "data/skipped_samples": float(manifest.skipped["count"]),
+    }
+    # a resumed run (same train key, hence the same shards) recorded them when it started
+    recorded = client.get_run(run.run_id).data.metrics if run.resumed else {}
+    if not counts.keys() <= recorded.keys():
+        context = InputTag("mlflow.data.context", "training")
+        client.log_inputs(run.run_id, datasets=[DatasetInput(ds, tags=[context])])
+        store.log_metrics(client, run.run_id, counts)
     store.set_tags(
         client, run.run_id, {"genpar.source_fingerprint": manifest.source["fingerprint"]}
     )
-    client.log_artifact(run.run_id, str(Path(shards_dir) / "manifest.json"), "data")
+    uploads.upload(client, run.run_id, Path(shards_dir) / "manifest.json", "data")
 
 
-@task(name="log-artifacts", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+@task(
+    name="log-artifacts",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=retry_unless_user_error,
+    cache_policy=NO_CACHE,
+)
 def log_artifacts(
     config: PipelineConfig, run: RunHandle, artifacts: dict[str, str], metrics: dict[str, float]
 ) -> None:
     """Log the final metrics and every artifact (local file or directory -> artifact path)."""
     client = store.connect(run.uri)
     store.log_metrics(client, run.run_id, metrics, step=config.train.max_steps)
-    client.log_artifact(run.run_id, str(Path(run.run_dir) / "config.yaml"))
+    kept = run.run_dir
+    uploads.upload(client, run.run_id, Path(run.run_dir) / "config.yaml", kept=kept)
     for artifact_path, local in artifacts.items():
-        path = Path(local)
-        if path.is_dir():
-            client.log_artifacts(run.run_id, str(path), artifact_path)
-        elif path.exists():
-            client.log_artifact(run.run_id, str(path), artifact_path or None)
+        if Path(local).exists():
+            uploads.upload(client, run.run_id, local, artifact_path or None, kept=kept)
 
 
-@task(name="register-model", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+@task(
+    name="register-model",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=retry_unless_user_error,
+    cache_policy=NO_CACHE,
+)
 def register_model(config: PipelineConfig, run: RunHandle, metrics: dict[str, float]) -> str:
     """Log the run's model as an MLflow pyfunc model and register it as a new version (tagged
     with its eval metrics, lineage and run identity), once: a retry or a resumed run gets the
@@ -166,12 +183,18 @@ def register_model(config: PipelineConfig, run: RunHandle, metrics: dict[str, fl
     tags |= lineage_tags() | {store.TAG_RUN_IDENTITY: config.run_identity()}
 
     def log_model() -> str:
-        return served_model.log_served_model(
+        return uploads.with_artifact_retry(
             client,
             run.run_id,
-            Path(run.run_dir) / "model",
-            binarize=config.data.binarize,
-            max_samples=config.generate.max_samples_per_request,
+            "the served model (model/)",
+            lambda: served_model.log_served_model(
+                client,
+                run.run_id,
+                Path(run.run_dir) / "model",
+                binarize=config.data.binarize,
+                max_samples=config.generate.max_samples_per_request,
+            ),
+            kept=run.run_dir,
         )
 
     version = registry.register_once(  # a retry must not add a second version

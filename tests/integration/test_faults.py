@@ -369,3 +369,55 @@ def test_two_pipelines_at_once_do_not_corrupt_each_other(tmp_path: Path) -> None
     for r in runs:
         model_dir = Path(r.data.tags["genpar.run_dir"]) / "model"
         load_exported(model_dir)  # each run's own model, intact
+
+
+def _blocked_store(tmp_path: Path, mlflow_template: Path) -> tuple[MlflowClient, str, Path]:
+    """A run whose (local) artifact store cannot be written: its directory's parent is a file.
+    Removing `blocker` brings the store back."""
+    (tmp_path / "mlflow.db").write_bytes(mlflow_template.read_bytes())
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    blocker = tmp_path / "store"
+    blocker.write_text("not a directory")
+    exp = client.create_experiment("uploads", artifact_location=f"file://{blocker}/artifacts")
+    run_id = client.create_run(exp).info.run_id
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "report.json").write_text("{}")
+    return client, run_id, blocker
+
+
+def test_an_upload_waits_for_the_artifact_store_to_come_back(
+    tmp_path: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks import uploads
+
+    client, run_id, blocker = _blocked_store(tmp_path, mlflow_template)
+    monkeypatch.setenv(uploads.ARTIFACT_RETRY_ENV, "30")
+    threading.Timer(2.0, blocker.unlink).start()  # the store is back after 2 s
+    t0 = time.monotonic()
+    uploads.upload(client, run_id, tmp_path / "files", "eval")
+    assert 2.0 <= time.monotonic() - t0 < 20
+    assert [a.path for a in client.list_artifacts(run_id, "eval")] == ["eval/report.json"]
+
+
+def test_an_artifact_store_still_away_fails_in_the_budget_naming_it(
+    tmp_path: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks import uploads
+
+    client, run_id, _ = _blocked_store(tmp_path, mlflow_template)
+    monkeypatch.setenv(uploads.ARTIFACT_RETRY_ENV, "3")
+    monkeypatch.setenv(uploads.ARTIFACT_STORE_ENV, "s3://team-bucket at https://s3.internal")
+    t0 = time.monotonic()
+    with pytest.raises(uploads.ArtifactStoreError) as raised:
+        uploads.upload(client, run_id, tmp_path / "files" / "report.json", "eval", kept="/runs/x")
+    assert time.monotonic() - t0 < 10  # the budget, not MLflow's own retry schedule
+    message = str(raised.value)
+    assert message.startswith("the artifact store (s3://team-bucket at https://s3.internal, behind")
+    assert "did not take eval/report.json in 3 s" in message and f"MLflow run {run_id}" in message
+    assert "stay in /runs/x" in message and uploads.ARTIFACT_RETRY_ENV in message
+    # a file that is not there is the caller's mistake: no retries, no store blamed
+    with pytest.raises(FileNotFoundError):
+        uploads.upload(client, run_id, tmp_path / "missing.json", "eval")
+    monkeypatch.setenv(uploads.ARTIFACT_RETRY_ENV, "soon")
+    with pytest.raises(Exception, match="GENPAR_ARTIFACT_RETRY_S='soon' is not a number"):
+        uploads.upload(client, run_id, tmp_path / "files" / "report.json")
