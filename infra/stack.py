@@ -268,56 +268,33 @@ def up_team(
         _check_ports(ports, team.TEAM_PORT_OPTIONS)
         creds = team.ensure_team_credentials(stack_dir())
         account = team.postgres_account()
-        data = team.team_dir() / "postgres" / "data"
+        data = _postgres_data()
         servers: dict[str, Server] = {}
 
         def start(
-            name: str, argv: list[str], env: dict[str, str], port: int, check: str, **popen
+            name: str, argv: list[str], env: dict[str, str], port: int, check: str, popen: dict
         ) -> Server:
-            log = stack_dir() / "logs" / f"{name}.log"
-            proc = processes.spawn(argv, env, log, cwd=popen.pop("cwd", genpar_home()), **popen)
-            servers[name] = Server(name, port, proc, str(log), auth=True, check=check)
+            servers[name] = _spawn_team_server(name, argv, env, port, check, popen)
             _write_servers(servers)  # recorded at once: `down` can stop a stack still starting
             return servers[name]
 
-        def alive(name: str) -> Callable[[], bool]:
-            return lambda: processes.handle(servers[name].proc) is not None
-
         try:
             team.init_postgres(data, creds["postgres_password"], account, say)
-            pg_env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-            start(
-                "postgres",
-                team.postgres_command(data, ports["postgres"]),
-                pg_env,
-                ports["postgres"],
-                "tcp",
-                cwd=data,
-                **team._as_account(account),
-            )
-            team.wait_postgres(
-                ports["postgres"], creds["postgres_password"], timeout_s, alive("postgres")
-            )
+            launch = lambda name: start(name, *_team_launch(name, ports, creds))  # noqa: E731
+            _await_team_server(launch("postgres"), creds, timeout_s)
             team.ensure_databases(ports["postgres"], creds)
             say(f"PostgreSQL up on {HOST}:{ports['postgres']} (databases prefect, mlflow)")
-
-            argv, env = team.s3_command(ports["s3"], creds)
-            start("s3", argv, env, ports["s3"], "tcp")
-            team.ensure_bucket(ports["s3"], creds, timeout_s)
+            _await_team_server(launch("s3"), creds, timeout_s)
             say(
                 f"S3 store ({team.s3_server_kind()}) up on {HOST}:{ports['s3']}, "
                 f"bucket {team.BUCKET}"
             )
-
-            argv, env = server_command("prefect", ports["prefect"], creds)
-            env.update(team.prefect_database_env(ports["postgres"], creds))
-            start("prefect", argv, env, ports["prefect"], "http")
-            argv, env = team.mlflow_command(ports, creds, stack_dir())
-            start("mlflow", argv, env, ports["mlflow"], "http")
+            launch("prefect")
+            launch("mlflow")
             n = dask_workers or available_cores()
             for name, argv in team.dask_commands(ports["dask"], n).items():
                 port = ports["dask"] if name == "dask-scheduler" else 0
-                start(name, argv, dict(os.environ), port, "tcp" if port else "proc")
+                start(name, argv, dict(os.environ), port, "tcp" if port else "proc", {})
             say("started Prefect, MLflow and Dask; waiting for their health checks …")
             checks = {m: (servers[m].proc, servers[m].health_url) for m in ("prefect", "mlflow")}
             problems = processes.wait_healthy(checks, timeout_s)
@@ -326,9 +303,9 @@ def up_team(
             if problems:
                 raise StackError(_startup_failure(servers, problems))
 
-            client = {**os.environ, **team.client_env(ports, creds)}
-            team.create_work_pool(client)
-            start("worker", team.worker_command(), client, 0, "proc")
+            team.create_work_pool({**os.environ, **team.client_env(ports, creds)})
+            team.ensure_crash_automation(ports, creds)
+            launch("worker")
             say(f"Prefect worker on work pool {team.WORK_POOL!r}")
         except Exception:
             for s in reversed(list(servers.values())):
@@ -336,6 +313,102 @@ def up_team(
             state_path().unlink(missing_ok=True)
             raise
         return servers
+
+
+def _postgres_data() -> Path:
+    return team.team_dir() / "postgres" / "data"
+
+
+def _team_launch(
+    name: str, ports: dict[str, int], creds: dict[str, str]
+) -> tuple[list[str], dict[str, str], int, str, dict]:
+    """How the team stack starts one of its servers: argv, environment, port, health check
+    kind and extra Popen arguments (PostgreSQL runs as its own account, in its data dir)."""
+    if name == "postgres":
+        data = _postgres_data()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        popen = {"cwd": data, **team._as_account(team.postgres_account())}
+        return team.postgres_command(data, ports["postgres"]), env, ports["postgres"], "tcp", popen
+    if name == "s3":
+        return (*team.s3_command(ports["s3"], creds), ports["s3"], "tcp", {})
+    if name == "prefect":
+        argv, env = server_command("prefect", ports["prefect"], creds)
+        env.update(team.prefect_database_env(ports["postgres"], creds))
+        return argv, env, ports["prefect"], "http", {}
+    if name == "mlflow":
+        return (*team.mlflow_command(ports, creds, stack_dir()), ports["mlflow"], "http", {})
+    if name == "worker":
+        return team.worker_command(), team.worker_env(ports, creds), 0, "proc", {}
+    raise StackError(f"no launch recipe for the team stack's {name!r}")
+
+
+def _spawn_team_server(
+    name: str, argv: list[str], env: dict[str, str], port: int, check: str, popen: dict
+) -> Server:
+    log = stack_dir() / "logs" / f"{name}.log"
+    popen = dict(popen)
+    proc = processes.spawn(argv, env, log, cwd=popen.pop("cwd", genpar_home()), **popen)
+    return Server(name, port, proc, str(log), auth=True, check=check)
+
+
+def _await_team_server(server: Server, creds: dict[str, str], timeout_s: float) -> None:
+    """Wait until a (re)started team server serves: PostgreSQL accepts logins, the S3 store
+    holds the bucket (created when missing), Prefect and MLflow answer their health checks."""
+    if server.name == "postgres":
+        alive = lambda: processes.handle(server.proc) is not None  # noqa: E731
+        team.wait_postgres(server.port, creds["postgres_password"], timeout_s, alive)
+    elif server.name == "s3":
+        team.ensure_bucket(server.port, creds, timeout_s)
+    elif server.check == "http":
+        check = {server.name: (server.proc, server.health_url)}
+        problems = processes.wait_healthy(check, timeout_s)
+        if problems:
+            raise StackError(_startup_failure({server.name: server}, problems))
+
+
+# What `genpar restart` brings back (Dask's workers restart by their nanny, the scheduler
+# would lose every worker's registration: restart the stack for it).
+RESTARTABLE = ("postgres", "s3", "prefect", "mlflow", "worker")
+
+
+def restart(name: str, *, timeout_s: float = 180.0, say: Callable[[str], None] = print) -> Server:
+    """Stop one server of the running team stack and start it again on its port with the same
+    state: PostgreSQL's data directory, Prefect's and MLflow's databases. An S3 store keeps its
+    objects when it is MinIO; moto's server (tests) keeps them in memory, so it comes back
+    empty, with the bucket recreated. For an operator after a change of a server's settings
+    or a crash, and for the fault tests (tests/scaleout).
+
+    Raises:
+        StackError: no team stack is recorded, the name is not restartable, or the server did
+            not come back (its log tail included).
+    """
+    with _locked():
+        servers = read_servers()
+        if "postgres" not in servers:
+            raise StackError(
+                f"no team stack is running for {genpar_home()}: `genpar restart` restarts one "
+                "server of the team stack (`genpar up --team`)"
+            )
+        if name not in RESTARTABLE:
+            raise StackError(
+                f"cannot restart {name!r}: the team stack restarts {', '.join(RESTARTABLE)} "
+                "one by one (`genpar down` and `genpar up --team` restart everything)"
+            )
+        old = servers[name]
+        if processes.stop(old.proc, sig=_STOP_SIGNAL.get(name, signal.SIGTERM)):
+            say(f"stopped {name} (pid {old.proc.pid})")
+        else:
+            say(f"{name} (pid {old.proc.pid}) was not running")
+        ports = {n: s.port for n, s in servers.items() if n in team.TEAM_PORTS}
+        ports["dask"] = servers["dask-scheduler"].port
+        creds = team.ensure_team_credentials(stack_dir())
+        argv, env, port, check, popen = _team_launch(name, ports, creds)
+        server = _spawn_team_server(name, argv, env, old.port, check, popen)
+        servers[name] = server
+        _write_servers(servers)
+        _await_team_server(server, creds, timeout_s)
+        say(f"{name} is back (pid {server.proc.pid}, {server.what})")
+        return server
 
 
 def _startup_failure(servers: dict[str, Server], problems: dict[str, str]) -> str:
@@ -402,6 +475,10 @@ def use_stack() -> str | None:
             os.environ.setdefault(env[s.name], s.api_url)
         elif s.name == "dask-scheduler":  # the team stack's cluster: compute.dask_address
             os.environ.setdefault(team.DASK_ENV, f"tcp://{HOST}:{s.port}")
+        elif s.name == "s3":  # what MLflow proxies artifacts to, for errors that name it
+            os.environ.setdefault(
+                team.ARTIFACT_STORE_ENV, f"s3://{team.BUCKET} at http://{HOST}:{s.port}"
+            )
     if any(s.auth for s, _ in states):  # its credentials, for this process and its children
         for key, value in credentials.client_env(credentials.read_credentials(stack_dir())).items():
             os.environ.setdefault(key, value)

@@ -58,6 +58,7 @@ BUCKET = "genpar-artifacts"
 WORK_POOL = "genpar"
 DB_SUPERUSER = "genpar"
 DASK_ENV = "GENPAR_DASK_ADDRESS"  # compute.dask_address's default while the team stack runs
+ARTIFACT_STORE_ENV = "GENPAR_ARTIFACT_STORE"  # named by tasks/mlflow_store.py's upload errors
 
 
 class TeamError(GenparError):
@@ -434,6 +435,90 @@ def create_work_pool(env: dict[str, str]) -> None:
 def worker_command() -> list[str]:
     prefect = _beside_python("prefect") or "prefect"
     return [prefect, "worker", "start", "--pool", WORK_POOL, "--type", "process"]
+
+
+# A flow run whose process dies with its worker (a killed worker, a lost machine) sends no
+# final state: it would stay RUNNING forever. Its runs beat every HEARTBEAT_S seconds (the
+# worker's environment sets it; Prefect's floor is 30), and an automation marks a run CRASHED
+# when no beat or final state came for CRASH_AFTER_S (Prefect's own recipe, "Detect zombie
+# flows"). The slack over one beat keeps a slow but live run on a busy machine safe.
+HEARTBEAT_S = 30
+CRASH_AFTER_ENV = "GENPAR_CRASH_AFTER_S"
+CRASH_AFTER_DEFAULT_S = 90
+CRASH_AUTOMATION = "genpar: crash flow runs without heartbeats"
+
+
+def worker_env(ports: dict[str, int], creds: dict[str, str]) -> dict[str, str]:
+    """The Prefect worker's environment (its flow runs inherit it): the stack's client
+    settings, and heartbeats often enough for the crash automation."""
+    env = {**os.environ, **client_env(ports, creds)}
+    env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(HEARTBEAT_S)
+    return env
+
+
+def crash_after_s() -> int:
+    raw = os.environ.get(CRASH_AFTER_ENV, "")
+    try:
+        value = int(raw) if raw else CRASH_AFTER_DEFAULT_S
+    except ValueError:
+        raise TeamError(f"{CRASH_AFTER_ENV}={raw!r} is not a whole number of seconds") from None
+    if value <= HEARTBEAT_S:
+        raise TeamError(
+            f"{CRASH_AFTER_ENV}={value}: must exceed the heartbeat interval ({HEARTBEAT_S} s), "
+            "or live runs would be marked crashed"
+        )
+    return value
+
+
+def ensure_crash_automation(ports: dict[str, int], creds: dict[str, str]) -> None:
+    """Create (or update) the automation that marks silent flow runs CRASHED."""
+    import base64
+
+    import httpx
+
+    within = crash_after_s()
+    body = {
+        "name": CRASH_AUTOMATION,
+        "description": f"A flow run that sent no heartbeat or final state for {within} s "
+        "lost its process (a killed worker or machine): genpar up --team created this.",
+        "enabled": True,
+        "trigger": {
+            "type": "event",
+            "posture": "Proactive",
+            "after": ["prefect.flow-run.heartbeat"],
+            "expect": [
+                "prefect.flow-run.heartbeat",
+                *(f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")),
+            ],
+            "match": {"prefect.resource.id": ["prefect.flow-run.*"]},
+            "for_each": ["prefect.resource.id"],
+            "threshold": 1,
+            "within": within,
+        },
+        "actions": [
+            {
+                "type": "change-flow-run-state",
+                "state": "CRASHED",
+                "message": f"No heartbeat for {within} s: the flow run's process is gone "
+                "(its worker or machine died). Run it again to resume from its checkpoint.",
+            }
+        ],
+    }
+    token = base64.b64encode(creds["prefect_auth_string"].encode()).decode()
+    with httpx.Client(
+        base_url=f"http://{HOST}:{ports['prefect']}/api",
+        headers={"Authorization": f"Basic {token}"},
+        timeout=30,
+    ) as api:
+        found = api.post("/automations/filter", json={"limit": 200})
+        found.raise_for_status()
+        existing = [a for a in found.json() if a["name"] == CRASH_AUTOMATION]
+        if existing:
+            r = api.put(f"/automations/{existing[0]['id']}", json=body)
+        else:
+            r = api.post("/automations/", json=body)
+        if r.status_code >= 400:
+            raise TeamError(f"creating the automation {CRASH_AUTOMATION!r} failed: {r.text[:2000]}")
 
 
 def dask_workers_ready(port: int, expected: int, timeout_s: float) -> bool:

@@ -6,7 +6,7 @@
     champion.py  promote, rollback, champion    move the champion alias by hand, its history
     runs.py      runs, config, ui, home,    list and rank runs, inspect configs, open MLflow,
                  migrate                    copy a home's records to another MLflow
-    stack.py     up, down, status, serve    the local stack and its deployments
+    stack.py     up, down, restart, status, serve    the local stack and its deployments
     common.py    consoles, options, `load_or_fail`, Prefect/MLflow environment defaults
     docs.py      regenerate the README's config reference (`python -m flows.cli.docs`)
 
@@ -35,7 +35,7 @@ from flows.cli import stack  # noqa: F401, E402
 __all__ = ["app", "main"]
 
 # Commands that manage the stack itself: they read its state, they must not be pointed at it.
-_STACK_COMMANDS = {"up", "down", "status"}
+_STACK_COMMANDS = {"up", "down", "restart", "status"}
 
 
 @app.callback()

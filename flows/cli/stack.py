@@ -1,4 +1,4 @@
-"""The local stack and its deployments: `genpar up`, `down`, `status` and `serve`.
+"""The local stack and its deployments: `genpar up`, `down`, `restart`, `status` and `serve`.
 
 `up/down/status` manage the local Prefect and MLflow servers (infra/stack.py); `serve` serves
 the deployments (flows/deployments.py) against them, or against PREFECT_API_URL.
@@ -120,6 +120,32 @@ def down() -> None:
             f"nothing to stop: no genpar stack is running for {stack.genpar_home()}",
             highlight=False,
         )
+
+
+@app.command(rich_help_panel=PANEL)
+def restart(
+    server: Annotated[
+        str,
+        typer.Argument(
+            help="The team stack's server to restart: postgres, s3, prefect, mlflow or worker."
+        ),
+    ],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait until it serves again.")] = 180,
+) -> None:
+    """Restart one server of the team stack on its port, keeping its state.
+
+    PostgreSQL keeps its data directory, Prefect and MLflow their databases; flow runs that
+    the Prefect worker was running die with it (they are marked crashed; run them again to
+    resume from their checkpoints). moto's S3 server (used when MinIO is not installed) keeps
+    objects in memory only: it comes back empty, with the bucket recreated.
+    """
+    from genpar_models.errors import GenparError
+    from infra import stack
+
+    try:
+        stack.restart(server, timeout_s=timeout, say=lambda m: console.print(m, highlight=False))
+    except GenparError as e:
+        fail(str(e), code=1)
 
 
 @app.command(rich_help_panel=PANEL)

@@ -125,6 +125,12 @@ class Team:
             time.sleep(2)
         raise AssertionError(f"flow run {flow_run_id} did not finish in {timeout:.0f} s: {run}")
 
+    def server_pid(self, name: str) -> int:
+        """The pid `genpar up --team` recorded for one of its servers."""
+        servers = json.loads((self.home / "stack" / "stack.json").read_text())["servers"]
+        (pid,) = [s["pid"] for s in servers if s["name"] == name]
+        return pid
+
 
 def _traversable_base() -> Path:
     base = Path(tempfile.mkdtemp(prefix="genpar-scaleout-", dir="/tmp"))
@@ -143,6 +149,9 @@ def team() -> Iterator[Team]:
         # a schedule's runs are created within seconds, and a worker picks them up at once
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
         "PREFECT_WORKER_QUERY_SECONDS": "2",
+        # a flow run whose worker was killed is marked crashed 45 s after its last heartbeat
+        # (Prefect's beat is 30 s: the least that cannot crash a live run)
+        "GENPAR_CRASH_AFTER_S": "45",
     }
     home.chmod(0o711)
     ports: dict[str, int] = {}
@@ -173,3 +182,59 @@ def team() -> Iterator[Team]:
     for name, port in ports.items():
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"{name} still listens after down"
+
+
+# The deployments of infra/prefect.yaml on the stack's work pool, by deployment name.
+DEPLOYMENTS = {
+    "pipeline": "genpar-pipeline",
+    "evaluate": "genpar-evaluate",
+    "nightly-retrain": "genpar-nightly-retrain",
+    "sweep": "genpar-sweep",
+}
+
+
+@pytest.fixture(scope="session")
+def deployed(team: Team) -> dict[str, dict[str, Any]]:
+    """`prefect deploy --all --prefect-file infra/prefect.yaml` once, as a team would run it
+    (genpar's repository as the source, the stack's credentials in the environment)."""
+    import subprocess
+
+    from tests.conftest import REPO
+    from tests.system.conftest import GENPAR
+
+    env = {**clean_env(team.home), **team.client_env, "GENPAR_REPO": str(REPO)}
+    deploy = subprocess.run(
+        [str(Path(GENPAR).with_name("prefect")), "--no-prompt", "deploy", "--all",
+         "--prefect-file", "infra/prefect.yaml"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert deploy.returncode == 0, deploy.stdout[-4000:] + deploy.stderr[-4000:]
+    return {n: team.request("GET", f"/deployments/name/{f}/{n}") for n, f in DEPLOYMENTS.items()}
+
+
+def kill_a_busy_dask_worker(address: str, killed: dict[str, str], within_s: float = 60) -> None:
+    """SIGKILL the first worker of the cluster seen processing a task (its nanny restarts it);
+    records the worker's address in `killed`. Polls every 5 ms for `within_s` seconds."""
+    import signal
+    import time as clock
+
+    from distributed import Client
+
+    with Client(address, timeout="20s") as c:
+        pids = c.run(os.getpid)
+        deadline = clock.monotonic() + within_s
+        while clock.monotonic() < deadline:
+            busy = [w for w, keys in c.processing().items() if keys]
+            if busy:
+                os.kill(pids[busy[0]], signal.SIGKILL)
+                killed["worker"] = busy[0]
+                return
+            clock.sleep(0.005)
+
+
+def wait_dask_workers(address: str, n: int, timeout_s: float = 120) -> None:
+    """Until n workers are connected again (the nanny's restart), for the tests after."""
+    from distributed import Client
+
+    with Client(address, timeout="20s") as c:
+        c.wait_for_workers(n, timeout=timeout_s)

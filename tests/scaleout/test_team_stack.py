@@ -4,9 +4,7 @@ What landed is read back through PostgreSQL, S3, the Prefect API and the Dask sc
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import threading
 import time
@@ -20,7 +18,13 @@ from genpar_models.config import load_config
 from tasks import registry
 from tests.conftest import REPO, TINY
 from tests.helpers import clean_env, small_mlflow_home
-from tests.scaleout.conftest import SLOW, Team, genpar
+from tests.scaleout.conftest import (
+    SLOW,
+    Team,
+    genpar,
+    kill_a_busy_dask_worker,
+    wait_dask_workers,
+)
 from tests.system.conftest import GENPAR
 
 pytestmark = [pytest.mark.scaleout, pytest.mark.system, pytest.mark.slow]
@@ -60,22 +64,11 @@ def test_a_pipeline_runs_on_every_engine_of_the_team_stack(team: Team) -> None:
     assert again.returncode == 0, again.stderr[:2000] + again.stdout[-3000:] + again.stderr[-3000:]
 
 
-def _deployment(team: Team, name: str) -> dict:
-    return team.request("GET", f"/deployments/name/{name}")
-
-
-def test_deployments_run_on_the_work_pool_and_the_nightly_fires(team: Team) -> None:
-    env = {**clean_env(team.home), **team.client_env, "GENPAR_REPO": str(REPO)}
-    deploy = subprocess.run(
-        [str(Path(GENPAR).with_name("prefect")), "--no-prompt", "deploy", "--all",
-         "--prefect-file", "infra/prefect.yaml"],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert deploy.returncode == 0, deploy.stdout[-4000:] + deploy.stderr[-4000:]
-    names = ("pipeline", "evaluate", "nightly-retrain", "sweep")
-    deps = {n: _deployment(team, f"{flow}/{n}") for n, flow in zip(names, FLOWS, strict=True)}
-    assert all(d["work_pool_name"] == "genpar" for d in deps.values())
-    nightly = deps["nightly-retrain"]
+def test_deployments_run_on_the_work_pool_and_the_nightly_fires(
+    team: Team, deployed: dict[str, dict]
+) -> None:
+    assert all(d["work_pool_name"] == "genpar" for d in deployed.values())
+    nightly = deployed["nightly-retrain"]
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
     # The nightly, on a tiny config, firing every minute instead of at 02:00: the scheduler
     # makes its run, the worker on the pool runs it.
@@ -103,9 +96,6 @@ def test_deployments_run_on_the_work_pool_and_the_nightly_fires(team: Team) -> N
     with team.mlflow_credentials():
         client = MlflowClient(team.mlflow_url)
         assert registry.alias_version(client, config.registered_model_name, "champion")
-
-
-FLOWS = ("genpar-pipeline", "genpar-evaluate", "genpar-nightly-retrain", "genpar-sweep")
 
 
 def _minute_runs(team: Team, deployment_id: str) -> list[dict]:
@@ -200,25 +190,13 @@ def test_a_dask_worker_killed_during_preprocessing_changes_no_shard(
                              "data.max_samples=null", "data.shard_size=16"])  # fmt: skip
     undisturbed = read_manifest(build_shards(cfg, rebuild=True))
     killed: dict[str, str] = {}
-
-    def kill_a_busy_worker() -> None:
-        with Client(address, timeout="20s") as c:
-            pids = c.run(os.getpid)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                busy = [w for w, keys in c.processing().items() if keys]
-                if busy:
-                    os.kill(pids[busy[0]], signal.SIGKILL)
-                    killed["worker"] = busy[0]
-                    return
-                time.sleep(0.005)
-
-    killer = threading.Thread(target=kill_a_busy_worker, daemon=True)
+    killer = threading.Thread(target=kill_a_busy_dask_worker, args=(address, killed), daemon=True)
     killer.start()
     time.sleep(1)  # the killer is connected and watching before the partitions go out
     disturbed = read_manifest(build_shards(cfg, rebuild=True))
     killer.join(timeout=10)
     assert killed, "no worker was ever busy: nothing was killed"
+    wait_dask_workers(address, 2)
     assert disturbed.key == undisturbed.key
     assert disturbed.splits == undisturbed.splits  # every shard's sha256, split by split
     assert disturbed.normalisation == undisturbed.normalisation
