@@ -28,6 +28,7 @@ SERVED = """
 import sys, mlflow
 model = mlflow.pyfunc.load_model(sys.argv[1])
 out = model.predict([{"n": 3, "seed": 1}])
+print(sys.modules["examples.custom_vae"].__file__)
 print(out[0]["shape"])
 """
 
@@ -72,19 +73,24 @@ def test_custom_vae_pipeline_on_two_ranks_is_scored_registered_and_served(
 
     (version,) = client.search_model_versions("name='custom-vae'")
     assert version.run_id == summary["run_id"]
-    # the served model re-imports the class: from the repository root, `examples` imports
+    # the served model re-imports the class from the module bundled with it (MLflow code):
+    # in a fresh process outside the repository, where `examples` would not import
+    logged = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert logged.source_run_id == summary["run_id"]
     env = {**os.environ, "MLFLOW_TRACKING_URI": default_tracking_uri()}
     env.pop("PYTHONPATH", None)
     served = subprocess.run(
         [sys.executable, "-c", SERVED, f"models:/custom-vae/{version.version}"],
-        cwd=REPO,
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
         timeout=180,
     )
     assert served.returncode == 0, served.stderr[-3000:]
-    assert served.stdout.strip().splitlines()[-1] == "[3, 1, 8, 8]"
+    *_, module_file, shape = served.stdout.strip().splitlines()
+    assert shape == "[3, 1, 8, 8]"
+    assert not Path(module_file).is_relative_to(REPO)  # the bundled copy, not the checkout
 
 
 def test_custom_gan_nightly_retrain_trains_scores_and_promotes(

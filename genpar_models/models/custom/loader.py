@@ -150,3 +150,26 @@ def construct(path: str, image_shape: Sequence[int], latent_dim: int, options: M
             )
         stored = _json_options(path, own, f"{cls.__name__}.model_spec()")
     return net, stored
+
+
+BUNDLE_MAX_BYTES = 20 * 2**20  # a bigger package is left to the serving environment
+
+
+def source_of(path: str) -> Path | None:
+    """The file or package directory holding the top-level module of `path`'s class, for
+    bundling with a served model; None when it is installed (site-packages), not a file, or
+    a package over BUNDLE_MAX_BYTES."""
+    import_class(path)  # imported (and found) as training found it
+    top = sys.modules[path.partition(":")[0].split(".")[0]]
+    file = getattr(top, "__file__", None)
+    if not file:
+        return None
+    source = Path(file).resolve()
+    source = source.parent if source.name == "__init__.py" else source
+    if any(part in ("site-packages", "dist-packages") for part in source.parts):
+        return None
+    if source.is_dir():
+        size = sum(f.stat().st_size for f in source.rglob("*") if f.is_file())
+        if size > BUNDLE_MAX_BYTES:
+            return None
+    return source
