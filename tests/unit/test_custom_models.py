@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -224,3 +225,32 @@ def test_a_module_under_the_working_directory_imports_and_ranks_get_its_root(
         text=True,
     ).stdout
     assert str(tmp_path.resolve()) in out.strip().split(os.pathsep)
+
+
+@pytest.mark.parametrize("path", [VAE_PATH, GAN_PATH])
+def test_served_tasks_and_compression_variants(path: str) -> None:
+    from genpar_models.infer.compress import build_variant
+    from genpar_models.infer.serving import RequestError, Server, ServingSpec
+
+    torch.manual_seed(0)
+    model = build_model(_config(path, options={"hidden": 8}).model, (1, 8, 8)).eval()
+    family = get_family(path)
+    server = Server(model, family, ServingSpec(16, 100, (1, 8, 8)))
+    (out,) = server.predict([{"n": 3, "seed": 1}])
+    assert out["shape"] == [3, 1, 8, 8] and out["dtype"] == "uint8"
+    image = np.full((1, 8, 8), 128, dtype=np.uint8).tolist()
+    if path == VAE_PATH:
+        (rec,) = server.predict([{"image": image}], {"task": "reconstruct"})
+        assert np.array(rec["samples"]).shape == (1, 1, 8, 8)
+        (terms,) = server.predict([{"image": image, "seed": 0}], {"task": "elbo"})
+        assert terms["unit"] == "nats" and np.isfinite(terms["elbo"])
+    else:
+        with pytest.raises(RequestError, match="has no likelihood"):
+            server.predict([{"image": image}], {"task": "elbo"})
+    g = torch.Generator()
+    want = model.sample(4, generator=g.manual_seed(3))
+    for variant in ("fp32", "bf16", "int8", "prune50"):
+        got = build_variant(model, variant).sample(4, generator=g.manual_seed(3))
+        assert got.shape == want.shape and got.dtype == torch.float32, variant
+        assert torch.isfinite(got).all() and 0 <= float(got.min()) <= float(got.max()) <= 1
+    assert torch.equal(build_variant(model, "fp32").sample(4, generator=g.manual_seed(3)), want)

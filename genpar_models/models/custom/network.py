@@ -76,7 +76,7 @@ class CustomVAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
-        device = next(self.parameters()).device
+        device = _device(self)
         z = draw_normal(
             (n, self.latent_dim), generator=generator, device=device, dtype=torch.float32
         )
@@ -159,7 +159,7 @@ class CustomGAN(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
         """n images in [0, 1], the generator in eval mode (restored afterwards)."""
-        device = next(self.generator.parameters()).device
+        device = _device(self.generator)
         z = draw_normal(
             (n, self.latent_dim), generator=generator, device=device, dtype=torch.float32
         )
@@ -170,6 +170,13 @@ class CustomGAN(nn.Module):
         finally:
             self.generator.train(was_training)
         return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def _device(module: nn.Module) -> torch.device:
+    """Where the module's tensors are (int8 variants hold packed weights, no parameters)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 ADAPTERS: dict[str, type[nn.Module]] = {"vae": CustomVAE, "gan": CustomGAN}
