@@ -10,6 +10,7 @@ family is refused there too.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import Field
@@ -111,3 +112,8 @@ class ModelConfig(Section):
         "validates them (its error is shown with model.options before any training) and they "
         "are stored in the model's spec. Other families: empty.",
     )
+
+    def __hash__(self) -> int:
+        # Frozen sections hash their values; model.options is a dict, so hash the JSON form
+        # (configs stayed hashable, as they were before model.options).
+        return hash(json.dumps(self.model_dump(mode="json"), sort_keys=True))

@@ -254,3 +254,18 @@ def test_served_tasks_and_compression_variants(path: str) -> None:
         assert got.shape == want.shape and got.dtype == torch.float32, variant
         assert torch.isfinite(got).all() and 0 <= float(got.min()) <= float(got.max()) <= 1
     assert torch.equal(build_variant(model, "fp32").sample(4, generator=g.manual_seed(3)), want)
+
+
+def test_options_take_overrides_and_keep_configs_hashable() -> None:
+    from genpar_models.config.loading import check_dotted_key
+
+    path = REPO / "examples" / "custom_vae.yaml"
+    cfg = load_config(path, ["model.options.hidden=64", "model.options.extra.deep=1"])
+    assert cfg.model.options == {"hidden": 64, "layers": 2, "extra": {"deep": 1}}
+    assert hash(cfg) != hash(load_config(path)) and hash(load_config(path)) == hash(
+        load_config(path)
+    )
+    check_dotted_key("model.options.hidden", "sweep.params")  # a sweep may vary an option
+    assert cfg.flat()["model.options.hidden"] == 64  # logged as its own MLflow param
+    with pytest.raises(ConfigError, match="unknown key 'optionz'"):
+        load_config(path, ["model.optionz.hidden=1"])
