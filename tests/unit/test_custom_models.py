@@ -269,3 +269,14 @@ def test_options_take_overrides_and_keep_configs_hashable() -> None:
     assert cfg.flat()["model.options.hidden"] == 64  # logged as its own MLflow param
     with pytest.raises(ConfigError, match="unknown key 'optionz'"):
         load_config(path, ["model.optionz.hidden=1"])
+
+
+def test_the_prefect_form_shows_options_as_a_json_object() -> None:
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.pipeline import pipeline
+
+    schema = parameter_schema(pipeline).model_dump()
+    options = schema["definitions"]["ModelConfig"]["properties"]["options"]
+    assert options["type"] == "object" and options["additionalProperties"] is True
+    assert "package.module:ClassName" in options["description"]
