@@ -182,6 +182,8 @@ def test_spec_with_unknown_keys_is_refused() -> None:
     spec = build_model(_config(VAE_PATH).model, (1, 8, 8)).model_spec()
     with pytest.raises(ConfigError, match="unexpected keys"):
         build_model_from_spec({**spec, "likelihood": "bernoulli"})
+    with pytest.raises(ConfigError, match=r"missing \['latent_dim'\]"):
+        build_model_from_spec({k: v for k, v in spec.items() if k != "latent_dim"})
 
 
 def test_the_check_leaves_the_global_rng_alone() -> None:

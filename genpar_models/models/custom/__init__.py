@@ -84,8 +84,12 @@ def custom_family(path: str) -> Family:
 
     def rebuild(spec: Mapping[str, Any]) -> nn.Module:
         extra = sorted(set(spec) - set(SPEC_KEYS))
-        if extra:
-            raise ValueError(f"unexpected keys {extra} (a custom network's spec has {SPEC_KEYS})")
+        missing = sorted({"image_shape", "latent_dim"} - set(spec))
+        if extra or missing:
+            raise ValueError(
+                f"{'unexpected keys ' + str(extra) if extra else 'missing ' + str(missing)} "
+                f"(a custom network's spec has {', '.join(SPEC_KEYS)})"
+            )
         return adapter(
             name=path,
             image_shape=spec["image_shape"],
