@@ -69,7 +69,7 @@ def check_custom(family: Family, cfg: ModelConfig, image_shape: Sequence[int]) -
         )
     kind = "vae" if family.likelihood is not None else "gan"
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        model = family.build(cfg, shape)
+        model = family.build(cfg, shape).eval()  # running statistics left alone
         _smoke(path, model, kind, shape)
         spec = json.loads(json.dumps(model.model_spec()))
         try:

@@ -29,7 +29,6 @@ class CustomVAE(nn.Module):
         self.name, self.image_shape = name, tuple(int(d) for d in image_shape)
         self.latent_dim = int(latent_dim)
         self.net, self.options = construct(name, self.image_shape, self.latent_dim, options)
-        self.code_length = bool(getattr(type(self.net), "code_length", False))
         self.compute_dtype = torch.float32  # compression's bf16/fp16 variants cast `net`
 
     def model_spec(self) -> dict[str, Any]:
