@@ -51,6 +51,7 @@ def test_custom_vae_pipeline_on_two_ranks_is_scored_registered_and_served(
     assert run.data.params["model.name"] == name
     assert run.data.params["model.options.hidden"] == "32"
     assert run.data.tags["genpar.world_size"] == "2"
+    assert len(run.data.tags["genpar.lineage.network_code"]) == 16  # the nightly compares it
     for key in ("train/loss", "val/elbo", "eval/elbo", "eval/iw_bound", "eval/fid", "eval/kid"):
         assert np.isfinite(run.data.metrics[key]), key
     assert "eval/bits_per_dim" not in run.data.metrics  # TinyVAE does not claim a code length

@@ -282,3 +282,30 @@ def test_the_prefect_form_shows_options_as_a_json_object() -> None:
     options = schema["definitions"]["ModelConfig"]["properties"]["options"]
     assert options["type"] == "object" and options["additionalProperties"] is True
     assert "package.module:ClassName" in options["description"]
+
+
+def test_an_edited_network_is_changed_code_for_the_nightly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from genpar_models.eval.promotion import changes
+    from genpar_models.models.custom.loader import network_lineage
+
+    assert network_lineage("vae") == {}
+    (tmp_path / "edited_nets").mkdir()
+    (tmp_path / "edited_nets" / "__init__.py").write_text("")
+    module = tmp_path / "edited_nets" / "vae.py"
+    module.write_text((REPO / "examples" / "custom_vae.py").read_text())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = network_lineage("edited_nets.vae:TinyVAE")
+    assert before == network_lineage("edited_nets.vae:TinyVAE")  # stable
+    module.write_text(module.read_text() + "\n# a changed activation, say\n")
+    after = network_lineage("edited_nets.vae:TinyVAE")
+    assert after["network_code"] != before["network_code"]
+    facts = {"fingerprint": "f", "identity": "i"}
+    said = changes(
+        {**facts, "lineage": {"genpar": "1", **before}},
+        {**facts, "lineage": {"genpar": "1", **after}},
+    )
+    assert said == [f"code: network_code {before['network_code']} -> {after['network_code']}"]
+    # an installed package is known by its distribution's version
+    assert network_lineage("torch.nn:Linear")["network_code"].startswith("torch==")

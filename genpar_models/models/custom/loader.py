@@ -173,3 +173,27 @@ def source_of(path: str) -> Path | None:
         if size > BUNDLE_MAX_BYTES:
             return None
     return source
+
+
+def network_lineage(model_name: str) -> dict[str, str]:
+    """{"network_code": ...} for your own network, {} for a family: the installed
+    distribution's name and version, or a sha256 of the top-level module's .py sources, so
+    that the nightly retrain sees an edited network as changed code (util/lineage.py records
+    genpar's own code; this is the user's)."""
+    if not is_custom_name(model_name):
+        return {}
+    import hashlib
+    from importlib import metadata
+
+    source = source_of(model_name)
+    top = model_name.partition(":")[0].split(".")[0]
+    if source is None:  # installed (or too big to bundle): its distribution's version
+        dists = metadata.packages_distributions().get(top) or []
+        versions = sorted(f"{d}=={metadata.version(d)}" for d in dists)
+        return {"network_code": ",".join(versions) or f"{top} (no distribution found)"}
+    files = sorted(source.rglob("*.py")) if source.is_dir() else [source]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(source.parent)).encode() + b"\0")
+        digest.update(file.read_bytes() + b"\0")
+    return {"network_code": digest.hexdigest()[:16]}
