@@ -64,3 +64,8 @@ class Exploding(nn.Module):
         super().__init__()
         self.generator = nn.Linear(latent_dim, 3)  # not an image: (N, 3)
         self.discriminator = nn.Linear(3, 1)
+
+
+class NoImageShape(TinyVAE):  # its constructor takes its own sizes only
+    def __init__(self, *, latent_dim: int, side: int = 8) -> None:
+        super().__init__(image_shape=(1, side, side), latent_dim=latent_dim)

@@ -145,6 +145,11 @@ def test_a_name_that_is_not_an_nn_module_class() -> None:
 
 def test_a_class_missing_a_required_method_or_module() -> None:
     _refused(
+        "tests.custom_nets:NoImageShape",
+        "NoImageShape's constructor takes no image_shape argument",
+        "latent_dim=model.latent_dim, **model.options",
+    )
+    _refused(
         "tests.custom_nets:NoLoss", "'tests.custom_nets:NoLoss'", "lacks the method(s) loss, mean"
     )
     _refused("tests.custom_nets:NoDiscriminator", "GAN-like", "no discriminator submodule")

@@ -124,6 +124,26 @@ def _json_options(path: str, options: Mapping[str, Any], what: str) -> dict[str,
     return json.loads(text)
 
 
+def _check_signature(path: str, cls: type) -> None:
+    """The constructor takes image_shape and latent_dim by keyword (or **kwargs)."""
+    import inspect
+
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):  # no signature to read: let the call tell
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    takes = {n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    missing = [n for n in ("image_shape", "latent_dim") if n not in takes]
+    if missing:
+        raise ConfigError(
+            f"model.name={path!r}: {cls.__name__}'s constructor takes no "
+            f"{' or '.join(missing)} argument (genpar builds it as {cls.__name__}("
+            f"image_shape=(C, H, W), latent_dim=model.latent_dim, **model.options))"
+        )
+
+
 def construct(path: str, image_shape: Sequence[int], latent_dim: int, options: Mapping) -> Any:
     """The user's class built with (image_shape, latent_dim, **options), and its options as
     stored (its `model_spec()` when it has one, else `options`).
@@ -132,6 +152,7 @@ def construct(path: str, image_shape: Sequence[int], latent_dim: int, options: M
         ConfigError: the class rejects the options (its own message, beside model.options).
     """
     cls = import_class(path)
+    _check_signature(path, cls)
     shape = tuple(int(d) for d in image_shape)
     options = _json_options(path, options, "model.options")
     try:
