@@ -55,8 +55,11 @@ class CustomVAE(nn.Module):
     def _image(self, out: Any) -> Tensor:
         return self.net.mean(out).float().clamp(0.0, 1.0)
 
-    def forward(self, x: Tensor, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def forward(
+        self, x: Tensor, *, generator: torch.Generator | None = None, labels: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """One-sample ELBO terms of x in [0, 1]: {"recon", "kl", "elbo"}, (N,) nats each."""
+        _unconditional(labels)
         mu, logvar = self.encode(x)
         eps = draw_normal(
             mu.shape,
@@ -74,7 +77,10 @@ class CustomVAE(nn.Module):
         return (out["recon"] + kl_weight * out["kl"]).mean()
 
     @torch.no_grad()
-    def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, n: int, *, generator: torch.Generator | None = None, labels: Tensor | None = None
+    ) -> Tensor:
+        _unconditional(labels)
         device = _device(self)
         z = draw_normal(
             (n, self.latent_dim), generator=generator, device=device, dtype=torch.float32
@@ -82,16 +88,24 @@ class CustomVAE(nn.Module):
         return self._image(self._decode(z))
 
     @torch.no_grad()
-    def reconstruct(self, x: Tensor) -> Tensor:
+    def reconstruct(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        _unconditional(labels)
         mu, _ = self.encode(x)
         return self._image(self._decode(mu))
 
     @torch.no_grad()
     def importance_weighted_bound(
-        self, x: Tensor, k: int, *, generator: torch.Generator | None = None, chunk: int = 16
+        self,
+        x: Tensor,
+        k: int,
+        *,
+        generator: torch.Generator | None = None,
+        chunk: int = 16,
+        labels: Tensor | None = None,
     ) -> Tensor:
         """The k-sample IWAE bound on log p(x) (Burda et al. 2016), (N,) nats; as the vae
         family computes it (genpar_models/models/vae/network.py)."""
+        _unconditional(labels)
         if k < 1 or chunk < 1:
             raise ValueError(f"k and chunk must be >= 1, got k={k}, chunk={chunk}")
         n = x.shape[0]
@@ -156,8 +170,11 @@ class CustomGAN(nn.Module):
         return to_range(x01, self.input_range)
 
     @torch.no_grad()
-    def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, n: int, *, generator: torch.Generator | None = None, labels: Tensor | None = None
+    ) -> Tensor:
         """n images in [0, 1], the generator in eval mode (restored afterwards)."""
+        _unconditional(labels)
         device = _device(self.generator)
         z = draw_normal(
             (n, self.latent_dim), generator=generator, device=device, dtype=torch.float32
@@ -169,6 +186,12 @@ class CustomGAN(nn.Module):
         finally:
             self.generator.train(was_training)
         return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def _unconditional(labels: Tensor | None) -> None:
+    """Your own networks are unconditional: callers pass labels=None (or nothing)."""
+    if labels is not None:
+        raise ValueError("your own network is unconditional: it takes no labels")
 
 
 def _device(module: nn.Module) -> torch.device:
