@@ -154,6 +154,13 @@ def torchrun_command(
     ]
 
 
+def custom_import_roots() -> list[str]:
+    """Directories this process imported custom model classes from (model.name with a colon;
+    genpar_models/models/custom/), for the ranks' PYTHONPATH; none when none was imported."""
+    custom = sys.modules.get("genpar_models.models.custom.loader")
+    return sorted(custom.IMPORT_ROOTS) if custom is not None else []
+
+
 def child_env(plan: Plan, tracking_uri: str | None, node: Node | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(plan.threads_per_proc)  # torchrun would force 1 (section 3.5)
@@ -168,6 +175,10 @@ def child_env(plan: Plan, tracking_uri: str | None, node: Node | None = None) ->
         if ifname:
             env["GLOO_SOCKET_IFNAME"] = ifname
     env["PYTHONUNBUFFERED"] = "1"
+    roots = custom_import_roots()
+    if roots:  # your own network's module (model.name "package.module:Class") in every rank
+        path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join([*path, *(r for r in roots if r not in path)])
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     # Fail fast on a dead tracking server: rank 0 keeps the metrics and retries later itself,

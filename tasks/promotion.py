@@ -27,6 +27,7 @@ from genpar_models.data.sources import plan_partitions
 from genpar_models.errors import ConfigError
 from genpar_models.eval.promotion import changes, decide, find_interval, unchanged
 from genpar_models.eval.protocol import protocol_kind
+from genpar_models.models.custom.loader import network_lineage
 from genpar_models.util.lineage import lineage, lineage_tags, recorded_lineage
 from genpar_models.util.paths import shards_root
 from tasks import champion as alias
@@ -108,7 +109,7 @@ def what_changed(
     today = {
         "fingerprint": data["fingerprint"],
         "identity": contender.run_identity(),
-        "lineage": lineage(),
+        "lineage": lineage() | network_lineage(contender.model.name),  # your own network's code
     }
     recorded = {
         "fingerprint": champion["source_fingerprint"],
@@ -272,7 +273,7 @@ def record_unchanged(
         **_decision_tags(decision, champion),
         "genpar.source_fingerprint": data["fingerprint"],
         store.TAG_RUN_IDENTITY: contender.run_identity(),
-        **lineage_tags(),
+        **lineage_tags(lineage() | network_lineage(contender.model.name)),
     }
     if runtime.flow_run.id:
         tags[store.TAG_FLOW_RUN] = str(runtime.flow_run.id)

@@ -9,7 +9,8 @@ run's metrics of the latest scorecard step (`eval/...`) are linked to it, so MLf
 views show them. The version registered from it loads with `mlflow.pyfunc.load_model
 ("models:/NAME@champion")` and serves with `mlflow models serve`; genpar's own consumers keep
 reading the run's `model/` artifact (tasks/registry.py), which versions registered before this
-have too.
+have too. Your own network's module (model.name "package.module:Class") travels with the model
+as MLflow code unless it is an installed package, which the serving environment must then have.
 """
 
 from __future__ import annotations
@@ -106,6 +107,19 @@ def serving_spec(model_dir: Path, binarize: str, max_samples: int) -> ServingSpe
     )
 
 
+def custom_network_code(model_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """Your own network (model.name "package.module:Class"): its top-level module or package
+    is bundled with the served model (MLflow's code_paths, put on sys.path when it loads),
+    unless it is installed, and its import path is recorded in the model's metadata."""
+    name = read_meta(model_dir)["model_spec"]["name"]
+    if ":" not in name:
+        return [], {}
+    from genpar_models.models.custom.loader import source_of
+
+    source = source_of(name)
+    return ([str(source)] if source else []), {"genpar_custom_network": name}
+
+
 @contextlib.contextmanager
 def global_tracking_uri(uri: str) -> Iterator[None]:
     """Point MLflow's global tracking URI at `uri` for the block: its fluent model logging
@@ -147,6 +161,7 @@ def log_served_model(
     (models:/m-...). A model whose logging fails is marked FAILED, never left half-written
     as READY."""
     spec = serving_spec(Path(model_dir), binarize, max_samples)
+    own_code, custom = custom_network_code(Path(model_dir))
     run = client.get_run(run_id)
     # Created here, not by Model.log: that one puts it in the *active* experiment (Default).
     logged = client.create_logged_model(
@@ -176,7 +191,8 @@ def log_served_model(
                     signature=signature(),
                     input_example=INPUT_EXAMPLE,
                     pip_requirements=requirements(),
-                    metadata={"genpar_version": genpar_models.__version__},
+                    code_paths=own_code or None,
+                    metadata={"genpar_version": genpar_models.__version__, **custom},
                 )
         client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
     except BaseException:

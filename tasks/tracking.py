@@ -13,8 +13,9 @@ from pydantic import BaseModel, ConfigDict
 
 from genpar_models.config import PipelineConfig, dump_config
 from genpar_models.data.manifest import read_manifest
+from genpar_models.models.custom.loader import network_lineage
 from genpar_models.util import atomic
-from genpar_models.util.lineage import lineage_tags
+from genpar_models.util.lineage import lineage, lineage_tags
 from tasks import mlflow_store as store
 from tasks import registry, runlock, served_model, uploads
 from tasks.common import retry_unless_user_error, run_logger
@@ -79,7 +80,7 @@ def start_run(config: PipelineConfig, uri: str, shards_dir: str) -> RunHandle:
         {
             store.TAG_RUN_DIR: str(run_dir),
             store.TAG_RUN_IDENTITY: config.run_identity(),
-            **lineage_tags(),
+            **lineage_tags(lineage() | network_lineage(config.model.name)),
             "genpar.shards_key": manifest.key,
             "genpar.model": config.model.name,
             "genpar.dataset": config.data.source,
@@ -180,7 +181,8 @@ def register_model(config: PipelineConfig, run: RunHandle, metrics: dict[str, fl
     version it already has."""
     client = store.connect(run.uri)
     tags = {k: f"{v:.6g}" for k, v in metrics.items() if k.startswith("eval/")}
-    tags |= lineage_tags() | {store.TAG_RUN_IDENTITY: config.run_identity()}
+    tags |= lineage_tags(lineage() | network_lineage(config.model.name))
+    tags |= {store.TAG_RUN_IDENTITY: config.run_identity()}
 
     def log_model() -> str:
         return uploads.with_artifact_retry(

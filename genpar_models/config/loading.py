@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,8 @@ def _known_fields(
                 f"{label}: unknown key {part!r} in {where}{suggestion} (known: {', '.join(fields)})"
             )
         ann = fields[part].annotation
+        if typing.get_origin(ann) is dict and depth < len(parts) - 1:
+            return None  # a free mapping (model.options): its keys are the user's own
         current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
     return current
 

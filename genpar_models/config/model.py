@@ -1,14 +1,17 @@
 """The `model` section: which model family to build (`model.name`), its size and its options.
 
 `name` names a registered family (genpar_models/models/registry.py): the built-ins `vae` and
-`dcgan`, or one a plugin registers. Whether the name is known is checked against the registry
-before any work (`check_model_config`), not here, so that reading a config never imports torch.
-Fields that only one family reads say so; setting one for another family is refused there too.
+`dcgan`, one a plugin registers, or your own network's class as "package.module:ClassName"
+(genpar_models/models/custom/), built with `options`. Whether the name is known is checked
+against the registry before any work (`check_model_config`), not here, so that reading a
+config never imports torch. Fields that only one family reads say so; setting one for another
+family is refused there too.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -25,8 +28,10 @@ class ModelConfig(Section):
         "vae",
         pattern=r"^[A-Za-z_][\w.-]*(:[A-Za-z_]\w*)?$",
         description="Model family: vae (convolutional VAE), dcgan (DCGAN-style GAN), rvae "
-        "(recurrent VAE for data.modality sequences), or a family a plugin registers.",
-        json_schema_extra={"examples": ["vae", "dcgan", "rvae"]},
+        "(recurrent VAE for data.modality sequences), a family a plugin registers, or your own "
+        'network as "package.module:ClassName": an nn.Module class implementing the VAE-like '
+        'or GAN-like interface (README, "Your own network"), built with model.options.',
+        json_schema_extra={"examples": ["vae", "dcgan", "rvae", "examples.custom_vae:TinyVAE"]},
     )
     latent_dim: int = Field(16, ge=1, le=1024, description="Size of the latent vector z.")
     base_channels: int = Field(
@@ -100,3 +105,15 @@ class ModelConfig(Section):
         description="rvae: nats per latent dimension below which its KL is not pushed down "
         "(free bits, Kingma et al. 2016, arXiv 1606.04934); 0: off.",
     )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description='Your own network (model.name "package.module:ClassName"): keyword '
+        "arguments of its constructor besides image_shape and latent_dim, as JSON; the class "
+        "validates them (its error is shown with model.options before any training) and they "
+        "are stored in the model's spec. Other families: empty.",
+    )
+
+    def __hash__(self) -> int:
+        # Frozen sections hash their values; model.options is a dict, so hash the JSON form
+        # (configs stayed hashable, as they were before model.options).
+        return hash(json.dumps(self.model_dump(mode="json"), sort_keys=True))

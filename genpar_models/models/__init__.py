@@ -7,6 +7,8 @@
     likelihoods.py  decoder likelihoods and KL, in nats
     vae/            the convolutional VAE family ("vae")
     gan/            the DCGAN family ("dcgan")
+    custom/         your own network ("package.module:ClassName"), adapted to the vae or gan
+                    family's steps
 
 Importing this package, or a family (its registration), is cheap: no torch until a network is
 built. A family's folder is imported when the registry is first asked for it.

@@ -6,6 +6,10 @@ imported: an installed package declaring an entry point in the `genpar.families`
 the family's name), or a module named in the GENPAR_FAMILIES environment variable (comma-
 separated). torchrun ranks and Dask workers inherit the environment, so they find the same
 families as the process that launched them.
+
+A name with a colon, "package.module:ClassName", is your own network: the class is imported
+(only then, and with it torch) and wrapped in an adapter family of the kind it implements
+(genpar_models/models/custom/), registered under that name.
 """
 
 from __future__ import annotations
@@ -78,6 +82,10 @@ def get_family(name: str) -> Family:
     """
     if name in _FAMILIES:
         return _FAMILIES[name]
+    if ":" in name:  # your own network (import path): its class is imported only now
+        from genpar_models.models.custom import custom_family
+
+        return register_family(custom_family(name))
     if name in BUILTIN:
         importlib.import_module(BUILTIN[name])
     elif name in (eps := _entry_points()):
@@ -102,15 +110,20 @@ def get_family(name: str) -> Family:
 def check_model_config(config: PipelineConfig | ModelConfig) -> Family:
     """The config's family, after checking that it reads every model field set off its default.
 
+    Your own network (model.name "package.module:ClassName") is also built for the data's image
+    shape when `config` is a whole pipeline config, run once and rebuilt from its spec
+    (custom.check_custom), so a class that will not train fails here, before any work.
+
     Raises:
-        ConfigError: an unknown family, or a field (named) that this family does not read.
+        ConfigError: an unknown family, or a field (named) that this family does not read;
+            for your own network, what is wrong with its class, options or spec.
     """
     model = config.model if isinstance(config, PipelineConfig) else config
     family = get_family(model.name)
     for field, info in ModelConfig.model_fields.items():
         if field in SHARED_FIELDS or field in family.options:
             continue
-        if getattr(model, field) != info.default:
+        if getattr(model, field) != info.get_default(call_default_factory=True):
             raise ConfigError(
                 f"model.{field}={getattr(model, field)!r}: the {family.name} family does not "
                 f"read model.{field}; remove it (it reads "
@@ -122,4 +135,9 @@ def check_model_config(config: PipelineConfig | ModelConfig) -> Family:
             f"model.name={family.name!r} models {family.modality}, but data.modality is "
             f"{modality!r}; pick a family for {modality} (rvae for sequences)"
         )
+    if ":" in model.name and isinstance(config, PipelineConfig):
+        from genpar_models.models.custom.check import check_custom
+
+        data = config.data
+        check_custom(family, model, (data.channels, data.image_size, data.image_size))
     return family

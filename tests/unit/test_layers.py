@@ -24,7 +24,11 @@ LIBRARY_ALLOWED = {
     "eval": {"util", "config", "data", "models", "train", "infer"},
 }
 MAX_LINES = 300
-FAMILY_DIRS = ("genpar_models/models/vae", "genpar_models/models/gan")
+FAMILY_DIRS = (
+    "genpar_models/models/vae",
+    "genpar_models/models/gan",
+    "genpar_models/models/custom",
+)
 
 
 def _sources(*dirs: str) -> list[Path]:
