@@ -129,9 +129,7 @@ def generate(config: PipelineConfig, model_dir: str, run_dir: str) -> dict[str, 
     return metrics
 
 
-SAMPLE_SET_FILE = re.compile(
-    r"^(samples\.json|grid\.png|samples-\d{5}(\.lengths|\.labels)?\.npy)$"
-)
+SAMPLE_SET_FILE = re.compile(r"^(samples\.json|grid\.png|samples-\d{5}(\.lengths|\.labels)?\.npy)$")
 
 
 def check_labels(gen: Any, model_dir: str) -> int:

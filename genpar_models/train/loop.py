@@ -255,9 +255,7 @@ def _loop(
             if ctx.is_main:
                 log.info("step %d/%d %s", step, cfg.max_steps, _fmt(last))
         if validated:
-            scores = run_validation(
-                trainer.steps, family, val_images, spec, ctx, bits, val_labels
-            )
+            scores = run_validation(trainer.steps, family, val_images, spec, ctx, bits, val_labels)
             sink.log_metrics(scores, step)
             last.update(scores)
         if at_ckpt:

@@ -25,9 +25,7 @@ if TYPE_CHECKING:  # the network and its steps (torch) are imported when first u
     from genpar_models.models.gan.steps import GanSteps
 
 
-def _build(
-    cfg: ModelConfig, image_shape: Sequence[int], num_classes: int | None = None
-) -> DCGAN:
+def _build(cfg: ModelConfig, image_shape: Sequence[int], num_classes: int | None = None) -> DCGAN:
     from genpar_models.models.gan.network import DCGAN
 
     return DCGAN.from_config(cfg, image_shape, num_classes)

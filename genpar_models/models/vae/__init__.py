@@ -25,9 +25,7 @@ if TYPE_CHECKING:  # the network and its steps (torch) are imported when first u
     from genpar_models.models.vae.steps import VaeSteps
 
 
-def _build(
-    cfg: ModelConfig, image_shape: Sequence[int], num_classes: int | None = None
-) -> VAE:
+def _build(cfg: ModelConfig, image_shape: Sequence[int], num_classes: int | None = None) -> VAE:
     from genpar_models.models.vae.network import VAE
 
     return VAE.from_config(cfg, image_shape, num_classes)
