@@ -159,17 +159,18 @@ def check_rows(
     checked = []
     for i, row in enumerate(rows):
         label = _label(row, i, classes, required=task != "sample")
+        extra = {"label": label} if classes else {}
         if task == "sample":
             limit = spec.max_samples_per_request
             n = integer(row, "n", i, low=1, high=limit)
-            checked.append({"n": n, "seed": _seed(row, i), "label": label})
+            checked.append({"n": n, "seed": _seed(row, i), **extra})
         else:
             column = "series" if spec.modality == "sequences" else "image"
             if column not in row:
                 raise RequestError(f"row {i}: missing column {column!r} (params.task is {task})")
             decode = decode_series if column == "series" else decode_image
             value = decode(row[column], spec.image_shape, f"row {i}: {column}")
-            checked.append({"image": value, "seed": _seed(row, i), "label": label})
+            checked.append({"image": value, "seed": _seed(row, i), **extra})
     return checked
 
 
@@ -228,7 +229,7 @@ class Server:
         rows = check_rows(rows_of(data), task, self.spec, self.classes)
         with self._lock, torch_threads(1):
             if task == "sample":
-                return [self._sample(r["n"], r["seed"], fmt, r["label"]) for r in rows]
+                return [self._sample(r["n"], r["seed"], fmt, r.get("label")) for r in rows]
             images = torch.from_numpy(np.stack([r["image"] for r in rows]))
             if sequences:  # the model reads standardised series (the shards' units)
                 images = (images - self.model.data_mean) / self.model.data_std

@@ -5,6 +5,11 @@ decoder to a Bernoulli or discretised-Gaussian p(x|z), and the quantities traini
 evaluation need: the per-sample ELBO terms, samples, reconstructions and the importance-weighted
 bound. GroupNorm instead of BatchNorm keeps every output independent of the batch it sits in,
 so DDP shards and evaluation batch sizes do not change the numbers.
+
+A conditional VAE (CVAE, Sohn et al. 2015, `num_classes` > 0) models p(x | y): the encoder sees
+the label as one-hot channels beside the image, the decoder a label embedding beside z, and
+every quantity above takes the labels. The module is longer than 300 lines because those
+labels thread through each of them; they belong with the network they condition.
 """
 
 from __future__ import annotations
