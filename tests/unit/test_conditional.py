@@ -226,3 +226,27 @@ def test_cas_of_real_images_is_the_reference_classifiers_accuracy() -> None:
     reference = float((logits.argmax(1) == y_test).mean())
     assert cas == pytest.approx(reference, abs=1e-9)
     assert cas > 0.9  # separable classes: the classifier learns them
+
+
+def test_served_conditional_model_takes_a_label_column() -> None:
+    from genpar_models.infer.serving import RequestError, Server, ServingSpec, sample_images
+
+    spec = ServingSpec(chunk_size=3, max_samples_per_request=64, image_shape=SHAPE)
+    vae = _vae(likelihood="bernoulli")
+    server = Server(vae, get_family("vae"), spec)
+    (one, both) = server.predict([{"n": 5, "seed": 2, "label": 1}, {"n": 5, "seed": 2}])
+    # balanced over the whole request, not restarted per chunk of 3
+    assert one["labels"] == [1] * 5 and both["labels"] == [0, 1, 2, 3, 0]
+    assert np.array_equal(np.asarray(one["samples"], np.uint8), sample_images(vae, 5, 2, 3, 1))
+    with pytest.raises(RequestError, match=r"row 0: label must be between 0 and 3, got 4"):
+        server.predict([{"n": 1, "label": 4}])
+    image = np.zeros(SHAPE, np.uint8).tolist()
+    with pytest.raises(RequestError, match=r"row 0: missing column 'label'"):
+        server.predict([{"image": image}], {"task": "elbo"})
+    (terms,) = server.predict([{"image": image, "label": 2}], {"task": "elbo"})
+    assert terms["unit"] == "nats" and np.isfinite(terms["elbo"])
+    (recon,) = server.predict([{"image": image, "label": 2}], {"task": "reconstruct"})
+    assert recon["shape"] == [1, *SHAPE]
+    plain = Server(VAE(image_shape=SHAPE, **SIZES), get_family("vae"), spec)
+    with pytest.raises(RequestError, match="not conditional"):
+        plain.predict([{"n": 1, "label": 0}])
