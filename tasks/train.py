@@ -33,13 +33,6 @@ def _init_model_dir(config: PipelineConfig, uri: str) -> str | None:
     return str(found.model_dir)
 
 
-# retries=0: torchrun's --max-restarts handles rank failures; a re-run of the flow resumes.
-@task(
-    name="train",
-    task_run_name="train-{config.model.name}-{config.data.source}",
-    retries=0,
-    cache_policy=NO_CACHE,
-)
 def check_labelled(config: PipelineConfig, shards_dir: str) -> int | None:
     """model.conditional's check of the shard set (ConfigError naming the field when the data
     has no labels); the ranks check it again."""
@@ -52,6 +45,13 @@ def check_labelled(config: PipelineConfig, shards_dir: str) -> int | None:
     return classes_for_training(config.model, shardset.manifest.num_classes, labels, where)
 
 
+# retries=0: torchrun's --max-restarts handles rank failures; a re-run of the flow resumes.
+@task(
+    name="train",
+    task_run_name="train-{config.model.name}-{config.data.source}",
+    retries=0,
+    cache_policy=NO_CACHE,
+)
 def train_model(
     config: PipelineConfig,
     shards_dir: str,

@@ -250,3 +250,23 @@ def test_served_conditional_model_takes_a_label_column() -> None:
     plain = Server(VAE(image_shape=SHAPE, **SIZES), get_family("vae"), spec)
     with pytest.raises(RequestError, match="not conditional"):
         plain.predict([{"n": 1, "label": 0}])
+
+
+def test_the_pipeline_refuses_conditional_settings_before_work(tmp_path: Path, tiny) -> None:
+    from tasks.preflight import check_generate_labels
+    from tasks.train import check_labelled
+    from tests.helpers import make_shard_set
+
+    cfg = tiny.model_copy(update={"generate": tiny.generate.model_copy(update={"label": 2})})
+    with pytest.raises(ConfigError, match=r"generate.label: only a conditional model"):
+        check_generate_labels(cfg)
+    model = tiny.model.model_copy(update={"conditional": True})
+    check_generate_labels(cfg.model_copy(update={"model": model}))
+    check_generate_labels(tiny)
+    # model.conditional on shards without labels: refused by the train task, before torchrun
+    unlabelled = make_shard_set(tmp_path / "u", tiny, n=60, labels=np.full(60, -1))
+    conditional = tiny.model_copy(update={"model": model})
+    with pytest.raises(ConfigError, match=r"model\.conditional: true needs labelled data"):
+        check_labelled(conditional, str(unlabelled))
+    labelled = make_shard_set(tmp_path / "l", tiny, n=60)
+    assert check_labelled(conditional, str(labelled)) == 10
