@@ -85,3 +85,34 @@ def test_conditional_gan_pipeline_then_generate_one_class(
     assert bad.exit_code == 1
     assert "--label (generate.label) 10: out of range" in bad.output and "0..9" in bad.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_conditional_gan_under_fsdp_logs_the_same_losses_as_ddp(
+    tmp_path: Path, tiny: PipelineConfig
+) -> None:
+    """2 gloo ranks each: FSDP2 shards the generator (its label embedding), the projection
+    discriminator and the moving average, and trains them to the same losses as DDP."""
+    from genpar_models.train.runspec import RunSpec
+    from tests.helpers import launch, make_shard_set
+
+    model = as_family(tiny.model, "dcgan").model_copy(
+        update={"ema_decay": 0.9, "conditional": True}
+    )
+    train = tiny.train.model_copy(
+        update={"max_steps": 4, "batch_size_per_rank": 8, "checkpoint_every_steps": 4}
+    )
+    shards = None
+    results = {}
+    for strategy in ("ddp", "fsdp"):
+        compute = tiny.compute.model_copy(update={"strategy": strategy})
+        cfg = tiny.model_copy(update={"model": model, "train": train, "compute": compute})
+        shards = shards or make_shard_set(tmp_path / "shards", cfg, n=120)
+        spec = RunSpec(
+            config=cfg, shards_dir=str(shards), run_dir=str(tmp_path / strategy), train_key="k"
+        )
+        launch(spec)
+        results[strategy] = json.loads(spec.result_path.read_text())["metrics"]
+        net, meta = load_model(spec.model_dir)
+        assert meta["model_spec"]["num_classes"] == 10 and set(meta["variants"]) == {"raw"}
+    for key in ("train/loss_d", "train/loss_g", "val/d_real"):
+        assert results["fsdp"][key] == pytest.approx(results["ddp"][key], rel=1e-5), key
