@@ -120,3 +120,28 @@ def run(shards: Path, work: Path, quick: bool, epochs: int = 128) -> list[Result
         )
     )
     return out
+
+
+def run_conditional(shards: Path, work: Path, quick: bool, epochs: int = 128) -> list[Result]:
+    """The conditional GAN (configs/mnist-cgan.yaml) at `epochs` epochs of batch 64, one
+    process: its classification accuracy score against the real-trained reference classifier
+    (the same classifier, steps and seed trained on as many real train images), and its
+    intra-class FID beside its FID. Target: CAS >= 0.8x the reference."""
+    images = load_train_images(shards)
+    steps = 8 if quick else epochs * (len(images) // BATCH)
+    sec = f"conditional GAN (mnist5k, {steps / (len(images) // BATCH):.3g} epochs = {steps} "
+    sec += f"steps of batch {BATCH}, 1 process)"
+    m, seconds = train_arm(arm_config("mnist-cgan", steps, [], quick), shards, work / "cgan")
+    note = f"{seconds:.0f} s; eval/fid {m['eval/fid']:.1f}"
+    return [
+        Result(sec, "mnist-cgan eval/intra_fid_mean", m["eval/intra_fid_mean"], "", note=note),
+        Result(
+            sec,
+            "mnist-cgan CAS vs the real-trained reference (eval/cas / eval/cas_real_reference)",
+            m["eval/cas"],
+            "",
+            baseline=f"real-trained classifier ({m['eval/cas_real_reference']:.3f})",
+            ratio=m["eval/cas_ratio"],
+            target=0.8,
+        ),
+    ]

@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             "gpu",
             "serve",
             "gan",
+            "cgan",
             "sweep",
             "fsdp",
             "halving",
@@ -147,11 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     everything = ["preprocess", "train", "generate", "evaluate", "orchestration", "gpu", "serve"]
-    everything += ["gan", "sweep", "fsdp", "halving", "sequences"]
+    everything += ["gan", "cgan", "sweep", "fsdp", "halving", "sequences"]
     # The sweep, fsdp and halving sections cost minutes even in quick mode (real sweeps and
     # runs, two torchrun jobs per arm): the quick suite (CI's smoke test) runs them only when
     # asked for with --only; test_fsdp.py and test_sweep.py run them for real in CI.
-    slow_quick = {"sweep", "fsdp", "halving"}
+    slow_quick = {"sweep", "fsdp", "halving", "cgan"}
     only = set(args.only or [e for e in everything if not (args.quick and e in slow_quick)])
     from benchmarks import (
         eval_bench,
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         # The trained mnist-vae model is for the sections that read it (not preprocess,
         # orchestration, sweep, fsdp or halving, which make their own).
-        needs_model = only & {"train", "generate", "evaluate", "gpu", "serve", "gan"}
+        needs_model = only & {"train", "generate", "evaluate", "gpu", "serve", "gan", "cgan"}
         shards, model_dir, full_cfg = prepare(work, args.quick) if needs_model else (None,) * 3
         train_sps = None
         steps = [
@@ -191,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
             ),
             ("serve", lambda: serve_bench.run(model_dir, args.quick)),
             ("gan", lambda: gan_bench.run(shards, work / "gan", args.quick, args.gan_epochs)),
+            (
+                "cgan",
+                lambda: gan_bench.run_conditional(
+                    shards, work / "cgan", args.quick, args.gan_epochs
+                ),
+            ),
             ("sweep", lambda: sweep_bench.run(work / "sweep", args.quick)),
             ("fsdp", lambda: fsdp_bench.run(work / "fsdp", args.quick)),
             (

@@ -4,6 +4,8 @@
     genpar-evaluate/evaluate                 score a model, default <name>@champion; on demand
     genpar-nightly-retrain/nightly-retrain   on retrain.cron in retrain.timezone, one at a time
     genpar-sweep/sweep                       a sweep of the config; on demand (UI form)
+    genpar-generate/generate                 samples of the champion (a conditional model's
+                                             class: `label`); on demand (UI form)
 
 The config's values become the deployments' default parameters, so the Prefect UI's run form
 opens with them (the typed `PipelineConfig` gives it its fields, defaults and descriptions).
@@ -25,6 +27,7 @@ from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.schedules import Cron
 
 from flows.evaluate import evaluate_flow
+from flows.generate import generate_flow
 from flows.nightly import nightly_retrain
 from flows.pipeline import pipeline
 from flows.sweep import sweep_flow
@@ -33,6 +36,7 @@ from genpar_models.config.sweep import SweepConfig
 from infra import serving
 
 PIPELINE, EVALUATE, NIGHTLY, SWEEP = "pipeline", "evaluate", "nightly-retrain", "sweep"
+GENERATE = "generate"
 
 
 def default_sweep(config: PipelineConfig) -> SweepConfig:
@@ -46,7 +50,7 @@ def default_sweep(config: PipelineConfig) -> SweepConfig:
 
 
 def build_deployments(config: PipelineConfig) -> list[RunnerDeployment]:
-    """The three deployments, with `config` as their default parameters."""
+    """The deployments, with `config` as their default parameters."""
     params = {"config": config.model_dump(mode="json")}
     common: dict[str, Any] = {
         "tags": ["genpar", config.name],
@@ -87,6 +91,21 @@ def build_deployments(config: PipelineConfig) -> list[RunnerDeployment]:
             "successive halving; one parent MLflow run with a child per trial.",
             **common,
         ),
+        generate_flow.to_deployment(
+            name=GENERATE,
+            parameters={
+                "model": f"{config.registered_model_name}@champion",
+                "config": config.model_dump(mode="json"),
+                "n": config.generate.num_samples,
+                "out": f"samples-{config.name}",
+                "label": config.generate.label,
+                "balanced_labels": config.generate.balanced_labels,
+            },
+            description="Sample a logged model (default: the champion) into a directory on "
+            "the worker; a conditional model samples class `label` (all classes, balanced, "
+            "when null), with the labels beside the samples.",
+            **common,
+        ),
     ]
 
 
@@ -125,6 +144,7 @@ def serve_deployments(
     say(f"  {names[1]}  on demand")
     say(f"  {names[2]}  {schedule}, one run at a time")
     say(f"  {names[3]}  on demand; its run form holds the sweep")
+    say(f"  {names[4]}  on demand; its run form takes the class (label)")
     say(f"UI: {api.removesuffix('/api')}/deployments   (Ctrl-C stops serving)")
     try:
         prefect.serve(

@@ -28,11 +28,21 @@ def generate_flow(
     seed: int | None = None,
     overwrite: bool = False,
     named: bool = True,
+    label: int | None = None,
+    balanced_labels: bool = False,
 ) -> dict[str, Any]:
-    """Generate `n` samples of `model` into `out` (.npy chunks, samples.json, grid.png)."""
+    """Generate `n` samples of `model` into `out` (.npy chunks, samples.json, grid.png).
+
+    A conditional model (model.conditional) samples class `label` only, or every class
+    balanced (the default; `balanced_labels` refuses an unconditional model); the labels are
+    written beside the samples."""
     cfg = config or PipelineConfig()
     target = check_output(out, overwrite)
-    gen = {"num_samples": n, **({"seed": seed} if seed is not None else {})}
+    gen: dict[str, Any] = {"num_samples": n, **({"seed": seed} if seed is not None else {})}
+    if label is not None:
+        gen["label"] = label
+    if balanced_labels:
+        gen["balanced_labels"] = True
     cfg = cfg.model_copy(update={"generate": cfg.generate.model_copy(update=gen)})
     uri = store.resolve_uri(cfg)
     found = resolve_model(model, uri, cfg.registered_model_name, named=named)
@@ -43,5 +53,6 @@ def generate_flow(
         "model_dir": found["model_dir"],
         "out": str(target),
         "grid": str(target / "grid.png"),
+        "labels": "balanced" if label is None else label,
         "samples_per_s": metrics["gen/samples_per_s"],
     }

@@ -17,9 +17,18 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from genpar_models.config import PipelineConfig
-from genpar_models.errors import GenparError
+from genpar_models.errors import ConfigError, GenparError
 from genpar_models.eval.plots import plot_generated_series
-from genpar_models.infer.sampling import chunk_plan, generate_chunk, make_grid, warm_model
+from genpar_models.infer.sampling import (
+    cached_model,
+    chunk_plan,
+    class_rows,
+    generate_chunk,
+    make_grid,
+    warm_model,
+)
+from genpar_models.models.conditioning import check_label, num_classes_of
+from genpar_models.models.export import META_FILE
 from genpar_models.util import atomic
 from tasks.cluster import here_or_on_dask, map_with_progress
 from tasks.common import run_logger
@@ -31,11 +40,15 @@ def generate_to_dir(config: PipelineConfig, model_dir: str, out_dir: Path) -> di
     Chunk i is seeded by (seed, i) and sampled with one thread wherever it runs, so the files
     are the same in this process, on a LocalCluster or on a cluster (generate.parallel)."""
     log = run_logger()
-    out_dir.mkdir(parents=True, exist_ok=True)
     gen = config.generate
+    classes = check_labels(gen, model_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     seed = config.seed if gen.seed is None else gen.seed
     plan = chunk_plan(gen.num_samples, gen.chunk_size)
-    sample = functools.partial(generate_chunk, model_dir=model_dir, seed=seed, out_dir=str(out_dir))
+    per_class = {"class_label": gen.label, "chunk_size": gen.chunk_size} if classes else {}
+    sample = functools.partial(
+        generate_chunk, model_dir=model_dir, seed=seed, out_dir=str(out_dir), **per_class
+    )
     t0 = time.perf_counter()
     started: list[float] = []
 
@@ -54,6 +67,7 @@ def generate_to_dir(config: PipelineConfig, model_dir: str, out_dir: Path) -> di
             model_dir=model_dir,
             seed=seed,
             out_dir=str(out_dir),
+            **per_class,
             label="generate",
             report=log.info,
         )
@@ -70,6 +84,12 @@ def generate_to_dir(config: PipelineConfig, model_dir: str, out_dir: Path) -> di
             "num_samples": gen.num_samples,
             "chunk_size": gen.chunk_size,
             "model_dir": model_dir,
+            # a conditional model's: "balanced" (sample i of class i mod num_classes) or K
+            **(
+                {"num_classes": classes, "labels": "balanced" if gen.label is None else gen.label}
+                if classes
+                else {}
+            ),
             "chunks": chunks,
         },
         sort_keys=False,
@@ -77,6 +97,10 @@ def generate_to_dir(config: PipelineConfig, model_dir: str, out_dir: Path) -> di
     first = np.load(out_dir / chunks[0]["file"], allow_pickle=False)
     if "lengths_file" in chunks[0]:  # series: the first grid_rows, one panel each
         plot_generated_series(first, out_dir / "grid.png", rows=gen.grid_rows)
+    elif classes and gen.label is None:  # one row per class, grid_rows samples each
+        rows = class_rows(cached_model(model_dir), gen.grid_rows, seed)
+        with atomic.atomic_path(out_dir / "grid.png") as tmp:
+            make_grid(rows, classes, cols=gen.grid_rows).save(tmp, format="PNG")
     else:
         with atomic.atomic_path(out_dir / "grid.png") as tmp:
             make_grid(first, gen.grid_rows).save(tmp, format="PNG")
@@ -105,7 +129,25 @@ def generate(config: PipelineConfig, model_dir: str, run_dir: str) -> dict[str, 
     return metrics
 
 
-SAMPLE_SET_FILE = re.compile(r"^(samples\.json|grid\.png|samples-\d{5}(\.lengths)?\.npy)$")
+SAMPLE_SET_FILE = re.compile(r"^(samples\.json|grid\.png|samples-\d{5}(\.lengths|\.labels)?\.npy)$")
+
+
+def check_labels(gen: Any, model_dir: str) -> int:
+    """The classes of the model in `model_dir` (0: unconditional), after checking
+    generate.label / generate.balanced_labels against them, before any sample is drawn.
+
+    Raises:
+        ConfigError: naming --label (generate.label) or --labels (generate.balanced_labels).
+    """
+    spec = json.loads((Path(model_dir) / META_FILE).read_text())["model_spec"]
+    classes = num_classes_of(spec)
+    check_label(classes, gen.label, "--label (generate.label)")
+    if gen.balanced_labels and not classes:
+        raise ConfigError(
+            "--labels (generate.balanced_labels): this model is not conditional "
+            "(model.conditional: false), so it samples no classes; leave it out"
+        )
+    return classes
 
 
 def check_output(out: str | Path, overwrite: bool) -> Path:

@@ -16,12 +16,26 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from genpar_models.config import BUILTIN_SOURCES, PipelineConfig
-from genpar_models.errors import DataError
+from genpar_models.errors import ConfigError, DataError
 from genpar_models.models import check_model_config
 from tasks import mlflow_store as store
 from tasks.cluster import check_shared_home
 from tasks.common import retry_unless_user_error, run_logger
 from tasks.launcher import cuda_device_count, plan_processes
+
+
+def check_generate_labels(config: PipelineConfig) -> None:
+    """A pipeline's generate.label / generate.balanced_labels need a conditional model: refused
+    before any work (the trained model is this config's; `genpar generate` checks the model
+    it is given instead)."""
+    gen = config.generate
+    if config.model.conditional or (gen.label is None and not gen.balanced_labels):
+        return
+    field = "generate.label" if gen.label is not None else "generate.balanced_labels"
+    raise ConfigError(
+        f"{field}: only a conditional model samples classes; set model.conditional: true (on "
+        f"labelled data) or leave {field} out"
+    )
 
 
 @task(
@@ -35,6 +49,7 @@ def preflight(config: PipelineConfig) -> str:
     """Check machine, data path and tracking store; return the resolved tracking URI."""
     log = run_logger()
     check_model_config(config)
+    check_generate_labels(config)
     plan = plan_processes(config.compute, cuda_device_count())
     if config.data.source not in BUILTIN_SOURCES and not Path(config.data.path).exists():
         raise DataError(f"data.path={config.data.path!r} does not exist")

@@ -33,6 +33,18 @@ def _init_model_dir(config: PipelineConfig, uri: str) -> str | None:
     return str(found.model_dir)
 
 
+def check_labelled(config: PipelineConfig, shards_dir: str) -> int | None:
+    """model.conditional's check of the shard set (ConfigError naming the field when the data
+    has no labels); the ranks check it again."""
+    from genpar_models.data.shards import open_shard_set
+    from genpar_models.models.conditioning import classes_for_training
+
+    shardset = open_shard_set(shards_dir, verify=False)
+    labels = shardset.load("train")[1]
+    where = f"data.source {config.data.source!r} ({shards_dir})"
+    return classes_for_training(config.model, shardset.manifest.num_classes, labels, where)
+
+
 # retries=0: torchrun's --max-restarts handles rank failures; a re-run of the flow resumes.
 @task(
     name="train",
@@ -55,6 +67,8 @@ def train_model(
     ranks' environment (a sweep's CUDA_VISIBLE_DEVICES), and `cuda_devices` the GPUs it leaves
     the job (default: every visible one)."""
     log = run_logger()
+    if config.model.conditional:  # refused here, before any rank starts, on unlabelled data
+        check_labelled(config, shards_dir)
     gpus = cuda_device_count() if cuda_devices is None else cuda_devices
     plan = plan_processes(config.compute, gpus)
     run_dir = Path(run.run_dir)

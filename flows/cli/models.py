@@ -130,8 +130,26 @@ def generate(
         int | None, typer.Option(help="Generation seed (default: the config's).")
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+    label: Annotated[
+        int | None,
+        typer.Option(
+            "--label",
+            min=0,
+            help="A conditional model: samples of class K only (K in 0..num_classes-1).",
+        ),
+    ] = None,
+    labels: Annotated[
+        bool,
+        typer.Option(
+            "--labels",
+            help="A conditional model: a balanced set over all classes (its default).",
+        ),
+    ] = False,
 ) -> None:
-    """Sample from a registered model in parallel (Dask): .npy chunks, samples.json, grid.png."""
+    """Sample from a registered model in parallel (Dask): .npy chunks, samples.json, grid.png
+    (a conditional model: labels beside the samples, one grid row per class)."""
+    if label is not None and labels:
+        fail("--label K and --labels exclude each other: one class, or all of them", code=2)
     cfg = load_or_fail(config, set_)
     use_servers(required=False)
     with server_starting_alongside():
@@ -139,7 +157,15 @@ def generate(
 
     try:
         result = generate_flow(
-            model, cfg, n=n, out=str(out), seed=seed, overwrite=overwrite, named=config is not None
+            model,
+            cfg,
+            n=n,
+            out=str(out),
+            seed=seed,
+            overwrite=overwrite,
+            named=config is not None,
+            label=label,
+            balanced_labels=labels,
         )
     except GenparError as e:
         fail(str(e), code=1)

@@ -79,6 +79,16 @@ class ModelConfig(Section):
         "generation, compression and the registry use the average, and the raw generator is "
         "scored once beside it (eval/fid_raw). null: off. 0.999 suits a few thousand steps.",
     )
+    conditional: bool = Field(
+        False,
+        description="vae and dcgan: a class-conditional model on labelled data (the number of "
+        "classes comes from the shard manifest). vae: a CVAE, whose encoder sees the label as "
+        "one-hot channels beside the image and whose decoder sees a label embedding beside z; "
+        "dcgan: the generator takes a label embedding beside z and the discriminator is a "
+        "projection discriminator (Miyato & Koyama 2018: logit + <embed(y), features>). "
+        "Adds intra-class FID and the classification accuracy score (CAS) to the scorecard "
+        "and `genpar generate --label K / --labels`. Refused on unlabelled data.",
+    )
     rnn: Literal["gru", "lstm"] = Field(
         "gru", description="rvae: the recurrent cell of its encoder and decoder."
     )

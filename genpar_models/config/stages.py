@@ -85,6 +85,20 @@ class GenerateConfig(Section):
     )
     grid_rows: int = Field(8, ge=1, le=32, description="The PNG grid shows rows x rows samples.")
     seed: int | None = Field(None, ge=0, description="Generation seed (default: the run seed).")
+    label: int | None = Field(
+        None,
+        ge=0,
+        description="A conditional model (model.conditional): every sample of this class "
+        "(`genpar generate --label K`); refused for an unconditional model or a class out of "
+        "range. null: a conditional model samples every class, balanced (sample i of class i "
+        "mod K). The labels are recorded beside the samples (samples-<i>.labels.npy).",
+    )
+    balanced_labels: bool = Field(
+        False,
+        description="A conditional model: a balanced set over all classes (`genpar generate "
+        "--labels`; what it samples anyway without generate.label), insisted on: refused for "
+        "an unconditional model.",
+    )
     parallel: Literal["auto", "local", "dask"] = Field(
         "auto",
         description="Where the chunks are sampled (the samples are the same either way): "

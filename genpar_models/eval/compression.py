@@ -25,6 +25,7 @@ from genpar_models.eval.reference import Extractor, Reference
 from genpar_models.eval.samples import generate_features
 from genpar_models.eval.scorecard import quality_protocol, score_quality
 from genpar_models.infer import compress
+from genpar_models.models.conditioning import num_classes_of
 from genpar_models.models.export import load_model
 from genpar_models.models.registry import get_family
 from genpar_models.util import atomic, seeding
@@ -110,6 +111,7 @@ def _score(row: dict, variant: nn.Module, cfg: PipelineConfig, data: dict, devic
             iw_samples=0,
             seed=data["seed"],
             binarize=cfg.data.binarize,
+            labels=data.get("test_labels"),
         )
         row["elbo"] = lik["eval/elbo"]
 
@@ -127,12 +129,14 @@ def measure_variants(
     model, meta = load_model(model_dir)
     shardset = open_shard_set(shards_dir)
     family = get_family(meta["model_spec"]["name"])
-    test = shardset.load("test")[0] if family.likelihood is not None else None
+    test, test_y = shardset.load("test") if family.likelihood is not None else (None, None)
     seed = seeding.evaluation(cfg.evaluate.seed)
     data = {
         "family": family,
         "train": shardset.load("train")[0],
         "test": test,
+        # a conditional VAE's likelihood is log p(x | y), given the test images' labels
+        "test_labels": test_y if num_classes_of(model) else None,
         "seed": seed,
         "prepared": prepared,
         "ecfg": cfg.evaluate.model_copy(update={"bootstrap": 0}),  # deltas, not intervals

@@ -18,6 +18,7 @@ import torch
 from genpar_models.config import EvaluateConfig
 from genpar_models.data.shards import ShardSet
 from genpar_models.eval.samples import SAMPLE_BLOCK, block_plan
+from genpar_models.models.conditioning import num_classes_of
 from genpar_models.models.family import Family
 from genpar_models.util import seeding
 
@@ -31,9 +32,11 @@ def likelihood_terms(
     iw_samples: int,
     seed: int,
     binarize: str = "none",
+    labels: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Mean per-image ELBO terms and the IWAE bound over images_u8, in nats, and in bits/dim
-    when the family's likelihood is a code length of the data as seen under `binarize`.
+    when the family's likelihood is a code length of the data as seen under `binarize`; a
+    conditional model's of log p(x | y), given the images' `labels`.
 
     Images go through in fixed blocks of SAMPLE_BLOCK, each with its own seeded noise (and,
     for dynamic binarisation, its own seeded draw), so the figures do not depend on any batch
@@ -50,7 +53,11 @@ def likelihood_terms(
         gen = torch.Generator().manual_seed(seeding.chunk(seed, index))
         batch = torch.from_numpy(np.ascontiguousarray(images_u8[lo : lo + size]))
         x = family.to_input(batch, binarize, gen)
-        out = family.likelihood(model, x.to(device), gen, iw_samples)
+        if labels is None:
+            out = family.likelihood(model, x.to(device), gen, iw_samples)
+        else:
+            y = torch.from_numpy(np.asarray(labels[lo : lo + size], np.int64)).to(device)
+            out = family.likelihood(model, x.to(device), gen, iw_samples, y)
         for k in sums:
             if k in out:
                 sums[k] += out[k].double().sum().item()
@@ -78,13 +85,28 @@ def likelihood_scorecard(
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Test-split likelihood, the train-vs-test ELBO gap, and their protocol, which records
     the likelihood and the binarisation: runs of other likelihoods are never ranked together."""
-    test = shardset.load("test")[0] if shardset.count("test") else shardset.load("val")[0]
+    test, test_y = shardset.load("test") if shardset.count("test") else shardset.load("val")
     test = test if cfg.max_test_samples is None else test[: cfg.max_test_samples]
+    conditional = num_classes_of(model) > 0  # a CVAE: log p(x | y), given the true labels
     kw = {"seed": seed, "binarize": binarize}
-    out = likelihood_terms(model, family, test, iw_samples=cfg.iw_samples, **kw)
-    train = shardset.load("train")[0]
+    out = likelihood_terms(
+        model,
+        family,
+        test,
+        iw_samples=cfg.iw_samples,
+        labels=test_y[: len(test)] if conditional else None,
+        **kw,
+    )
+    train, train_y = shardset.load("train")
     pick = np.sort(np.random.default_rng(seed).permutation(len(train))[: len(test)])
-    on_train = likelihood_terms(model, family, train[pick], iw_samples=0, **kw)
+    on_train = likelihood_terms(
+        model,
+        family,
+        train[pick],
+        iw_samples=0,
+        labels=train_y[pick] if conditional else None,
+        **kw,
+    )
     out["eval/train_elbo"] = on_train["eval/elbo"]
     out["eval/elbo_gap"] = on_train["eval/elbo"] - out["eval/elbo"]  # > 0: better on train
     if "eval/bits_per_dim" in out:
@@ -98,6 +120,7 @@ def likelihood_scorecard(
             else {}
         ),
         "binarize": binarize,
+        **({"conditional": "log p(x | y), true labels"} if conditional else {}),
         "code_length": "eval/bits_per_dim" in out,
         "dataset": shardset.manifest.key,
         "split": "test" if shardset.count("test") else "val",

@@ -18,7 +18,9 @@ from genpar_models.errors import GenparError
 
 QUALITY = "quality"
 LIKELIHOOD = "likelihood"
-KINDS = (QUALITY, LIKELIHOOD)
+CONDITIONAL = "conditional"  # a conditional model's intra-class FID and CAS (conditional.py)
+KINDS = (QUALITY, LIKELIHOOD, CONDITIONAL)
+CONDITIONAL_PREFIXES = ("eval/intra_fid", "eval/cas")
 TAG_PREFIX = "genpar.protocol."  # tags: genpar.protocol.quality = id, ….quality.json = JSON
 
 QUALITY_METRICS = frozenset(
@@ -86,6 +88,8 @@ def protocol_kind(metric: str) -> str | None:
         return QUALITY
     if metric in LIKELIHOOD_METRICS:
         return LIKELIHOOD
+    if metric.startswith(CONDITIONAL_PREFIXES):
+        return CONDITIONAL
     return None
 
 

@@ -8,7 +8,8 @@ statistic), precision, recall, density, coverage and a classifier inception scor
 `eval/fid_floor` scores held-out real images the extractor never saw as if they were samples,
 the floor a model could reach at that sample size. Samples are drawn in seeded blocks
 (samples.py). A family with a likelihood (`Family.likelihood`) adds the likelihood scorecard
-(likelihood.py).
+(likelihood.py); a conditional model (model.conditional) adds intra-class FID and CAS
+(conditional.py).
 
 Every report carries its protocols (protocol.py) and which cached parts were reused; results
 are plain dicts, written as JSON and Markdown by the caller.
@@ -26,7 +27,7 @@ from genpar_models.config import EvaluateConfig, PipelineConfig
 from genpar_models.data.shards import open_shard_set
 from genpar_models.eval import metrics, uncertainty
 from genpar_models.eval.likelihood import likelihood_scorecard
-from genpar_models.eval.protocol import LIKELIHOOD, QUALITY, protocol_id
+from genpar_models.eval.protocol import CONDITIONAL, LIKELIHOOD, QUALITY, protocol_id
 from genpar_models.eval.reference import (
     Extractor,
     Reference,
@@ -35,6 +36,7 @@ from genpar_models.eval.reference import (
     ensure_reference,
 )
 from genpar_models.eval.samples import SAMPLE_BLOCK, Generated, generate_features
+from genpar_models.models.conditioning import num_classes_of
 from genpar_models.models.export import count_parameters, load_model, variants_of
 from genpar_models.models.registry import get_family
 from genpar_models.util import seeding
@@ -190,6 +192,13 @@ def _evaluate(model_dir, shards_dir, cfg, prepared, generated, device, root) -> 
     if family.likelihood is not None:
         scores, protocols[LIKELIHOOD] = likelihood_scorecard(
             model, family, shardset, ecfg, seed, cfg.data.binarize
+        )
+        metrics_.update(scores)
+    if num_classes_of(model):  # intra-class FID and CAS (conditional.py)
+        from genpar_models.eval.conditional import conditional_scorecard
+
+        scores, protocols[CONDITIONAL] = conditional_scorecard(
+            model, shardset, ref, gen, ecfg, seed
         )
         metrics_.update(scores)
     metrics_["eval/seconds"] = time.perf_counter() - t0

@@ -58,15 +58,23 @@ def sparsity_of(name: str) -> float | None:
     return int(m.group(1)) / 100.0 if m else None
 
 
+class _Halved(nn.Sequential):
+    """Cast(dtype), the network in dtype, Cast(float32): a Sequential (the same state_dict
+    keys) whose first input is cast and whose other inputs (a conditional generator's int64
+    labels) pass through to the network as they are."""
+
+    def forward(self, x: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        to_half, net, to_float = self
+        return to_float(net(to_half(x), *rest))
+
+
 def _half(model: nn.Module, dtype: torch.dtype) -> None:
     family = family_of(model)
     if family.half is not None:  # the family knows which layers must stay fp32
         family.half(model, dtype)
         return
     net = getattr(model, family.sampling_net)
-    setattr(
-        model, family.sampling_net, nn.Sequential(Cast(dtype), net.to(dtype), Cast(torch.float32))
-    )
+    setattr(model, family.sampling_net, _Halved(Cast(dtype), net.to(dtype), Cast(torch.float32)))
 
 
 def prunable(net: nn.Module) -> list[tuple[nn.Module, str]]:

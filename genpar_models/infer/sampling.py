@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from genpar_models.models.conditioning import num_classes_of, sample_labels
 from genpar_models.models.export import META_FILE, count_parameters, load_model
 from genpar_models.util import atomic, seeding
 from genpar_models.util.cache import ProcessCache
@@ -55,11 +56,22 @@ SAMPLE_BATCH = 128
 
 @torch.no_grad()
 def sample_uint8(
-    model: torch.nn.Module, n: int, seed: int, batch: int = SAMPLE_BATCH
+    model: torch.nn.Module,
+    n: int,
+    seed: int,
+    batch: int = SAMPLE_BATCH,
+    labels: np.ndarray | None = None,
 ) -> np.ndarray:
-    """n samples as uint8 (n, C, H, W) from one seeded generator, in fixed-size batches."""
+    """n samples as uint8 (n, C, H, W) from one seeded generator, in fixed-size batches; a
+    conditional model's of `labels` (n,) (balanced, i mod K, when None)."""
     gen = torch.Generator().manual_seed(seed)
-    out = [to_uint8(model.sample(min(batch, n - i), generator=gen)) for i in range(0, n, batch)]
+    k = num_classes_of(model)
+    if k and labels is None:
+        labels = sample_labels(k, 0, n)
+    out = []
+    for i in range(0, n, batch):
+        kw = {} if not k else {"labels": labels[i : i + batch]}
+        out.append(to_uint8(model.sample(min(batch, n - i), generator=gen, **kw)))
     return np.concatenate(out) if out else np.zeros((0,), np.uint8)
 
 
@@ -87,11 +99,19 @@ def is_sequence_model(model: torch.nn.Module) -> bool:
 
 
 def generate_chunk(
-    index: int, size: int, *, model_dir: str, seed: int, out_dir: str
+    index: int,
+    size: int,
+    *,
+    model_dir: str,
+    seed: int,
+    out_dir: str,
+    class_label: int | None = None,
+    chunk_size: int = 0,
 ) -> dict[str, Any]:
     """Generate chunk `index` and write it as `samples-<index>.npy` (a sequence model: its
-    series in source units, NaN after each length, and `samples-<index>.lengths.npy`);
-    return a small summary."""
+    series in source units, NaN after each length, and `samples-<index>.lengths.npy`; a
+    conditional model: its labels in `samples-<index>.labels.npy`, all `class_label` or balanced
+    over the set, chunk `index` starting at sample index * chunk_size); return a summary."""
     t0 = time.perf_counter()
     model = cached_model(model_dir)
     name = f"samples-{index:05d}.npy"
@@ -108,23 +128,40 @@ def generate_chunk(
             "lengths_sha256": atomic.write_npy(Path(out_dir) / lengths_name, lengths),
             "seconds": time.perf_counter() - t0,
         }
+    k = num_classes_of(model)
+    labels = sample_labels(k, index * chunk_size, size, class_label) if k else None
     with torch_threads(1):
-        images = sample_uint8(model, size, seeding.chunk(seed, index))
+        images = sample_uint8(model, size, seeding.chunk(seed, index), labels=labels)
     digest = atomic.write_npy(Path(out_dir) / name, images)
-    return {
-        "index": index,
-        "count": size,
-        "file": name,
-        "sha256": digest,
-        "seconds": time.perf_counter() - t0,
-    }
+    out = {"index": index, "count": size, "file": name, "sha256": digest}
+    if labels is not None:
+        labels_name = f"samples-{index:05d}.labels.npy"
+        out["labels_file"] = labels_name
+        out["labels_sha256"] = atomic.write_npy(Path(out_dir) / labels_name, labels)
+    return {**out, "seconds": time.perf_counter() - t0}
 
 
-def make_grid(images: np.ndarray, rows: int, min_side_px: int = 256) -> Image.Image:
-    """A rows x rows PNG grid of uint8 (N, C, H, W) images, upscaled (nearest) to be visible."""
+def class_rows(model: torch.nn.Module, cols: int, seed: int) -> np.ndarray:
+    """A conditional model's grid samples: `cols` of class 0, then of class 1, ... (uint8
+    (K * cols, C, H, W)), one row per class, from one seeded generator."""
+    k = num_classes_of(model)
+    with torch_threads(1):
+        return sample_uint8(model, k * cols, seed, labels=np.repeat(np.arange(k), cols))
+
+
+# Grids are upscaled (nearest-neighbour, whole multiples) to at least this width, so an 8x8 or
+# 28x28 sample is legible at a glance.
+GRID_MIN_WIDTH_PX = 512
+
+
+def make_grid(
+    images: np.ndarray, rows: int, min_width_px: int = GRID_MIN_WIDTH_PX, cols: int | None = None
+) -> Image.Image:
+    """A rows x cols (default rows x rows) PNG grid of uint8 (N, C, H, W) images, filled row
+    by row, upscaled (nearest) to at least `min_width_px` wide."""
     n, c, h, w = images.shape
-    k = min(rows * rows, n)
-    cols = rows
+    cols = cols or rows
+    k = min(rows * cols, n)
     r = math.ceil(k / cols)
     pad = 1
     grid = np.zeros((c, r * (h + pad) + pad, cols * (w + pad) + pad), np.uint8)
@@ -136,5 +173,5 @@ def make_grid(images: np.ndarray, rows: int, min_side_px: int = 256) -> Image.Im
             pad + x * (w + pad) : pad + x * (w + pad) + w,
         ] = images[i]
     img = Image.fromarray(grid[0] if c == 1 else grid.transpose(1, 2, 0))
-    scale = max(1, math.ceil(min_side_px / max(img.size)))
+    scale = max(1, math.ceil(min_width_px / img.width))
     return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)

@@ -4,10 +4,12 @@ A request is rows (a pandas DataFrame, as MLflow's pyfunc hands them over, or a 
 dicts) and params. `task` (params, default `sample`) says what each row asks:
 
     sample       n (int >= 1, at most generate.max_samples_per_request), seed (int >= 0,
-                 default 0), label (only for conditional models; none exists yet) -> n images
+                 default 0), label (conditional models only: class 0..K-1; without it every
+                 class, balanced, as `genpar generate` draws them) -> n images
     reconstruct  image (nested list or base64 PNG) -> its reconstruction (families that have
-                 one, the VAE)
-    elbo         image, seed -> the one-sample ELBO terms in nats (families with a likelihood)
+                 one, the VAE; a conditional VAE also needs the image's label)
+    elbo         image, seed -> the one-sample ELBO terms in nats (families with a likelihood;
+                 a conditional VAE's of log p(x | label), so it needs the label)
 
 `format` (params, `json` or `png`) says how images come back. A sequence model (its family's
 modality) answers series instead, as JSON only (series_encoding.py): `sample` gives n series
@@ -35,6 +37,7 @@ from genpar_models.errors import GenparError
 from genpar_models.infer.encoding import FORMATS, decode_image, encode_images
 from genpar_models.infer.sampling import chunk_plan, sample_series, sample_uint8
 from genpar_models.infer.series_encoding import decode_series, encode_series
+from genpar_models.models.conditioning import num_classes_of, sample_labels
 from genpar_models.models.family import Family
 from genpar_models.util import seeding
 from genpar_models.util.threads import torch_threads
@@ -133,29 +136,57 @@ def _no_label(row: Mapping[str, Any], i: int) -> None:
         )
 
 
-def check_rows(rows: Sequence[Mapping[str, Any]], task: str, spec: ServingSpec) -> list[dict]:
-    """Every row checked for `task` (all of them before any work): n/seed or image/seed."""
+def _label(row: Mapping[str, Any], i: int, classes: int, required: bool) -> int | None:
+    """A conditional model's row label in [0, classes) (None when absent and not required)."""
+    if not classes:
+        _no_label(row, i)
+        return None
+    if "label" not in row and not required:
+        return None
+    if "label" not in row:
+        raise RequestError(
+            f"row {i}: missing column 'label': this model is conditional (classes 0.."
+            f"{classes - 1}), so a reconstruction or likelihood is given the image's class"
+        )
+    return integer(row, "label", i, low=0, high=classes - 1)
+
+
+def check_rows(
+    rows: Sequence[Mapping[str, Any]], task: str, spec: ServingSpec, classes: int = 0
+) -> list[dict]:
+    """Every row checked for `task` (all of them before any work): n/seed or image/seed, and
+    a conditional model's label (`classes` > 0)."""
     checked = []
     for i, row in enumerate(rows):
-        _no_label(row, i)
+        label = _label(row, i, classes, required=task != "sample")
+        extra = {"label": label} if classes else {}
         if task == "sample":
             limit = spec.max_samples_per_request
             n = integer(row, "n", i, low=1, high=limit)
-            checked.append({"n": n, "seed": _seed(row, i)})
+            checked.append({"n": n, "seed": _seed(row, i), **extra})
         else:
             column = "series" if spec.modality == "sequences" else "image"
             if column not in row:
                 raise RequestError(f"row {i}: missing column {column!r} (params.task is {task})")
             decode = decode_series if column == "series" else decode_image
             value = decode(row[column], spec.image_shape, f"row {i}: {column}")
-            checked.append({"image": value, "seed": _seed(row, i)})
+            checked.append({"image": value, "seed": _seed(row, i), **extra})
     return checked
 
 
-def sample_images(model: torch.nn.Module, n: int, seed: int, chunk_size: int) -> np.ndarray:
-    """n uint8 samples, chunked and seeded exactly as `genpar generate` does it."""
+def sample_images(
+    model: torch.nn.Module, n: int, seed: int, chunk_size: int, label: int | None = None
+) -> np.ndarray:
+    """n uint8 samples, chunked, seeded and (a conditional model's) labelled exactly as
+    `genpar generate` does it."""
+    k = num_classes_of(model)
     parts = [
-        sample_uint8(model, size, seeding.chunk(seed, index))
+        sample_uint8(
+            model,
+            size,
+            seeding.chunk(seed, index),
+            labels=sample_labels(k, index * chunk_size, size, label) if k else None,
+        )
         for index, size in chunk_plan(n, chunk_size)
     ]
     return np.concatenate(parts)
@@ -183,6 +214,7 @@ class Server:
 
     def __init__(self, model: torch.nn.Module, family: Family, spec: ServingSpec) -> None:
         self.model, self.family, self.spec = model, family, spec
+        self.classes = num_classes_of(model)
         self._lock = threading.Lock()
 
     def predict(self, data: Any, params: Mapping[str, Any] | None = None) -> list[dict]:
@@ -194,25 +226,36 @@ class Server:
         sequences = self.spec.modality == "sequences"
         if sequences and fmt != "json":
             raise RequestError(f"params.format: {fmt!r}: a sequence model answers json only")
-        rows = check_rows(rows_of(data), task, self.spec)
+        rows = check_rows(rows_of(data), task, self.spec, self.classes)
         with self._lock, torch_threads(1):
             if task == "sample":
-                return [self._sample(r["n"], r["seed"], fmt) for r in rows]
+                return [self._sample(r["n"], r["seed"], fmt, r.get("label")) for r in rows]
             images = torch.from_numpy(np.stack([r["image"] for r in rows]))
             if sequences:  # the model reads standardised series (the shards' units)
                 images = (images - self.model.data_mean) / self.model.data_std
+            labels = None
+            if self.classes:
+                labels = torch.tensor([r["label"] for r in rows], dtype=torch.long)
             if task == "reconstruct":
-                return self._reconstruct(images, fmt)
-            return self._elbo(images, [r["seed"] for r in rows])
+                return self._reconstruct(images, fmt, labels)
+            return self._elbo(images, [r["seed"] for r in rows], labels)
 
-    def _sample(self, n: int, seed: int, fmt: str) -> dict[str, Any]:
+    def _sample(self, n: int, seed: int, fmt: str, label: int | None = None) -> dict[str, Any]:
         if self.spec.modality == "sequences":
             chunk = self.spec.chunk_size
             return encode_series(*sample_series_chunks(self.model, n, seed, chunk))
-        return encode_images(sample_images(self.model, n, seed, self.spec.chunk_size), fmt)
+        images = sample_images(self.model, n, seed, self.spec.chunk_size, label)
+        out = encode_images(images, fmt)
+        if self.classes:  # what each sample is of, in order
+            k, c = self.classes, self.spec.chunk_size
+            labels = [sample_labels(k, i * c, size, label) for i, size in chunk_plan(n, c)]
+            out["labels"] = np.concatenate(labels).tolist()
+        return out
 
     @torch.no_grad()
-    def _reconstruct(self, images: torch.Tensor, fmt: str) -> list[dict[str, Any]]:
+    def _reconstruct(
+        self, images: torch.Tensor, fmt: str, labels: torch.Tensor | None = None
+    ) -> list[dict[str, Any]]:
         assert self.family.reconstruct is not None
         if self.spec.modality == "sequences":  # posterior means, back in the source's units
             series = self.model.denormalise(self.family.reconstruct(self.model, images))
@@ -221,20 +264,29 @@ class Server:
             return [
                 encode_series(values[i : i + 1], lengths[i : i + 1]) for i in range(len(values))
             ]
-        out = self.family.reconstruct(self.model, images.float() / 255.0)
+        x = images.float() / 255.0
+        if labels is None:
+            out = self.family.reconstruct(self.model, x)
+        else:
+            out = self.family.reconstruct(self.model, x, labels)
         recon = (out.clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
         return [encode_images(recon[i : i + 1], fmt) for i in range(len(recon))]
 
     @torch.no_grad()
-    def _elbo(self, images: torch.Tensor, seeds: list[int]) -> list[dict[str, Any]]:
+    def _elbo(
+        self, images: torch.Tensor, seeds: list[int], labels: torch.Tensor | None = None
+    ) -> list[dict[str, Any]]:
         assert self.family.likelihood is not None
         answers = []
-        for image, seed in zip(images, seeds, strict=True):  # each row its own noise
+        for i, (image, seed) in enumerate(zip(images, seeds, strict=True)):  # own noise each
             gen = torch.Generator().manual_seed(seed)
             if self.spec.modality == "sequences":  # standardised units, as in training
                 x, extra = image[None], {"steps": int((~torch.isnan(image[:, 0])).sum())}
             else:
                 x, extra = self.family.to_input(image[None], self.spec.binarize, gen), {}
-            terms = self.family.likelihood(self.model, x, gen, 0)
+            if labels is None:
+                terms = self.family.likelihood(self.model, x, gen, 0)
+            else:
+                terms = self.family.likelihood(self.model, x, gen, 0, labels[i : i + 1])
             answers.append({k: float(v[0]) for k, v in terms.items()} | extra | {"unit": "nats"})
         return answers

@@ -13,6 +13,11 @@ Contract of a family's network (an `nn.Module`):
                                  a sequence family (modality "sequences"): (n, T, C) floats in
                                  the shards' standardised units, NaN after each series' length
                                  (so the lengths travel with the values in one tensor)
+    num_classes (optional)       > 0: a class-conditional network (model.conditional, built
+                                 with `build(cfg, shape, num_classes=K)`); its `sample`,
+                                 forward, likelihood and reconstruct take `labels` (int64
+                                 (N,)) and its steps' `step`/`validate` a `labels=` keyword;
+                                 families without it are never given labels
 
 Contract of its steps (`Steps`, made by `make_steps` with the trainer's `StepTools`):
     modules, optimizers          what checkpoints hold, by name

@@ -46,16 +46,26 @@ def step_metrics(config: PipelineConfig) -> set[str]:
     family = check_model_config(config)
     shape = (config.data.channels, config.data.image_size, config.data.image_size)
     torch.manual_seed(0)
-    model = family.build(config.model, shape)
+    model = family.build(config.model, shape, **_classes(config))
     ctx = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     steps = family.make_steps(model, config.train, step_tools(ctx, config.train))
     rows = 2 * getattr(steps, "batches_per_step", 1) * config.train.grad_accum_steps
     noise = torch.Generator().manual_seed(0)
     x = family.to_input(torch.zeros((rows, *shape), dtype=torch.uint8), "none", noise)
-    keys = set(steps.step(x, noise))
+    # a conditional model's steps take labels (any two classes give its metric keys)
+    y = {"labels": torch.arange(rows) % 2} if config.model.conditional else {}
+    keys = set(steps.step(x, noise, **y))
     keys |= {"train/samples_per_s", "train/lr_factor"}
-    keys |= set(steps.validate(x[:2], noise))
+    keys |= set(steps.validate(x[:2], noise, **{k: v[:2] for k, v in y.items()}))
     return keys
+
+
+def _classes(config: PipelineConfig) -> dict:
+    """A conditional config's build arguments for a network of the same metrics (the real
+    number of classes comes from the shards at training)."""
+    from genpar_models.models.conditioning import build_kwargs
+
+    return build_kwargs(config.data.num_classes or 10) if config.model.conditional else {}
 
 
 def produced_metrics(config: PipelineConfig) -> set[str]:
@@ -74,6 +84,8 @@ def produced_metrics(config: PipelineConfig) -> set[str]:
         keys -= {"val/bits_per_dim"}
     if getattr(config.model, "ema_decay", None):
         keys |= {"eval/fid_raw", "eval/kid_raw"}
+    if config.model.conditional:  # per-class keys depend on the data: the mean and CAS rank
+        keys |= {"eval/intra_fid_mean", "eval/cas", "eval/cas_real_reference", "eval/cas_ratio"}
     return keys
 
 
@@ -82,7 +94,7 @@ def _spec(config: PipelineConfig) -> dict:
 
     family = get_family(config.model.name)
     shape = (config.data.channels, config.data.image_size, config.data.image_size)
-    return family.build(config.model, shape).model_spec()
+    return family.build(config.model, shape, **_classes(config)).model_spec()
 
 
 def check_metric(config: PipelineConfig, field: str, metric: str) -> None:

@@ -19,7 +19,14 @@ from genpar_models.train.dist import DistContext
 class BatchFeed:
     """Batches of train images for this rank, addressable by global step (for exact resume)."""
 
-    def __init__(self, images: np.ndarray, batch: int, ctx: DistContext, seed: int) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        batch: int,
+        ctx: DistContext,
+        seed: int,
+        labels: np.ndarray | None = None,
+    ) -> None:
         n = len(images)
         self.sampler = DistributedSampler(
             range(n),
@@ -42,13 +49,24 @@ class BatchFeed:
         self.images = torch.from_numpy(np.ascontiguousarray(images))
         self.images = self.images.to(ctx.device) if on_gpu else self.images
         self.device = ctx.device
+        # A conditional model's labels (int64 (N,)), fed beside the images of the same rows.
+        self.labels = None if labels is None else torch.from_numpy(np.asarray(labels, np.int64))
         self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
 
-    def __call__(self, step: int) -> torch.Tensor:
-        """uint8 (B, C, H, W) batch number `step` on the training device."""
+    def _rows(self, step: int) -> torch.Tensor:
         epoch, i = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
             self.sampler.set_epoch(epoch)
             self._order, self._epoch = torch.tensor(list(self.sampler), dtype=torch.long), epoch
-        idx = self._order[i * self.batch : (i + 1) * self.batch]
+        return self._order[i * self.batch : (i + 1) * self.batch]
+
+    def __call__(self, step: int) -> torch.Tensor:
+        """uint8 (B, C, H, W) batch number `step` on the training device."""
+        idx = self._rows(step)
         return self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)
+
+    def labels_of(self, step: int) -> torch.Tensor | None:
+        """The int64 (B,) labels of batch number `step` (None without labels)."""
+        if self.labels is None:
+            return None
+        return self.labels[self._rows(step)].to(self.device, non_blocking=True)

@@ -17,13 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from genpar_models.data.shards import open_shard_set
 from genpar_models.errors import CheckpointError
+from genpar_models.models import conditioning
 from genpar_models.models.export import count_parameters, export_model, load_exported
-from genpar_models.models.family import Family
 from genpar_models.models.registry import check_model_config
 from genpar_models.train import persist
 from genpar_models.train.dist import DistContext, all_reduce_sum, barrier, elastic_restarts
@@ -32,6 +31,7 @@ from genpar_models.train.runspec import RunSpec
 from genpar_models.train.sink import make_sink
 from genpar_models.train.tools import process_layout
 from genpar_models.train.trainer import ema_net, global_batch_size, make_steps, make_trainer
+from genpar_models.train.validation import run_validation
 from genpar_models.util import atomic, seeding
 
 log = logging.getLogger("genpar.train")
@@ -74,35 +74,6 @@ def check_finite(metrics: dict[str, float], loss_key: str, step: int, ckpt: str 
 
 
 @torch.no_grad()
-def run_validation(
-    steps: Any, family: Family, images: np.ndarray, spec: RunSpec, ctx: DistContext, bits: bool
-) -> dict:
-    """Validation metrics over this rank's stride of the val split, all-reduced.
-
-    A rank whose stride is empty (fewer validation samples than ranks) still joins the
-    all-reduce with the same keys: it scores one sample and adds it with weight zero. Without
-    `bits` (the likelihood is no code length of the data as seen), bits/dim is left out.
-    """
-    if len(images) == 0:
-        return {}
-    mine = images[ctx.rank :: ctx.world_size]
-    weight = 1.0 if len(mine) else 0.0
-    noise = torch.Generator().manual_seed(seeding.validation_noise(spec.config.seed))
-    sums: dict[str, torch.Tensor] = {}
-    bs = spec.config.evaluate.batch_size
-    scored = mine if len(mine) else images[:1]
-    for i in range(0, len(scored), bs):
-        batch = torch.from_numpy(np.ascontiguousarray(scored[i : i + bs])).to(ctx.device)
-        x = family.to_input(batch, spec.config.data.binarize, noise)
-        for k, v in steps.validate(x, noise).items():
-            if bits or "bits_per_dim" not in k:
-                sums[k] = sums.get(k, 0) + v * weight
-    keys = sorted(sums)
-    count = torch.tensor(float(len(mine)), dtype=torch.float64, device=ctx.device)
-    packed = all_reduce_sum(torch.stack([sums[k].to(ctx.device) for k in keys] + [count]), ctx)
-    return {k: (packed[i] / packed[-1]).item() for i, k in enumerate(keys)}
-
-
 def warm_start(model: torch.nn.Module, init_model_dir: str | None) -> str | None:
     """Load an exported model's weights into `model` (same architecture); None if no init."""
     if not init_model_dir:
@@ -124,11 +95,15 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
     if spec.threads_per_proc:
         torch.set_num_threads(spec.threads_per_proc)
     shardset = open_shard_set(spec.shards_dir)
-    train_images, _ = shardset.load("train")
-    val_images, _ = shardset.load("val")
+    train_images, train_labels = shardset.load("train")
+    val_images, val_labels = shardset.load("val")
     family = check_model_config(cfg)
+    classes = conditioning.classes_for_training(
+        cfg.model, shardset.manifest.num_classes, train_labels, f"the shard set {spec.shards_dir}"
+    )
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = family.build(cfg.model, shardset.image_shape).to(ctx.device)
+    kw = conditioning.build_kwargs(classes)
+    model = family.build(cfg.model, shardset.image_shape, **kw).to(ctx.device)
     if family.fit_data is not None:
         family.fit_data(model, shardset)  # before a checkpoint may restore it
     is_sharded = cfg.compute.strategy == "fsdp"
@@ -153,7 +128,9 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
         for directory in (spec.checkpoint_dir, spec.model_dir):
             atomic.remove_stale_temps(directory)
     steps.wrap()
-    feed = BatchFeed(train_images, trainer.rows_per_step, ctx, cfg.seed)
+    feed = BatchFeed(
+        train_images, trainer.rows_per_step, ctx, cfg.seed, train_labels if classes else None
+    )
     sink = make_sink(
         ctx.is_main, *(spec.tracking.uri, spec.tracking.run_id) if spec.tracking else (None, None)
     )
@@ -196,7 +173,7 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
             sink.replay(resumed.meta.get("pending_metrics", []))
             sink.commit()
     bits = family.reports_bits_per_dim(model.model_spec(), cfg.data.binarize)
-    validation = (val_images, bits)
+    validation = (val_images, bits, val_labels if classes else None)
     state = _loop(trainer, family, feed, validation, spec, ctx, sink, start, expect, resumed)
     state["resharded_from"] = resumed.resharded_from if resumed else None
     # Under FSDP the exported model is gathered whole (a collective) into one file.
@@ -210,9 +187,10 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
 def _loop(
     trainer, family, feed, validation, spec, ctx, sink, start, expect, resumed
 ) -> dict[str, Any]:
-    """The steps from `start` to train.max_steps; `validation` is (val images, bits/dim?)."""
+    """The steps from `start` to train.max_steps; `validation` is (val images, bits/dim?,
+    val labels of a conditional model or None)."""
     cfg, end = spec.config.train, spec.end_step
-    val_images, bits = validation
+    val_images, bits, val_labels = validation
     meter, noise = Meter(), torch.Generator()
     last_ckpt = str(resumed.path) if resumed else None
     last: dict[str, float] = dict(resumed.meta.get("metrics", {})) if resumed else {}
@@ -221,7 +199,7 @@ def _loop(
     for step in range(start + 1, end + 1):
         noise.manual_seed(seeding.training_noise(spec.config.seed, ctx.rank, step))
         x = family.to_input(feed(step - 1), spec.config.data.binarize, noise)
-        meter.add(trainer.step(step, x, noise))
+        meter.add(trainer.step(step, x, noise, feed.labels_of(step - 1)))
         at_ckpt = step % cfg.checkpoint_every_steps == 0 or step == end
         logged = step % cfg.log_every_steps == 0 or at_ckpt
         validated = step % cfg.val_every_steps == 0 or step == end
@@ -234,7 +212,7 @@ def _loop(
             if ctx.is_main:
                 log.info("step %d/%d %s", step, cfg.max_steps, _fmt(last))
         if validated:
-            scores = run_validation(trainer.steps, family, val_images, spec, ctx, bits)
+            scores = run_validation(trainer.steps, family, val_images, spec, ctx, bits, val_labels)
             sink.log_metrics(scores, step)
             last.update(scores)
         if at_ckpt:

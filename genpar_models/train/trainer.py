@@ -34,10 +34,20 @@ class Trainer:
     rows_per_step: int  # this rank's rows per step: batch x accumulation x critic batches
     sampling_net: str
 
-    def step(self, step: int, x: torch.Tensor, noise: torch.Generator) -> dict[str, torch.Tensor]:
-        """Optimizer step number `step` (1-based) on this rank's rows `x`."""
+    def step(
+        self,
+        step: int,
+        x: torch.Tensor,
+        noise: torch.Generator,
+        labels: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Optimizer step number `step` (1-based) on this rank's rows `x` (and, for a
+        conditional model, their labels; other families' steps never see a labels argument)."""
         factor = self.schedule.set(step)
-        metrics = self.steps.step(x, noise)
+        if labels is None:
+            metrics = self.steps.step(x, noise)
+        else:
+            metrics = self.steps.step(x, noise, labels=labels)
         if self.ema is not None:
             self.ema.update(step)
         if self.schedule.active:

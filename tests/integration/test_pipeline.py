@@ -105,6 +105,8 @@ ADDED_PARAMS |= {"train.kl_anneal_steps", "evaluate.posthoc_steps"}
 # Issue 16's model parallelism and several nodes: defaults keep DDP with Adam, as recorded.
 ADDED_PARAMS |= {"compute.strategy", "compute.join_timeout_s", "train.optimizer"}
 ADDED_PARAMS |= {"train.allow_reshard"}
+# Issue 14's conditional generation: off by default, the samples as they were.
+ADDED_PARAMS |= {"model.conditional", "generate.label", "generate.balanced_labels"}
 ADDED_METRICS = {"train/global_batch_size"}
 ADDED_TAGS = {"genpar.run_identity", *lineage_tags()}
 ADDED_TAGS |= {"genpar.strategy"}  # issue 16: ddp or fsdp, set by rank 0 at the start

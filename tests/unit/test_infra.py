@@ -26,7 +26,7 @@ def _flows_in(path: Path) -> set[str]:
 def test_prefect_yaml_matches_the_code() -> None:
     spec = yaml.safe_load((REPO / "infra" / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert set(deployments) == {"pipeline", "evaluate", "nightly-retrain", "sweep"}
+    assert set(deployments) == {"pipeline", "evaluate", "nightly-retrain", "sweep", "generate"}
     for d in deployments.values():
         file, func = d["entrypoint"].split(":")
         assert func in _flows_in(REPO / file), d["entrypoint"]

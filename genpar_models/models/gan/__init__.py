@@ -25,10 +25,10 @@ if TYPE_CHECKING:  # the network and its steps (torch) are imported when first u
     from genpar_models.models.gan.steps import GanSteps
 
 
-def _build(cfg: ModelConfig, image_shape: Sequence[int]) -> DCGAN:
+def _build(cfg: ModelConfig, image_shape: Sequence[int], num_classes: int | None = None) -> DCGAN:
     from genpar_models.models.gan.network import DCGAN
 
-    return DCGAN.from_config(cfg, image_shape)
+    return DCGAN.from_config(cfg, image_shape, num_classes)
 
 
 def _rebuild(spec: Mapping[str, Any]) -> DCGAN:
@@ -52,6 +52,6 @@ FAMILY = register_family(
         make_steps=_steps,
         input_range=(-1.0, 1.0),
         sampling_net="generator",
-        options=("norm", "spectral_norm", "gan_loss", "ema_decay"),
+        options=("norm", "spectral_norm", "gan_loss", "ema_decay", "conditional"),
     )
 )

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from genpar_models.models.conditioning import check_conditioning, config_classes, sampling_labels
 from genpar_models.models.layers import (
     Norm,
     check_image_shape,
@@ -63,20 +64,29 @@ class Generator(nn.Module):
         latent_dim: int,
         base_channels: int,
         norm: Norm = "batch",
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
         channels, side, _ = image_shape
         n_down, base_side = plan_levels(side)
         widths = level_channels(base_channels, n_down)
         self.base_shape = (widths[-1], base_side, base_side)
+        # Conditional: a label embedding of z's size, concatenated with z.
+        self.num_classes = num_classes
+        self.embed = nn.Embedding(num_classes, latent_dim) if num_classes else None
+        width_in = 2 * latent_dim if num_classes else latent_dim
         # Project and reshape (DCGAN, figure 1); a norm with its own shift follows, so no bias.
-        self.project = nn.Linear(latent_dim, widths[-1] * base_side**2, bias=norm == "none")
+        self.project = nn.Linear(width_in, widths[-1] * base_side**2, bias=norm == "none")
         self.project_act = nn.Sequential(make_norm(norm, widths[-1]), nn.ReLU())
         self.upsample = up_path(widths, norm=norm, activation=nn.ReLU)
         # No BatchNorm on the output layer (DCGAN, section 3): it made samples oscillate.
         self.to_image = nn.Sequential(nn.Conv2d(widths[0], channels, 3, padding=1), nn.Tanh())
 
-    def forward(self, z: Tensor) -> Tensor:
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        if self.embed is not None:
+            if labels is None:
+                raise ValueError("a conditional generator needs labels (N,) beside z")
+            z = torch.cat([z, self.embed(labels).to(z.dtype)], dim=1)  # (N, D) -> (N, 2D)
         h = self.project(z).view(-1, *self.base_shape)  # (N, D) -> (N, C_top, s, s)
         h = self.upsample(self.project_act(h))  # (N, C_top, s, s) -> (N, base, S, S)
         return self.to_image(h)  # (N, base, S, S) -> (N, C, S, S)
@@ -92,6 +102,7 @@ class Discriminator(nn.Module):
         base_channels: int,
         norm: Norm = "batch",
         spectral_norm: bool = False,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
         channels, side, _ = image_shape
@@ -107,12 +118,26 @@ class Discriminator(nn.Module):
             norm_first=False,
         )
         self.to_logit = nn.Linear(widths[-1] * base_side**2, 1)
+        # Projection discriminator (Miyato & Koyama 2018, https://arxiv.org/abs/1802.05637):
+        # logit(x, y) = to_logit(h) + <embed(y), sum-pooled features of x>.
+        self.num_classes = num_classes
+        self.embed = nn.Embedding(num_classes, widths[-1]) if num_classes else None
         self.spectral_norm = spectral_norm
         self.uses_batch_statistics = norm == "batch" and not spectral_norm
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.features(x).flatten(1)  # (N, C, S, S) -> (N, C_top, s, s) -> (N, C_top*s*s)
-        return self.to_logit(h).squeeze(1)  # (N, 1) -> (N,)
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        feats = self.features(x)  # (N, C, S, S) -> (N, C_top, s, s)
+        logit = self.to_logit(feats.flatten(1)).squeeze(1)  # (N, C_top*s*s) -> (N, 1) -> (N,)
+        if self.embed is None:
+            return logit
+        if labels is None:
+            raise ValueError("a projection discriminator needs labels (N,) beside the images")
+        return logit + self.projection(feats, labels)
+
+    def projection(self, feats: Tensor, labels: Tensor) -> Tensor:
+        """<embed(y), sum over pixels of the top features>, (N,): the class term of the logit."""
+        pooled = feats.sum(dim=(2, 3))  # (N, C_top, s, s) -> (N, C_top)
+        return (self.embed(labels).to(pooled.dtype) * pooled).sum(dim=1)
 
 
 NORMS = ("batch", "group", "pixel", "none")
@@ -132,8 +157,11 @@ class DCGAN(nn.Module):
         base_channels: int,
         norm: Norm = "batch",
         spectral_norm: bool = False,
+        conditional: bool = False,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
+        check_conditioning(conditional, num_classes)
         if latent_dim < 1 or base_channels < 1:
             raise ValueError(
                 f"latent_dim and base_channels must be >= 1, got {latent_dim}, {base_channels}"
@@ -144,33 +172,43 @@ class DCGAN(nn.Module):
         self.latent_dim = latent_dim
         self.base_channels = base_channels
         self.norm, self.spectral_norm = norm, bool(spectral_norm)
+        self.num_classes = int(num_classes) if conditional else 0
         self.generator = Generator(
             image_shape=self.image_shape,
             latent_dim=latent_dim,
             base_channels=base_channels,
             norm=norm,
+            num_classes=self.num_classes,
         )
         self.discriminator = Discriminator(
             image_shape=self.image_shape,
             base_channels=base_channels,
             norm=norm,
             spectral_norm=spectral_norm,
+            num_classes=self.num_classes,
         )
         self.apply(init_dcgan_weights)
+        if self.discriminator.embed is not None:  # the class term starts as small as the rest
+            nn.init.normal_(self.discriminator.embed.weight, 0.0, _INIT_STD)
         if spectral_norm:  # after the init: spectral norm reparametrises the initial weights
             for module in self.discriminator.modules():
-                if isinstance(module, (nn.Conv2d, nn.Linear)):
+                if isinstance(module, (nn.Conv2d, nn.Linear, nn.Embedding)):
                     nn.utils.parametrizations.spectral_norm(module)
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, image_shape: Sequence[int]) -> DCGAN:
-        """Build from the `model` config section and the data's (C, H, W)."""
+    def from_config(
+        cls, cfg: ModelConfig, image_shape: Sequence[int], num_classes: int | None = None
+    ) -> DCGAN:
+        """Build from the `model` config section and the data's (C, H, W); `num_classes`
+        (from the shard manifest) with model.conditional."""
         model = cls(
             image_shape=image_shape,
             latent_dim=cfg.latent_dim,
             base_channels=cfg.base_channels,
             norm=cfg.norm,
             spectral_norm=cfg.spectral_norm,
+            conditional=cfg.conditional,
+            num_classes=config_classes(cfg, num_classes),
         )
         # How it is trained, not what it is: kept out of model_spec, so the architecture's
         # spec (what checkpoints and registered versions match) does not name the loss.
@@ -190,6 +228,8 @@ class DCGAN(nn.Module):
         }
         if (self.norm, self.spectral_norm) != ("batch", False):
             spec.update(norm=self.norm, spectral_norm=self.spectral_norm)
+        if self.num_classes:  # unconditional specs stay as they were written before
+            spec.update(conditional=True, num_classes=self.num_classes)
         return spec
 
     def to_model_range(self, x01: Tensor) -> Tensor:
@@ -197,8 +237,11 @@ class DCGAN(nn.Module):
         return to_range(x01, self.input_range)
 
     @torch.no_grad()
-    def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
-        """n generated images, (n, C, H, W) in [0, 1].
+    def sample(
+        self, n: int, *, generator: torch.Generator | None = None, labels: Any = None
+    ) -> Tensor:
+        """n generated images, (n, C, H, W) in [0, 1]; a conditional model's of `labels`
+        (n,) (balanced, i mod K, when None).
 
         z is drawn on the generator's device (CPU when None) and then moved, so a CPU generator
         gives the same latents on any model device (bit-identical samples on one device type).
@@ -210,10 +253,11 @@ class DCGAN(nn.Module):
         z = draw_normal(
             (n, self.latent_dim), generator=generator, device=device, dtype=torch.float32
         )
+        y = sampling_labels(self.num_classes, n, labels, device)
         was_training = self.generator.training
         self.generator.eval()
         try:
-            images = self.generator(z)
+            images = self.generator(z) if y is None else self.generator(z, y)
         finally:
             self.generator.train(was_training)
         return (images + 1.0) / 2.0

@@ -42,38 +42,58 @@ class GanSteps:
         self.g = self.tools.wrap(self.model.generator)
         self.d = self.tools.wrap(self.model.discriminator)
 
-    def step(self, x: Tensor, noise: torch.Generator) -> dict[str, Tensor]:
+    def step(
+        self, x: Tensor, noise: torch.Generator, labels: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """n_critic discriminator updates on the n_critic real batches of x, then one
-        generator update scored on the last of them."""
+        generator update scored on the last of them. A conditional GAN takes the real rows'
+        `labels` (N,) and generates its fakes of the same classes."""
         self.model.train()
         reals = x.tensor_split(self.batches_per_step)
+        ys = self._split_labels(labels, x.shape[0])
         one_pass = self.tools.accum_steps == 1
-        for k, real in enumerate(reals):
+        for k, (real, y) in enumerate(zip(reals, ys, strict=True)):
             z = torch.randn(real.shape[0], self.model.latent_dim, generator=noise).to(x.device)
             # Without accumulation the last critic update's fakes are reused by the generator
             # update (one generator forward per step); earlier ones need no graph.
             keep = one_pass and k == len(reals) - 1
             with torch.set_grad_enabled(keep), self.tools.autocast():
-                fake = self.g(z)
-            metrics = self._update_d(real, fake.detach(), noise)
-        metrics.update(self._update_g(real, z, fake if one_pass else None))
+                fake = self._g(z, y)
+            metrics = self._update_d(real, fake.detach(), noise, y)
+        metrics.update(self._update_g(real, z, fake if one_pass else None, y))
         return metrics
 
-    def _update_d(self, real: Tensor, fake: Tensor, noise: torch.Generator) -> dict[str, Tensor]:
+    def _split_labels(self, labels: Tensor | None, rows: int) -> list:
+        conditional = getattr(self.model, "num_classes", 0) > 0
+        if conditional and (labels is None or labels.shape != (rows,)):
+            raise ValueError(f"a conditional GAN's step needs labels ({rows},) for its rows")
+        if not conditional:
+            return [None] * self.batches_per_step
+        return list(labels.tensor_split(self.batches_per_step))
+
+    def _g(self, z: Tensor, y: Tensor | None) -> Tensor:
+        return self.g(z) if y is None else self.g(z, y)
+
+    def _d(self, x: Tensor, y: Tensor | None) -> Tensor:
+        return self.d(x) if y is None else self.d(x, y)
+
+    def _update_d(
+        self, real: Tensor, fake: Tensor, noise: torch.Generator, y: Tensor | None
+    ) -> dict[str, Tensor]:
         opt = self.optimizers["discriminator"]
         opt.zero_grad(set_to_none=True)
-        chunks = self.tools.micro_batches(real, fake)
+        chunks = self.tools.micro_batches(*((real, fake) if y is None else (real, fake, y)))
         sums: dict[str, Tensor] = {}
-        for i, (r, f) in enumerate(chunks):
+        for i, (r, f, *yi) in enumerate(chunks):
             with self.tools.sync_if(self.d, i == len(chunks) - 1):
-                loss, metrics = self._d_loss(r, f, noise)
+                loss, metrics = self._d_loss(r, f, noise, yi[0] if yi else None)
                 self.tools.backward(self.tools.scaled(loss))
             sums = {k: sums.get(k, 0) + v for k, v in metrics.items()}
         self.tools.apply(opt, self.model.discriminator.parameters())
         return sums if len(chunks) == 1 else {k: v / len(chunks) for k, v in sums.items()}
 
     def _d_loss(
-        self, real: Tensor, fake: Tensor, noise: torch.Generator
+        self, real: Tensor, fake: Tensor, noise: torch.Generator, y: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """D's loss on one micro-batch, penalties included, from one forward of D."""
         n, r1 = real.shape[0], self.cfg.r1_gamma > 0
@@ -82,8 +102,9 @@ class GanSteps:
         parts = [real, fake]
         if self.kind == "wgan_gp":
             parts.append(losses.interpolates(real.detach(), fake, noise))
+        ys = None if y is None else torch.cat([y] * len(parts))  # fakes share the real labels
         with self.tools.autocast():
-            logits = self.d(torch.cat(parts)).float()  # (2n or 3n,)
+            logits = self._d(torch.cat(parts), ys).float()  # (2n or 3n,)
         loss = losses.discriminator_loss(logits[:n], logits[n : 2 * n], self.kind)
         metrics = {"train/loss_d": loss.detach()}
         if self.kind == "wgan_gp":
@@ -98,7 +119,9 @@ class GanSteps:
         metrics["train/d_fake"] = torch.sigmoid(logits[n : 2 * n].detach()).mean()
         return loss, metrics
 
-    def _update_g(self, real: Tensor, z: Tensor, fake: Tensor | None) -> dict[str, Tensor]:
+    def _update_g(
+        self, real: Tensor, z: Tensor, fake: Tensor | None, y: Tensor | None = None
+    ) -> dict[str, Tensor]:
         # The generator is scored on the same mixed real+fake batch the discriminator was
         # trained on: with BatchNorm in D, a fake-only batch is normalised by other
         # statistics, D(fake) reads as "real" there and the generator's loss (and gradient)
@@ -107,17 +130,19 @@ class GanSteps:
         # Without batch statistics D scores the batch in eval mode, so its spectral norm's
         # power iteration advances only in D's own updates.
         opt, d = self.optimizers["generator"], self.model.discriminator
-        chunks = self.tools.micro_batches(real, z)
+        chunks = self.tools.micro_batches(*((real, z) if y is None else (real, z, y)))
         total = torch.zeros((), device=real.device)
         d.requires_grad_(False)
         d.train(d.uses_batch_statistics)
         try:
             opt.zero_grad(set_to_none=True)
-            for i, (r, zi) in enumerate(chunks):
+            for i, (r, zi, *yi) in enumerate(chunks):
+                y_i = yi[0] if yi else None
                 with self.tools.sync_if(self.g, i == len(chunks) - 1):
                     with self.tools.no_sync(self.d), self.tools.autocast():
-                        f = fake if fake is not None else self.g(zi)
-                        logits_fake = self.d(torch.cat([r, f])).float()[r.shape[0] :]
+                        f = fake if fake is not None else self._g(zi, y_i)
+                        y2 = None if y_i is None else torch.cat([y_i, y_i])
+                        logits_fake = self._d(torch.cat([r, f]), y2).float()[r.shape[0] :]
                     loss_g = losses.generator_loss(logits_fake, self.kind)
                     self.tools.backward(self.tools.scaled(loss_g))
                 total = total + loss_g.detach()
@@ -128,8 +153,12 @@ class GanSteps:
         return {"train/loss_g": total if len(chunks) == 1 else total / len(chunks)}
 
     @torch.no_grad()
-    def validate(self, x: Tensor, noise: torch.Generator) -> dict[str, Tensor]:
-        """Mean discriminator score on held-out real images (high = D overfits less)."""
+    def validate(
+        self, x: Tensor, noise: torch.Generator, labels: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Mean discriminator score on held-out real images (high = D overfits less); a
+        conditional GAN's of the images with their labels."""
         self.model.eval()
-        logits = self.model.discriminator(x).float()
+        d = self.model.discriminator
+        logits = (d(x) if labels is None else d(x, labels)).float()
         return {"val/d_real": torch.sigmoid(logits).double().sum()}

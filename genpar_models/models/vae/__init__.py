@@ -25,10 +25,10 @@ if TYPE_CHECKING:  # the network and its steps (torch) are imported when first u
     from genpar_models.models.vae.steps import VaeSteps
 
 
-def _build(cfg: ModelConfig, image_shape: Sequence[int]) -> VAE:
+def _build(cfg: ModelConfig, image_shape: Sequence[int], num_classes: int | None = None) -> VAE:
     from genpar_models.models.vae.network import VAE
 
-    return VAE.from_config(cfg, image_shape)
+    return VAE.from_config(cfg, image_shape, num_classes)
 
 
 def _rebuild(spec: Mapping[str, Any]) -> VAE:
@@ -43,15 +43,18 @@ def _steps(model: nn.Module, cfg: TrainConfig, tools: StepTools) -> VaeSteps:
     return VaeSteps(model, cfg, tools)
 
 
-def _likelihood(model: nn.Module, x: Tensor, gen: torch.Generator, iw: int) -> dict[str, Tensor]:
-    out = dict(model(x, generator=gen))  # one-sample ELBO terms; draws from gen first
+def _likelihood(
+    model: nn.Module, x: Tensor, gen: torch.Generator, iw: int, labels: Tensor | None = None
+) -> dict[str, Tensor]:
+    # A CVAE's terms are of log p(x | y), given the images' labels.
+    out = dict(model(x, generator=gen, labels=labels))  # one-sample ELBO terms; draws first
     if iw > 0:
-        out["iw_bound"] = model.importance_weighted_bound(x, iw, generator=gen)
+        out["iw_bound"] = model.importance_weighted_bound(x, iw, generator=gen, labels=labels)
     return out
 
 
-def _reconstruct(model: nn.Module, x: Tensor) -> Tensor:
-    return model.reconstruct(x)  # the decoded posterior mean, no noise drawn
+def _reconstruct(model: nn.Module, x: Tensor, labels: Tensor | None = None) -> Tensor:
+    return model.reconstruct(x, labels)  # the decoded posterior mean, no noise drawn
 
 
 def _code_length(spec: Mapping[str, Any], binarize: str) -> bool:
@@ -79,7 +82,7 @@ FAMILY = register_family(
         make_steps=_steps,
         input_range=(0.0, 1.0),
         sampling_net="decoder",
-        options=("likelihood", "mixture_components"),
+        options=("likelihood", "mixture_components", "conditional"),
         likelihood=_likelihood,
         reconstruct=_reconstruct,
         half=_half,

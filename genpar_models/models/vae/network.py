@@ -5,6 +5,11 @@ decoder to a Bernoulli or discretised-Gaussian p(x|z), and the quantities traini
 evaluation need: the per-sample ELBO terms, samples, reconstructions and the importance-weighted
 bound. GroupNorm instead of BatchNorm keeps every output independent of the batch it sits in,
 so DDP shards and evaluation batch sizes do not change the numbers.
+
+A conditional VAE (CVAE, Sohn et al. 2015, `num_classes` > 0) models p(x | y): the encoder sees
+the label as one-hot channels beside the image, the decoder a label embedding beside z, and
+every quantity above takes the labels. The module is longer than 300 lines because those
+labels thread through each of them; they belong with the network they condition.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
+from genpar_models.models.conditioning import check_conditioning, config_classes, sampling_labels
 from genpar_models.models.layers import (
     check_image_shape,
     down_path,
@@ -48,19 +54,32 @@ _INIT_LOG_SCALE = math.log(0.1)
 
 
 class Encoder(nn.Module):
-    """x (N, C, S, S) -> (mu, logvar), each (N, latent_dim)."""
+    """x (N, C, S, S) -> (mu, logvar), each (N, latent_dim); a CVAE's encoder also sees the
+    label, as num_classes one-hot channels beside the image's."""
 
     def __init__(
-        self, *, image_shape: tuple[int, int, int], latent_dim: int, base_channels: int
+        self,
+        *,
+        image_shape: tuple[int, int, int],
+        latent_dim: int,
+        base_channels: int,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
         channels, side, _ = image_shape
         n_down, base_side = plan_levels(side)
         widths = level_channels(base_channels, n_down)
-        self.features = down_path(channels, widths, norm="group", activation=nn.SiLU)
+        self.num_classes = num_classes
+        self.features = down_path(channels + num_classes, widths, norm="group", activation=nn.SiLU)
         self.to_stats = nn.Linear(widths[-1] * base_side**2, 2 * latent_dim)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.num_classes:
+            if labels is None:
+                raise ValueError("a conditional encoder needs labels (N,) beside the images")
+            onehot = nn.functional.one_hot(labels, self.num_classes).to(x.dtype)  # (N, K)
+            planes = onehot[:, :, None, None].expand(-1, -1, *x.shape[2:])  # (N, K, S, S)
+            x = torch.cat([x, planes], dim=1)  # (N, C + K, S, S)
         h = self.features(x)  # (N, C, S, S) -> (N, C_top, s, s)
         h = h.flatten(1)  # (N, C_top, s, s) -> (N, C_top*s*s)
         mu, logvar = self.to_stats(h).chunk(2, dim=1)  # (N, 2*D) -> 2 x (N, D)
@@ -78,17 +97,26 @@ class Decoder(nn.Module):
         latent_dim: int,
         base_channels: int,
         outputs_per_channel: int = 1,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
         channels, side, _ = image_shape
         n_down, base_side = plan_levels(side)
         widths = level_channels(base_channels, n_down)
         self.base_shape = (widths[-1], base_side, base_side)
-        self.project = nn.Sequential(nn.Linear(latent_dim, widths[-1] * base_side**2), nn.SiLU())
+        # A CVAE's decoder: a label embedding of z's size concatenated with z.
+        self.num_classes = num_classes
+        self.embed = nn.Embedding(num_classes, latent_dim) if num_classes else None
+        width_in = 2 * latent_dim if num_classes else latent_dim
+        self.project = nn.Sequential(nn.Linear(width_in, widths[-1] * base_side**2), nn.SiLU())
         self.upsample = up_path(widths, norm="group", activation=nn.SiLU)
         self.to_image = nn.Conv2d(widths[0], channels * outputs_per_channel, 3, padding=1)
 
-    def forward(self, z: Tensor) -> Tensor:
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        if self.embed is not None:
+            if labels is None:
+                raise ValueError("a conditional decoder needs labels (N,) beside z")
+            z = torch.cat([z, self.embed(labels).to(z.dtype)], dim=1)  # (N, D) -> (N, 2D)
         h = self.project(z).view(-1, *self.base_shape)  # (N, D) -> (N, C_top, s, s)
         h = self.upsample(h)  # (N, C_top, s, s) -> (N, base, S, S)
         # The last conv runs in float32 even under bf16 autocast: bf16 keeps ~3 significant
@@ -120,8 +148,11 @@ class VAE(nn.Module):
         base_channels: int,
         likelihood: Likelihood = "bernoulli",
         mixture_components: int = 5,
+        conditional: bool = False,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
+        check_conditioning(conditional, num_classes)
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
         if latent_dim < 1 or base_channels < 1:
@@ -135,7 +166,12 @@ class VAE(nn.Module):
             raise ValueError(f"mixture_components must be >= 1, got {mixture_components}")
         self.likelihood = likelihood
         self.mixture_components = mixture_components
-        sizes = {"image_shape": self.image_shape, "latent_dim": latent_dim}
+        self.num_classes = int(num_classes) if conditional else 0
+        sizes = {
+            "image_shape": self.image_shape,
+            "latent_dim": latent_dim,
+            "num_classes": self.num_classes,
+        }
         self.encoder = Encoder(**sizes, base_channels=base_channels)
         per_channel = 3 * mixture_components if likelihood == "logistic_mixture" else 1
         self.decoder = Decoder(
@@ -152,14 +188,19 @@ class VAE(nn.Module):
             self.register_parameter("log_scale", None)
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, image_shape: Sequence[int]) -> VAE:
-        """Build from the `model` config section and the data's (C, H, W)."""
+    def from_config(
+        cls, cfg: ModelConfig, image_shape: Sequence[int], num_classes: int | None = None
+    ) -> VAE:
+        """Build from the `model` config section and the data's (C, H, W); `num_classes`
+        (from the shard manifest) with model.conditional."""
         return cls(
             image_shape=image_shape,
             latent_dim=cfg.latent_dim,
             base_channels=cfg.base_channels,
             likelihood=cfg.likelihood,
             mixture_components=cfg.mixture_components,
+            conditional=cfg.conditional,
+            num_classes=config_classes(cfg, num_classes),
         )
 
     def model_spec(self) -> dict[str, Any]:
@@ -173,22 +214,26 @@ class VAE(nn.Module):
         }
         if self.likelihood == "logistic_mixture":  # other specs stay as genpar 0.1 wrote them
             spec["mixture_components"] = self.mixture_components
+        if self.num_classes:  # unconditional specs stay as they were written before
+            spec.update(conditional=True, num_classes=self.num_classes)
         return spec
 
     def to_model_range(self, x01: Tensor) -> Tensor:
         """Images in [0, 1] as the model takes them (the VAE works in [0, 1] itself)."""
         return to_range(x01, self.input_range)
 
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Posterior parameters (mu, logvar), each (N, latent_dim) in float32, of x in [0, 1]."""
+    def encode(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Posterior parameters (mu, logvar), each (N, latent_dim) in float32, of x in [0, 1]
+        (and, for a CVAE, its labels: q(z | x, y))."""
         # Centre the input: zero-mean inputs condition the first conv better than [0, 1].
-        mu, logvar = self.encoder(2.0 * x - 1.0)
+        x = 2.0 * x - 1.0
+        mu, logvar = self.encoder(x) if labels is None else self.encoder(x, labels)
         return mu.float(), logvar.float()
 
-    def decode(self, z: Tensor) -> Tensor:
-        """For z (N, latent_dim): (N, C, H, W) logits (bernoulli) or means in [0, 1]
-        (gaussian), or (N, 3*K*C, H, W) mixture parameters (logistic_mixture)."""
-        out = self.decoder(z)
+    def decode(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """For z (N, latent_dim) (and a CVAE's labels): (N, C, H, W) logits (bernoulli) or
+        means in [0, 1] (gaussian), or (N, 3*K*C, H, W) mixture parameters (logistic_mixture)."""
+        out = self.decoder(z) if labels is None else self.decoder(z, labels)
         return torch.sigmoid(out) if self.likelihood == "gaussian" else out
 
     def nll(self, x: Tensor, decoded: Tensor) -> Tensor:
@@ -199,13 +244,20 @@ class VAE(nn.Module):
             return discretized_logistic_mixture_nll(x, decoded, self.mixture_components)
         return bernoulli_nll(x, decoded)
 
-    def forward(self, x: Tensor, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """One-sample ELBO terms of x (N, C, H, W) in [0, 1].
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        labels: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """One-sample ELBO terms of x (N, C, H, W) in [0, 1] (a CVAE's: of log p(x | y), with
+        the labels (N,)).
 
         Returns:
             {"recon", "kl", "elbo"}: (N,) tensors in nats, elbo = -(recon + kl).
         """
-        mu, logvar = self.encode(x)
+        mu, logvar = self.encode(x, labels)
         eps = draw_normal(
             mu.shape,
             generator=generator,
@@ -215,7 +267,7 @@ class VAE(nn.Module):
         )
         # Reparameterisation trick (Kingma & Welling 2014, section 2.4): z stays differentiable.
         z = mu + torch.exp(0.5 * logvar) * eps
-        recon = self.nll(x, self.decode(z))
+        recon = self.nll(x, self.decode(z, labels))
         kl = gaussian_kl(mu, logvar)
         return {"recon": recon, "kl": kl, "elbo": -(recon + kl)}
 
@@ -232,8 +284,11 @@ class VAE(nn.Module):
         return decoded.clamp(0.0, 1.0)
 
     @torch.no_grad()
-    def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
-        """n decoded prior samples, (n, C, H, W) in [0, 1].
+    def sample(
+        self, n: int, *, generator: torch.Generator | None = None, labels: Any = None
+    ) -> Tensor:
+        """n decoded prior samples, (n, C, H, W) in [0, 1]; a CVAE's of `labels` (n,)
+        (balanced, i mod K, when None).
 
         z is drawn on the generator's device (CPU when None) and then moved, so a CPU generator
         gives the same latents on any model device (the samples then differ only by that
@@ -243,17 +298,24 @@ class VAE(nn.Module):
         z = draw_normal(
             (n, self.latent_dim), generator=generator, device=device, dtype=torch.float32
         )
-        return self._to_image(self.decode(z))
+        y = sampling_labels(self.num_classes, n, labels, device)
+        return self._to_image(self.decode(z, y))
 
     @torch.no_grad()
-    def reconstruct(self, x: Tensor) -> Tensor:
-        """Decoded posterior means of x, (N, C, H, W) in [0, 1]."""
-        mu, _ = self.encode(x)
-        return self._to_image(self.decode(mu))
+    def reconstruct(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Decoded posterior means of x, (N, C, H, W) in [0, 1] (a CVAE's: given labels)."""
+        mu, _ = self.encode(x, labels)
+        return self._to_image(self.decode(mu, labels))
 
     @torch.no_grad()
     def importance_weighted_bound(
-        self, x: Tensor, k: int, *, generator: torch.Generator | None = None, chunk: int = 16
+        self,
+        x: Tensor,
+        k: int,
+        *,
+        generator: torch.Generator | None = None,
+        chunk: int = 16,
+        labels: Tensor | None = None,
     ) -> Tensor:
         """The k-sample IWAE bound on log p(x) (Burda et al. 2016, https://arxiv.org/abs/1509.00519).
 
@@ -267,7 +329,7 @@ class VAE(nn.Module):
         if k < 1 or chunk < 1:
             raise ValueError(f"k and chunk must be >= 1, got k={k}, chunk={chunk}")
         n = x.shape[0]
-        mu, logvar = self.encode(x)  # (N, D) each
+        mu, logvar = self.encode(x, labels)  # (N, D) each
         # All k*N*D draws up front (small next to the decoder's activations), so the bound does
         # not depend on the chunk size.
         eps = draw_normal(
@@ -284,7 +346,8 @@ class VAE(nn.Module):
             z = mu + torch.exp(0.5 * logvar) * eps_chunk  # (c, N, D)
             # (N, C, H, W) -> (c, N, C, H, W) -> (c*N, C, H, W), matching z's row order
             x_rep = x.expand(c, *x.shape).reshape(c * n, *x.shape[1:])
-            decoded = self.decode(z.reshape(c * n, self.latent_dim))  # (c, N, D) -> (c*N, D)
+            y_rep = None if labels is None else labels.repeat(c)  # z's row order
+            decoded = self.decode(z.reshape(c * n, self.latent_dim), y_rep)  # -> (c*N, D)
             log_px = -self.nll(x_rep, decoded).view(c, n)  # (c*N,) -> (c, N)
             log_pz = normal_log_prob(z, zero, zero)  # (c, N)
             log_qz = normal_log_prob(z, mu, logvar)  # (c, N)

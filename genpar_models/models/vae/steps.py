@@ -29,17 +29,23 @@ class VaeSteps:
     def wrap(self) -> None:
         self.ddp = self.tools.wrap(self.model)
 
-    def step(self, x: torch.Tensor, noise: torch.Generator) -> dict[str, torch.Tensor]:
-        """One optimizer step on x, accumulated over tools.accum_steps micro-batches."""
+    def step(
+        self, x: torch.Tensor, noise: torch.Generator, labels: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """One optimizer step on x (a CVAE's: with its labels), accumulated over
+        tools.accum_steps micro-batches."""
         opt = self.optimizers["vae"]
         self.model.train()
         opt.zero_grad(set_to_none=True)
-        chunks = self.tools.micro_batches(x)
+        if getattr(self.model, "num_classes", 0) and labels is None:
+            raise ValueError("a conditional VAE's step needs the rows' labels")
+        chunks = self.tools.micro_batches(*((x,) if labels is None else (x, labels)))
         sums: dict[str, torch.Tensor] = {}
-        for i, (xi,) in enumerate(chunks):
+        for i, (xi, *yi) in enumerate(chunks):
+            kw = {"labels": yi[0]} if yi else {}
             with self.tools.sync_if(self.ddp, i == len(chunks) - 1):
                 with self.tools.autocast():
-                    out = self.ddp(xi, generator=noise)
+                    out = self.ddp(xi, generator=noise, **kw)
                 loss = self.model.loss(out, self.cfg.kl_weight)
                 self.tools.backward(self.tools.scaled(loss))
             metrics = {
@@ -52,10 +58,12 @@ class VaeSteps:
         return sums if len(chunks) == 1 else {k: v / len(chunks) for k, v in sums.items()}
 
     @torch.no_grad()
-    def validate(self, x: torch.Tensor, noise: torch.Generator) -> dict[str, torch.Tensor]:
+    def validate(
+        self, x: torch.Tensor, noise: torch.Generator, labels: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Per-batch sums (the trainer all-reduces and divides by the count)."""
         self.model.eval()
-        out = self.model(x, generator=noise)
+        out = self.model(x, generator=noise, **({"labels": labels} if labels is not None else {}))
         dims = x[0].numel()
         nats = -out["elbo"].double()
         return {
