@@ -206,6 +206,31 @@ def test_a_resharded_resume_is_recorded_on_the_run(runs: Runs) -> None:
     assert tags["genpar.resharded_from"] == "2 ranks" and tags["genpar.world_size"] == "1"
 
 
+def test_a_2_rank_checkpoint_reshards_onto_3_ranks(runs: Runs) -> None:
+    """The other direction: 2 ranks' shards loaded 3 ways. Three ranks exceed this machine's 2
+    cores, which genpar's launcher refuses for speed; correctness does not care, so the test
+    launches torchrun with the 3-rank plan itself."""
+    from tasks.launcher import Plan, launch_training
+
+    cfg = _cfg("fsdp", "train.allow_reshard=true", "train.max_steps=25")
+    cfg = cfg.model_copy(update={"compute": cfg.compute.model_copy(update={"cpu_procs": 3})})
+    spec = runs.spec("reshard3", cfg)
+    _copy_until(runs.fsdp, Path(spec.run_dir), 20)
+    launch_training(
+        spec, Plan(3, "cpu", 1), log_dir=Path(spec.run_dir) / "torchrun", on_line=lambda _: None
+    )
+    result = json.loads(spec.result_path.read_text())
+    assert result["resumed_from_step"] == 20 and result["resharded_from"] == 2
+    assert result["step"] == 25
+    tags = runs.client.get_run(spec.tracking.run_id).data.tags
+    assert tags["genpar.resharded_from"] == "2 ranks" and tags["genpar.world_size"] == "3"
+    losses = runs.losses(spec)
+    assert 25 in losses and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    # the exported model is one whole file again, loadable in one process
+    model, meta = load_model(spec.model_dir)
+    assert meta["model_spec"] == load_model(runs.fsdp.model_dir)[1]["model_spec"]
+
+
 def test_a_corrupt_shard_is_skipped_for_the_previous_checkpoint(runs: Runs, tmp_path: Path) -> None:
     _copy_until(runs.fsdp, tmp_path, STEPS)
     shard = sharded.sharded_path(tmp_path / "checkpoints", 30) / "__1_0.distcp"
