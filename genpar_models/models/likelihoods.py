@@ -10,10 +10,13 @@ D = C*H*W.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from genpar_models.models.layers import draw_normal
 
 LEVELS = 256
 # Pixel levels k/255 sit 1/255 apart, so each owns the bin of half-width 1/510 around it.
@@ -174,3 +177,52 @@ def logistic_mixture_mean(params: Tensor, components: int, channels: int) -> Ten
     p = params.float().view(n, 3, components, channels, h, w)
     weights = torch.softmax(p[:, 0], dim=1)  # (N, K, C, H, W)
     return (weights * p[:, 1]).sum(1).clamp(0.0, 1.0)
+
+
+@torch.no_grad()
+def importance_weighted_bound(
+    x: Tensor,
+    k: int,
+    *,
+    encode: Callable[[Tensor], tuple[Tensor, Tensor]],
+    log_likelihood: Callable[[Tensor, Tensor, int], Tensor],
+    latent_dim: int,
+    generator: torch.Generator | None,
+    chunk: int,
+) -> Tensor:
+    """The k-sample IWAE bound on log p(x) (Burda et al. 2016, https://arxiv.org/abs/1509.00519).
+
+    log p(x) >= logmeanexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)]; tightens as k grows,
+    and its expectation at k=1 is the ELBO. For evaluation: runs without autograd, decoding
+    `chunk` posterior draws per pass so memory stays bounded for large k. `encode(x)` gives the
+    posterior's (mu, logvar), (N, D) each; `log_likelihood(x_rep, z, c)` gives log p(x|z) per
+    row, (c*N,), of the c draws of z (c*N, D) in the rows' order of x_rep (x repeated c times).
+
+    Returns:
+        (N,) bound in nats.
+    """
+    if k < 1 or chunk < 1:
+        raise ValueError(f"k and chunk must be >= 1, got k={k}, chunk={chunk}")
+    n = x.shape[0]
+    mu, logvar = encode(x)  # (N, D) each
+    # All k*N*D draws up front (small next to the decoder's activations), so the bound does
+    # not depend on the chunk size.
+    eps = draw_normal(
+        (k, n, latent_dim),
+        generator=generator,
+        device=mu.device,
+        dtype=mu.dtype,
+        default_device=mu.device,
+    )
+    zero = mu.new_zeros(())
+    log_weights = []
+    for eps_chunk in eps.split(chunk):  # (c, N, D)
+        c = eps_chunk.shape[0]
+        z = mu + torch.exp(0.5 * logvar) * eps_chunk  # (c, N, D)
+        # (N, C, H, W) -> (c, N, C, H, W) -> (c*N, C, H, W), matching z's row order
+        x_rep = x.expand(c, *x.shape).reshape(c * n, *x.shape[1:])
+        log_px = log_likelihood(x_rep, z.reshape(c * n, latent_dim), c).view(c, n)
+        log_pz = normal_log_prob(z, zero, zero)  # (c, N)
+        log_qz = normal_log_prob(z, mu, logvar)  # (c, N)
+        log_weights.append(log_px + log_pz - log_qz)
+    return torch.logsumexp(torch.cat(log_weights), dim=0) - math.log(k)  # (k, N) -> (N,)

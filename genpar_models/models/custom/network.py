@@ -3,7 +3,6 @@ VAE-like class, `CustomGAN` holding a GAN-like class's generator and discriminat
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,7 +12,7 @@ from torch import Tensor, nn
 from genpar_models.errors import ConfigError
 from genpar_models.models.custom.loader import GAN_MODULES, VAE_METHODS, construct
 from genpar_models.models.layers import draw_normal, to_range
-from genpar_models.models.likelihoods import gaussian_kl, normal_log_prob
+from genpar_models.models.likelihoods import gaussian_kl, importance_weighted_bound
 
 
 class CustomVAE(nn.Module):
@@ -103,31 +102,18 @@ class CustomVAE(nn.Module):
         chunk: int = 16,
         labels: Tensor | None = None,
     ) -> Tensor:
-        """The k-sample IWAE bound on log p(x) (Burda et al. 2016), (N,) nats; as the vae
-        family computes it (genpar_models/models/vae/network.py)."""
+        """The k-sample IWAE bound on log p(x), (N,) nats, as the vae family computes it
+        (likelihoods.importance_weighted_bound)."""
         _unconditional(labels)
-        if k < 1 or chunk < 1:
-            raise ValueError(f"k and chunk must be >= 1, got k={k}, chunk={chunk}")
-        n = x.shape[0]
-        mu, logvar = self.encode(x)
-        eps = draw_normal(
-            (k, n, self.latent_dim),
+        return importance_weighted_bound(
+            x,
+            k,
+            encode=self.encode,
+            log_likelihood=lambda x_rep, z, c: -self._nll(x_rep, self._decode(z)),
+            latent_dim=self.latent_dim,
             generator=generator,
-            device=mu.device,
-            dtype=mu.dtype,
-            default_device=mu.device,
+            chunk=chunk,
         )
-        zero = mu.new_zeros(())
-        log_weights = []
-        for eps_chunk in eps.split(chunk):  # (c, N, D)
-            c = eps_chunk.shape[0]
-            z = mu + torch.exp(0.5 * logvar) * eps_chunk
-            x_rep = x.expand(c, *x.shape).reshape(c * n, *x.shape[1:])
-            log_px = -self._nll(x_rep, self._decode(z.reshape(c * n, self.latent_dim))).view(c, n)
-            log_weights.append(
-                log_px + normal_log_prob(z, zero, zero) - normal_log_prob(z, mu, logvar)
-            )
-        return torch.logsumexp(torch.cat(log_weights), dim=0) - math.log(k)
 
 
 class CustomGAN(nn.Module):

@@ -36,8 +36,8 @@ from genpar_models.models.likelihoods import (
     discretized_gaussian_nll,
     discretized_logistic_mixture_nll,
     gaussian_kl,
+    importance_weighted_bound,
     logistic_mixture_mean,
-    normal_log_prob,
 )
 
 if TYPE_CHECKING:
@@ -317,40 +317,19 @@ class VAE(nn.Module):
         chunk: int = 16,
         labels: Tensor | None = None,
     ) -> Tensor:
-        """The k-sample IWAE bound on log p(x) (Burda et al. 2016, https://arxiv.org/abs/1509.00519).
+        """The k-sample IWAE bound on log p(x), (N,) nats (likelihoods.importance_weighted_bound);
+        a conditional model's given the labels, log p(x | y)."""
 
-        log p(x) >= logmeanexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)]; tightens as k grows,
-        and its expectation at k=1 is the ELBO. For evaluation: runs without autograd, decoding
-        `chunk` posterior draws per pass so memory stays bounded for large k.
-
-        Returns:
-            (N,) bound in nats.
-        """
-        if k < 1 or chunk < 1:
-            raise ValueError(f"k and chunk must be >= 1, got k={k}, chunk={chunk}")
-        n = x.shape[0]
-        mu, logvar = self.encode(x, labels)  # (N, D) each
-        # All k*N*D draws up front (small next to the decoder's activations), so the bound does
-        # not depend on the chunk size.
-        eps = draw_normal(
-            (k, n, self.latent_dim),
-            generator=generator,
-            device=mu.device,
-            dtype=mu.dtype,
-            default_device=mu.device,
-        )
-        zero = mu.new_zeros(())
-        log_weights = []
-        for eps_chunk in eps.split(chunk):  # (c, N, D)
-            c = eps_chunk.shape[0]
-            z = mu + torch.exp(0.5 * logvar) * eps_chunk  # (c, N, D)
-            # (N, C, H, W) -> (c, N, C, H, W) -> (c*N, C, H, W), matching z's row order
-            x_rep = x.expand(c, *x.shape).reshape(c * n, *x.shape[1:])
+        def log_likelihood(x_rep: Tensor, z: Tensor, c: int) -> Tensor:
             y_rep = None if labels is None else labels.repeat(c)  # z's row order
-            decoded = self.decode(z.reshape(c * n, self.latent_dim), y_rep)  # -> (c*N, D)
-            log_px = -self.nll(x_rep, decoded).view(c, n)  # (c*N,) -> (c, N)
-            log_pz = normal_log_prob(z, zero, zero)  # (c, N)
-            log_qz = normal_log_prob(z, mu, logvar)  # (c, N)
-            log_weights.append(log_px + log_pz - log_qz)
-        log_w = torch.cat(log_weights)  # (k, N)
-        return torch.logsumexp(log_w, dim=0) - math.log(k)
+            return -self.nll(x_rep, self.decode(z, y_rep))
+
+        return importance_weighted_bound(
+            x,
+            k,
+            encode=lambda v: self.encode(v, labels),
+            log_likelihood=log_likelihood,
+            latent_dim=self.latent_dim,
+            generator=generator,
+            chunk=chunk,
+        )
