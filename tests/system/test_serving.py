@@ -101,3 +101,82 @@ def test_good_requests_sample_reconstruct_and_score(served: str) -> None:
     scored = _post(served, {"inputs": [{**rows[0], "seed": 1}], "params": {"task": "elbo"}})
     (elbo,) = scored.json()["predictions"]
     assert elbo["unit"] == "nats" and elbo["elbo"] == pytest.approx(-(elbo["recon"] + elbo["kl"]))
+
+
+@pytest.fixture(scope="module")
+def served_series(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A recurrent VAE (2 channels, lengths 3-7, source units around 50 and -2) registered
+    through the pipeline's code and served by `mlflow models serve`; (server URL, store URI)."""
+    import torch
+
+    from genpar_models.config import ModelConfig
+    from genpar_models.models.export import export_model
+    from genpar_models.models.registry import get_family
+    from tasks import registry, served_model
+
+    root = tmp_path_factory.mktemp("served-series")
+    torch.manual_seed(0)
+    net = get_family("rvae").build(ModelConfig(name="rvae", latent_dim=3, hidden_dim=8), (7, 2))
+    net.fit_lengths(torch.tensor([3, 5, 7, 7]))
+    net.fit_normalisation([50.0, -2.0], [10.0, 0.5])
+    model_dir = root / "model"
+    export_model(model_dir, module=net.eval(), spec=net.model_spec(), meta={"step": 0})
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("series")).info.run_id
+    client.log_artifacts(run_id, str(model_dir), registry.MODEL_ARTIFACT)
+    version = registry.register_once(
+        client, run_id, name="sines", tags={},
+        log_model=lambda: served_model.log_served_model(
+            client, run_id, model_dir, binarize="none", max_samples=64
+        ),
+    )  # fmt: skip
+    client.set_registered_model_alias("sines", registry.ALIAS, version)
+    port = free_port()
+    log = ARTIFACTS / "mlflow-models-serve-series.log"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    proc = model_server.start("models:/sines@champion", uri, port, log)
+    try:
+        model_server.wait_serving(proc, f"http://127.0.0.1:{port}", log, timeout_s=120)
+        yield f"http://127.0.0.1:{port}", uri
+    finally:
+        model_server.stop(proc)
+
+
+def test_a_served_sequence_model_answers_series_over_http(served_series: tuple[str, str]) -> None:
+    """Over HTTP as in process: the same series (cut at their lengths, in the source's units),
+    reconstructions and ELBO terms; bad series get a 400 naming the row and the field."""
+    import mlflow
+    import pandas as pd
+
+    from tasks.served_model import global_tracking_uri
+
+    url, uri = served_series
+    answer = _post(url, {"dataframe_records": [{"n": 20, "seed": 7}]})
+    assert answer.status_code == 200, answer.text
+    (sampled,) = answer.json()["predictions"]
+    with global_tracking_uri(uri):
+        local = mlflow.pyfunc.load_model("models:/sines@champion")
+        (expected,) = local.predict(pd.DataFrame([{"n": 20, "seed": 7}]))
+    assert sampled["shape"] == [20, 7, 2] and sampled["lengths"] == expected["lengths"]
+    assert set(sampled["lengths"]) <= {3, 5, 7}
+    for got, want in zip(sampled["series"], expected["series"], strict=True):
+        assert np.array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+    assert 30 < float(np.mean(np.concatenate(sampled["series"])[:, 0])) < 70  # source units
+
+    short = [[52.0, -2.5], [48.0, -1.0], [55.0, -2.0]]
+    recon = _post(url, {"inputs": [{"series": short}], "params": {"task": "reconstruct"}})
+    assert recon.status_code == 200, recon.text
+    assert recon.json()["predictions"][0]["lengths"] == [3]
+    scored = _post(url, {"inputs": [{"series": short, "seed": 3}], "params": {"task": "elbo"}})
+    (elbo,) = scored.json()["predictions"]
+    assert elbo["steps"] == 3 and elbo["elbo"] == pytest.approx(-(elbo["recon"] + elbo["kl"]))
+    for row, field in (
+        ({"series": [[1.0, 2.0, 3.0]]}, "channel"),
+        ({"series": [[float(i), 0.0] for i in range(8)]}, "step"),
+    ):
+        bad = _post(url, {"inputs": [row], "params": {"task": "reconstruct"}})
+        assert bad.status_code == 400 and "row 0" in bad.json()["message"], bad.text
+        assert field in bad.json()["message"], bad.text
+    png = _post(url, {"inputs": [{"n": 1}], "params": {"format": "png"}})
+    assert png.status_code == 400 and "png" in png.json()["message"]
