@@ -53,7 +53,7 @@ class DataConfig(Section):
         None, description="File or folder for the folder/array/table sources; unused for built-ins."
     )
     image_size: int = Field(
-        8, description="Side of the square images the model sees, in pixels (even, 8 to 64)."
+        8, description="Side of the square images the model sees, in pixels (even, 8 to 128; sizes that are not powers of two, such as 28 or 48, keep a top level of 7 or 6 pixels)."
     )
     channels: Literal[1, 3] = Field(1, description="1 = grayscale, 3 = RGB.")
     resize: Literal["center_crop", "pad", "stretch"] = Field(
@@ -162,8 +162,8 @@ class DataConfig(Section):
     @field_validator("image_size")
     @classmethod
     def _check_size(cls, v: int) -> int:
-        if not 8 <= v <= 64 or v % 2:
-            raise ValueError(f"must be an even number from 8 to 64, got {v}")
+        if not 8 <= v <= 128 or v % 2:
+            raise ValueError(f"must be an even number from 8 to 128, got {v}")
         return v
 
     @model_validator(mode="after")

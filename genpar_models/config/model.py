@@ -37,6 +37,17 @@ class ModelConfig(Section):
     base_channels: int = Field(
         32, ge=4, le=512, description="Channels of the first conv layer; doubled per level."
     )
+    arch: Literal["dcgan", "resnet"] = Field(
+        "dcgan",
+        description="vae and dcgan: the network inside the family. dcgan: a stride-2 4x4 "
+        "conv per level (transposed in the decoder/generator), as genpar always built; "
+        "resnet: a pre-activation residual block per level (two 3x3 convs, a 1x1 skip where "
+        "the channels change; nearest up-sampling in the decoder/generator, average-pool "
+        "down-sampling in the encoder/discriminator, which sum-pools into its logit), with "
+        "model.norm in the generator and model.spectral_norm on the discriminator. Both take "
+        "their depth from data.image_size (one level per halving, at most 5) and their width "
+        "from model.base_channels; resnet costs about twice the compute per level.",
+    )
     likelihood: Literal["bernoulli", "gaussian", "logistic_mixture"] = Field(
         "logistic_mixture",
         description="vae: the decoder's likelihood. gaussian: discretised over the 256 pixel "

@@ -4,6 +4,12 @@ Both the VAE and the DCGAN halve the image side once per "level" with a stride-2
 it with a stride-2 transposed conv. `plan_levels` decides how many levels an image size allows,
 `level_channels` how wide each level is, and `down_block` / `up_block` build one level with the
 normalisation each model wants (GroupNorm for the VAE, BatchNorm for the DCGAN).
+
+`model.arch: resnet` replaces each level's conv by a pre-activation residual block
+(`ResDown` / `ResUp`: norm, activation, 3x3 conv, twice, with a 1x1 skip where the channels
+change, He et al. 2016, https://arxiv.org/abs/1603.05027; the GAN layout of SN-GAN, Miyato et
+al. 2018, and Gulrajani et al. 2017): the same levels and widths, so both archs handle the same
+image sizes.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ import torch
 from torch import Tensor, nn
 
 Norm = Literal["group", "batch", "pixel", "none"]
+Arch = Literal["dcgan", "resnet"]
+ARCHS = ("dcgan", "resnet")
 
-MAX_LEVELS = 4
+MAX_LEVELS = 5  # 128 px -> 4 px at the top; sides up to 64 never reach a fifth level
 MIN_BASE_SIDE = 4
 # Channels double per level, capped at this multiple of base_channels.
 MAX_CHANNEL_MULT = 8
@@ -30,7 +38,7 @@ def plan_levels(image_size: int) -> tuple[int, int]:
         image_size: side of the square image in pixels; even and at least 8.
 
     Returns:
-        (n_down, base_side): n_down is the largest k in 1..4 with image_size divisible by 2**k
+        (n_down, base_side): n_down is the largest k in 1..5 with image_size divisible by 2**k
         and image_size // 2**k >= 4 (1 when none qualifies); base_side = image_size // 2**n_down.
 
     Raises:
@@ -138,6 +146,105 @@ def up_path(
     return nn.Sequential(
         *(up_block(i, o, norm=norm, activation=activation) for i, o in zip(ins, outs, strict=True))
     )
+
+
+def check_arch(arch: str) -> str:
+    """`arch` if it is a known architecture.
+
+    Raises:
+        ValueError: naming the known ones otherwise.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    return arch
+
+
+class ResDown(nn.Module):
+    """Pre-activation residual block that halves the side: x + f(x) with
+    f = [norm, act, conv3x3, norm, act, conv3x3, avg-pool 2], the skip a 1x1 conv (where the
+    channels change) and the same pool. preactivate=False starts f at its first conv (the
+    block that sees the raw image: an activation of pixels would throw half of them away)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        norm: Norm,
+        activation: Callable[[], nn.Module],
+        preactivate: bool = True,
+    ) -> None:
+        super().__init__()
+        pre = [make_norm(norm, in_channels), activation()] if preactivate else []
+        self.residual = nn.Sequential(
+            *pre,
+            nn.Conv2d(in_channels, out_channels, 3, padding=1),
+            make_norm(norm, out_channels),
+            activation(),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            nn.AvgPool2d(2),
+        )
+        skip = [nn.Conv2d(in_channels, out_channels, 1)] if in_channels != out_channels else []
+        self.skip = nn.Sequential(*skip, nn.AvgPool2d(2))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.skip(x) + self.residual(x)  # (N, C_in, S, S) -> (N, C_out, S/2, S/2)
+
+
+class ResUp(nn.Module):
+    """Pre-activation residual block that doubles the side: x + f(x) with
+    f = [norm, act, nearest up-sampling x2, conv3x3, norm, act, conv3x3], the skip the same
+    up-sampling then a 1x1 conv where the channels change."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        norm: Norm,
+        activation: Callable[[], nn.Module],
+    ) -> None:
+        super().__init__()
+        self.residual = nn.Sequential(
+            make_norm(norm, in_channels),
+            activation(),
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(in_channels, out_channels, 3, padding=1),
+            make_norm(norm, out_channels),
+            activation(),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        )
+        skip = [nn.Conv2d(in_channels, out_channels, 1)] if in_channels != out_channels else []
+        self.skip = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), *skip)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.skip(x) + self.residual(x)  # (N, C_in, s, s) -> (N, C_out, 2s, 2s)
+
+
+def res_down_path(
+    in_channels: int, widths: Sequence[int], *, norm: Norm, activation: Callable[[], nn.Module]
+) -> nn.Sequential:
+    """`down_path` of residual blocks: one `ResDown` per level, from `in_channels` (the first
+    block without pre-activation) through `widths`, then norm + activation (the last block's
+    sum is not activated yet)."""
+    blocks: list[nn.Module] = []
+    for level, width in enumerate(widths):
+        blocks.append(
+            ResDown(in_channels, width, norm=norm, activation=activation, preactivate=level > 0)
+        )
+        in_channels = width
+    return nn.Sequential(*blocks, make_norm(norm, in_channels), activation())
+
+
+def res_up_path(
+    widths: Sequence[int], *, norm: Norm, activation: Callable[[], nn.Module]
+) -> nn.Sequential:
+    """`up_path` of residual blocks (widths[-1] -> ... -> widths[0] -> widths[0]), then norm +
+    activation, ready for the output conv."""
+    ins = list(widths)[::-1]
+    outs = list(widths)[:-1][::-1] + [widths[0]]
+    blocks = [ResUp(i, o, norm=norm, activation=activation) for i, o in zip(ins, outs, strict=True)]
+    return nn.Sequential(*blocks, make_norm(norm, widths[0]), activation())
 
 
 def draw_normal(

@@ -35,7 +35,10 @@ SIZES = [8, 10, 16, 28, 32, 64]
 CHANNELS = [1, 3]
 TINY = {"latent_dim": 4, "base_channels": 4}
 LEVELS = torch.arange(256, dtype=torch.float64) / 255
-PLAN = {8: (1, 4), 10: (1, 5), 12: (1, 6), 24: (2, 6), 28: (2, 7), 32: (3, 4), 64: (4, 4)}
+PLAN = {
+    8: (1, 4), 10: (1, 5), 12: (1, 6), 24: (2, 6), 28: (2, 7), 32: (3, 4), 48: (3, 6),
+    64: (4, 4), 96: (4, 6), 128: (5, 4),
+}  # fmt: skip
 
 
 def make_vae(size: int = 8, channels: int = 1, likelihood: str = "bernoulli", seed: int = 0) -> VAE:
@@ -63,9 +66,9 @@ def test_plan_levels_table(size: int, expected: tuple[int, int]) -> None:
 
 
 def test_plan_levels_every_supported_size() -> None:
-    for size in range(8, 65, 2):
+    for size in range(8, 129, 2):
         n_down, side = plan_levels(size)
-        assert 1 <= n_down <= 4 and side * 2**n_down == size
+        assert 1 <= n_down <= 5 and side * 2**n_down == size
 
 
 @pytest.mark.parametrize("size", [7, 6, 9])

@@ -52,6 +52,6 @@ FAMILY = register_family(
         make_steps=_steps,
         input_range=(-1.0, 1.0),
         sampling_net="generator",
-        options=("norm", "spectral_norm", "gan_loss", "ema_decay", "conditional"),
+        options=("arch", "norm", "spectral_norm", "gan_loss", "ema_decay", "conditional"),
     )
 )

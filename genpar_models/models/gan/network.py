@@ -24,13 +24,17 @@ from torch import Tensor, nn
 
 from genpar_models.models.conditioning import check_conditioning, config_classes, sampling_labels
 from genpar_models.models.layers import (
+    Arch,
     Norm,
+    check_arch,
     check_image_shape,
     down_path,
     draw_normal,
     level_channels,
     make_norm,
     plan_levels,
+    res_down_path,
+    res_up_path,
     to_range,
     up_path,
 )
@@ -65,6 +69,7 @@ class Generator(nn.Module):
         base_channels: int,
         norm: Norm = "batch",
         num_classes: int = 0,
+        arch: Arch = "dcgan",
     ) -> None:
         super().__init__()
         channels, side, _ = image_shape
@@ -76,9 +81,14 @@ class Generator(nn.Module):
         self.embed = nn.Embedding(num_classes, latent_dim) if num_classes else None
         width_in = 2 * latent_dim if num_classes else latent_dim
         # Project and reshape (DCGAN, figure 1); a norm with its own shift follows, so no bias.
-        self.project = nn.Linear(width_in, widths[-1] * base_side**2, bias=norm == "none")
-        self.project_act = nn.Sequential(make_norm(norm, widths[-1]), nn.ReLU())
-        self.upsample = up_path(widths, norm=norm, activation=nn.ReLU)
+        if arch == "resnet":  # the residual blocks pre-activate: the projection is their input
+            self.project = nn.Linear(width_in, widths[-1] * base_side**2)
+            self.project_act: nn.Module = nn.Identity()
+            self.upsample = res_up_path(widths, norm=norm, activation=nn.ReLU)
+        else:
+            self.project = nn.Linear(width_in, widths[-1] * base_side**2, bias=norm == "none")
+            self.project_act = nn.Sequential(make_norm(norm, widths[-1]), nn.ReLU())
+            self.upsample = up_path(widths, norm=norm, activation=nn.ReLU)
         # No BatchNorm on the output layer (DCGAN, section 3): it made samples oscillate.
         self.to_image = nn.Sequential(nn.Conv2d(widths[0], channels, 3, padding=1), nn.Tanh())
 
@@ -103,21 +113,31 @@ class Discriminator(nn.Module):
         norm: Norm = "batch",
         spectral_norm: bool = False,
         num_classes: int = 0,
+        arch: Arch = "dcgan",
     ) -> None:
         super().__init__()
         channels, side, _ = image_shape
         n_down, base_side = plan_levels(side)
         widths = level_channels(base_channels, n_down)
-        # No norm on the input layer (DCGAN, section 3); with spectral norm, none at all.
         leaky = functools.partial(nn.LeakyReLU, _LEAK)
-        self.features = down_path(
-            channels,
-            widths,
-            norm="none" if spectral_norm else norm,
-            activation=leaky,
-            norm_first=False,
-        )
-        self.to_logit = nn.Linear(widths[-1] * base_side**2, 1)
+        if arch == "resnet":
+            # SN-GAN's residual discriminator (Miyato et al. 2018, appendix B.4): ReLU blocks,
+            # no norm with spectral norm, then global sum pooling into the logit.
+            self.features = res_down_path(
+                channels, widths, norm="none" if spectral_norm else norm, activation=nn.ReLU
+            )
+            self.to_logit = nn.Linear(widths[-1], 1)
+        else:
+            # No norm on the input layer (DCGAN, section 3); with spectral norm, none at all.
+            self.features = down_path(
+                channels,
+                widths,
+                norm="none" if spectral_norm else norm,
+                activation=leaky,
+                norm_first=False,
+            )
+            self.to_logit = nn.Linear(widths[-1] * base_side**2, 1)
+        self.pooled = arch == "resnet"
         # Projection discriminator (Miyato & Koyama 2018, https://arxiv.org/abs/1802.05637):
         # logit(x, y) = to_logit(h) + <embed(y), sum-pooled features of x>.
         self.num_classes = num_classes
@@ -127,7 +147,9 @@ class Discriminator(nn.Module):
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         feats = self.features(x)  # (N, C, S, S) -> (N, C_top, s, s)
-        logit = self.to_logit(feats.flatten(1)).squeeze(1)  # (N, C_top*s*s) -> (N, 1) -> (N,)
+        # dcgan: the flattened features; resnet: summed over pixels, (N, C_top)
+        flat = feats.sum(dim=(2, 3)) if self.pooled else feats.flatten(1)
+        logit = self.to_logit(flat).squeeze(1)  # (N, F) -> (N, 1) -> (N,)
         if self.embed is None:
             return logit
         if labels is None:
@@ -159,9 +181,11 @@ class DCGAN(nn.Module):
         spectral_norm: bool = False,
         conditional: bool = False,
         num_classes: int = 0,
+        arch: Arch = "dcgan",
     ) -> None:
         super().__init__()
         check_conditioning(conditional, num_classes)
+        self.arch = check_arch(arch)
         if latent_dim < 1 or base_channels < 1:
             raise ValueError(
                 f"latent_dim and base_channels must be >= 1, got {latent_dim}, {base_channels}"
@@ -179,6 +203,7 @@ class DCGAN(nn.Module):
             base_channels=base_channels,
             norm=norm,
             num_classes=self.num_classes,
+            arch=arch,
         )
         self.discriminator = Discriminator(
             image_shape=self.image_shape,
@@ -186,8 +211,12 @@ class DCGAN(nn.Module):
             norm=norm,
             spectral_norm=spectral_norm,
             num_classes=self.num_classes,
+            arch=arch,
         )
-        self.apply(init_dcgan_weights)
+        # DCGAN's N(0, 0.02) init; the residual nets keep torch's fan-in init, which keeps the
+        # residual sums' scale through the depth (N(0, 0.02) 3x3 convs would shrink it).
+        if arch == "dcgan":
+            self.apply(init_dcgan_weights)
         if self.discriminator.embed is not None:  # the class term starts as small as the rest
             nn.init.normal_(self.discriminator.embed.weight, 0.0, _INIT_STD)
         if spectral_norm:  # after the init: spectral norm reparametrises the initial weights
@@ -209,6 +238,7 @@ class DCGAN(nn.Module):
             spectral_norm=cfg.spectral_norm,
             conditional=cfg.conditional,
             num_classes=config_classes(cfg, num_classes),
+            arch=cfg.arch,
         )
         # How it is trained, not what it is: kept out of model_spec, so the architecture's
         # spec (what checkpoints and registered versions match) does not name the loss.
@@ -230,6 +260,8 @@ class DCGAN(nn.Module):
             spec.update(norm=self.norm, spectral_norm=self.spectral_norm)
         if self.num_classes:  # unconditional specs stay as they were written before
             spec.update(conditional=True, num_classes=self.num_classes)
+        if self.arch != "dcgan":  # specs of the default arch stay as they were written before
+            spec["arch"] = self.arch
         return spec
 
     def to_model_range(self, x01: Tensor) -> Tensor:

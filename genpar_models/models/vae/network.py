@@ -23,11 +23,15 @@ from torch import Tensor, nn
 
 from genpar_models.models.conditioning import check_conditioning, config_classes, sampling_labels
 from genpar_models.models.layers import (
+    Arch,
+    check_arch,
     check_image_shape,
     down_path,
     draw_normal,
     level_channels,
     plan_levels,
+    res_down_path,
+    res_up_path,
     to_range,
     up_path,
 )
@@ -64,13 +68,15 @@ class Encoder(nn.Module):
         latent_dim: int,
         base_channels: int,
         num_classes: int = 0,
+        arch: Arch = "dcgan",
     ) -> None:
         super().__init__()
         channels, side, _ = image_shape
         n_down, base_side = plan_levels(side)
         widths = level_channels(base_channels, n_down)
         self.num_classes = num_classes
-        self.features = down_path(channels + num_classes, widths, norm="group", activation=nn.SiLU)
+        path = res_down_path if arch == "resnet" else down_path
+        self.features = path(channels + num_classes, widths, norm="group", activation=nn.SiLU)
         self.to_stats = nn.Linear(widths[-1] * base_side**2, 2 * latent_dim)
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -98,6 +104,7 @@ class Decoder(nn.Module):
         base_channels: int,
         outputs_per_channel: int = 1,
         num_classes: int = 0,
+        arch: Arch = "dcgan",
     ) -> None:
         super().__init__()
         channels, side, _ = image_shape
@@ -109,7 +116,8 @@ class Decoder(nn.Module):
         self.embed = nn.Embedding(num_classes, latent_dim) if num_classes else None
         width_in = 2 * latent_dim if num_classes else latent_dim
         self.project = nn.Sequential(nn.Linear(width_in, widths[-1] * base_side**2), nn.SiLU())
-        self.upsample = up_path(widths, norm="group", activation=nn.SiLU)
+        path = res_up_path if arch == "resnet" else up_path
+        self.upsample = path(widths, norm="group", activation=nn.SiLU)
         self.to_image = nn.Conv2d(widths[0], channels * outputs_per_channel, 3, padding=1)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -150,9 +158,11 @@ class VAE(nn.Module):
         mixture_components: int = 5,
         conditional: bool = False,
         num_classes: int = 0,
+        arch: Arch = "dcgan",
     ) -> None:
         super().__init__()
         check_conditioning(conditional, num_classes)
+        self.arch = check_arch(arch)
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
         if latent_dim < 1 or base_channels < 1:
@@ -171,6 +181,7 @@ class VAE(nn.Module):
             "image_shape": self.image_shape,
             "latent_dim": latent_dim,
             "num_classes": self.num_classes,
+            "arch": self.arch,
         }
         self.encoder = Encoder(**sizes, base_channels=base_channels)
         per_channel = 3 * mixture_components if likelihood == "logistic_mixture" else 1
@@ -201,6 +212,7 @@ class VAE(nn.Module):
             mixture_components=cfg.mixture_components,
             conditional=cfg.conditional,
             num_classes=config_classes(cfg, num_classes),
+            arch=cfg.arch,
         )
 
     def model_spec(self) -> dict[str, Any]:
@@ -216,6 +228,8 @@ class VAE(nn.Module):
             spec["mixture_components"] = self.mixture_components
         if self.num_classes:  # unconditional specs stay as they were written before
             spec.update(conditional=True, num_classes=self.num_classes)
+        if self.arch != "dcgan":  # specs of the default arch stay as they were written before
+            spec["arch"] = self.arch
         return spec
 
     def to_model_range(self, x01: Tensor) -> Tensor:
