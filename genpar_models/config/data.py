@@ -53,7 +53,10 @@ class DataConfig(Section):
         None, description="File or folder for the folder/array/table sources; unused for built-ins."
     )
     image_size: int = Field(
-        8, description="Side of the square images the model sees, in pixels (even, 8 to 128; sizes that are not powers of two, such as 28 or 48, keep a top level of 7 or 6 pixels)."
+        8,
+        description="Side of the square images the model sees, in pixels (even, 8 to 128; "
+        "sizes that are not powers of two, such as 28 or 48, keep a top level of 7 or 6 "
+        "pixels).",
     )
     channels: Literal[1, 3] = Field(1, description="1 = grayscale, 3 = RGB.")
     resize: Literal["center_crop", "pad", "stretch"] = Field(

@@ -60,7 +60,9 @@ def test_resnet_vae_on_a_folder_of_rgb_images(
                     "checkpoint_every_steps": 4,
                 }
             ),
-            "evaluate": base.evaluate.model_copy(update={"num_samples": 16, "iw_samples": 2}),
+            "evaluate": base.evaluate.model_copy(
+                update={"num_samples": 16, "iw_samples": 2, "extractor_steps": 10}
+            ),
             "generate": base.generate.model_copy(update={"num_samples": 16, "chunk_size": 8}),
         }
     )
@@ -74,7 +76,7 @@ def test_resnet_vae_on_a_folder_of_rgb_images(
     assert spec["arch"] == "resnet" and spec["image_shape"] == [3, 64, 64]
     for key in ("train/loss", "eval/elbo", "eval/bits_per_dim", "gen/samples_per_s"):
         assert np.isfinite(metrics[key]), key
-    assert metrics["data/train_samples"] == 32
+    assert 28 <= metrics["data/train_samples"] <= 38  # 40 images less the hashed val/test split
     print(
         f"resnet VAE 64x64 RGB: train/samples_per_s={metrics.get('train/samples_per_s', 0):.1f}"
         f" gen/samples_per_s={metrics['gen/samples_per_s']:.1f}"

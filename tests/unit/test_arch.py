@@ -76,12 +76,13 @@ def test_dcgan_every_size_and_arch(size: int, channels: int, arch: str) -> None:
     logits.sum().backward()
     samples = model.sample(2)
     assert samples.shape == (2, channels, size, size)
-    assert 0.0 <= samples.min() and samples.max() <= 1.0
+    assert samples.min() >= 0.0 and samples.max() <= 1.0
 
 
 def test_resnet_blocks_have_a_1x1_skip_only_where_channels_change() -> None:
-    same, wider = ResUp(8, 8, norm="group", activation=nn.ReLU), ResDown(
-        4, 8, norm="none", activation=nn.ReLU
+    same, wider = (
+        ResUp(8, 8, norm="group", activation=nn.ReLU),
+        ResDown(4, 8, norm="none", activation=nn.ReLU),
     )
     assert not any(isinstance(m, nn.Conv2d) for m in same.skip)
     assert [m.kernel_size for m in wider.skip if isinstance(m, nn.Conv2d)] == [(1, 1)]

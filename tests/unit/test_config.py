@@ -47,7 +47,7 @@ def test_overrides_are_typed() -> None:
         ("trian.lr=1", "unknown key 'trian'"),
         ("train.lr=-1", "train.lr: Input should be greater than 0"),
         ("train.max_steps=ten", "train.max_steps"),
-        ("data.image_size=7", "data.image_size: must be an even number from 8 to 64, got 7"),
+        ("data.image_size=7", "data.image_size: must be an even number from 8 to 128, got 7"),
         ("data.image_size=0", "data.image_size"),
         ("model.name=not a name!", "model.name"),
         ("compute.cpu_procs=0", "compute.cpu_procs"),
