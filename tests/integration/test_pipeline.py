@@ -107,6 +107,7 @@ ADDED_PARAMS |= {"compute.strategy", "compute.join_timeout_s", "train.optimizer"
 ADDED_PARAMS |= {"train.allow_reshard"}
 # Issue 14's conditional generation: off by default, the samples as they were.
 ADDED_PARAMS |= {"model.conditional", "generate.label", "generate.balanced_labels"}
+ADDED_PARAMS |= {"model.arch"}  # issue 14: dcgan by default, the networks as they were
 ADDED_METRICS = {"train/global_batch_size"}
 ADDED_TAGS = {"genpar.run_identity", *lineage_tags()}
 ADDED_TAGS |= {"genpar.strategy"}  # issue 16: ddp or fsdp, set by rank 0 at the start

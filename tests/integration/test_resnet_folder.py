@@ -48,7 +48,7 @@ def test_resnet_vae_on_a_folder_of_rgb_images(
     cfg = base.model_copy(
         update={
             "data": base.data.model_copy(
-                update={"path": str(folder), "val_fraction": 0.1, "test_fraction": 0.1}
+                update={"path": str(folder), "val_fraction": 0.2, "test_fraction": 0.25}
             ),
             "model": base.model.model_copy(update={"latent_dim": 8, "base_channels": 8}),
             "train": base.train.model_copy(
@@ -72,11 +72,12 @@ def test_resnet_vae_on_a_folder_of_rgb_images(
     assert run.info.status == "FINISHED"
     metrics = run.data.metrics
     assert run.data.params["model.arch"] == "resnet"
-    spec = json.loads((Path(summary["run_dir"]) / "model" / "model.json").read_text())
+    stored = json.loads((Path(summary["run_dir"]) / "model" / "model.json").read_text())
+    spec = stored["model_spec"]
     assert spec["arch"] == "resnet" and spec["image_shape"] == [3, 64, 64]
     for key in ("train/loss", "eval/elbo", "eval/bits_per_dim", "gen/samples_per_s"):
         assert np.isfinite(metrics[key]), key
-    assert 28 <= metrics["data/train_samples"] <= 38  # 40 images less the hashed val/test split
+    assert 14 <= metrics["data/train_samples"] <= 30  # 40 images less the hashed val/test split
     print(
         f"resnet VAE 64x64 RGB: train/samples_per_s={metrics.get('train/samples_per_s', 0):.1f}"
         f" gen/samples_per_s={metrics['gen/samples_per_s']:.1f}"
