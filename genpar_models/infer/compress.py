@@ -106,13 +106,13 @@ def pruned_model(
 
 
 def finetune(model: nn.Module, cfg: PipelineConfig, train_u8: np.ndarray, steps: int) -> None:
-    """A few training steps of the whole model (pruning masks stay in force), with the loss
-    the config trains it with: a GAN's `gan_loss` is not in its stored spec, so a model
-    rebuilt from one carries its class default until the config's loss is set here."""
+    """A few training steps of the whole model (pruning masks stay in force), trained as the
+    config says: a GAN's `gan_loss` is not in its stored spec, so a model rebuilt from one
+    carries its class default until the family's `train_settings` sets the config's."""
     ctx = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     family = family_of(model)
-    if hasattr(model, "gan_loss"):
-        model.gan_loss = cfg.model.gan_loss
+    if family.train_settings is not None:
+        family.train_settings(model, cfg.model)
     trainer = family.make_steps(model, cfg.train, step_tools(ctx, cfg.train))
     rng = np.random.default_rng(cfg.seed)
     noise = torch.Generator().manual_seed(cfg.seed)

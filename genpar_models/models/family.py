@@ -150,6 +150,10 @@ class Family:
     # Fit a fresh network to its shard set before training (sequences: the train split's
     # length histogram and the manifest's normalisation, so samples come back in source units).
     fit_data: Callable[[nn.Module, Any], None] | None = None
+    # Give a network rebuilt from its spec the `model` settings that say how it trains but are
+    # kept out of the spec (a GAN's gan_loss), before more training (compression's
+    # fine-tuning); None: the spec holds everything its steps read.
+    train_settings: Callable[[nn.Module, ModelConfig], None] | None = None
 
     def to_input(
         self, batch_u8: Tensor, binarize: str = "none", generator: torch.Generator | None = None

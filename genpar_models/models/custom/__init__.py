@@ -129,6 +129,7 @@ def custom_family(path: str) -> Family:
         input_range=(-1.0, 1.0),
         sampling_net="generator",
         options=("options", "gan_loss", "ema_decay"),
+        train_settings=GAN_FAMILY.train_settings,
     )
 
 

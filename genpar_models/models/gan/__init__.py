@@ -37,6 +37,10 @@ def _rebuild(spec: Mapping[str, Any]) -> DCGAN:
     return DCGAN(**{k: v for k, v in spec.items() if k != "name"})
 
 
+def _train_settings(model: nn.Module, cfg: ModelConfig) -> None:
+    model.gan_loss = cfg.gan_loss  # the loss its steps train with; not in the spec
+
+
 def _steps(model: nn.Module, cfg: TrainConfig, tools: StepTools) -> GanSteps:
     from genpar_models.models.gan.steps import GanSteps
 
@@ -53,5 +57,6 @@ FAMILY = register_family(
         input_range=(-1.0, 1.0),
         sampling_net="generator",
         options=("arch", "norm", "spectral_norm", "gan_loss", "ema_decay", "conditional"),
+        train_settings=_train_settings,
     )
 )
