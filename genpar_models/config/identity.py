@@ -22,6 +22,25 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+# Fields added with a default that keeps the earlier behaviour: at that default they stay out
+# of both hashes, so upgrading genpar neither orphans an interrupted run's checkpoints (its
+# train_key) nor makes the nightly retrain see a changed config on an unchanged night.
+_NEUTRAL_DEFAULTS = {
+    ("model", "arch"): "dcgan",
+    ("model", "conditional"): False,
+    ("model", "options"): {},
+    ("generate", "label"): None,
+    ("generate", "balanced_labels"): False,
+}
+
+
+def _drop_neutral(payload: dict[str, Any]) -> dict[str, Any]:
+    for (section, key), default in _NEUTRAL_DEFAULTS.items():
+        if section in payload and payload[section].get(key, default) == default:
+            payload[section].pop(key, None)
+    return payload
+
+
 def train_key(config: Any, shards_key: str) -> str:
     """Identity of a training job (of a `PipelineConfig`): what decides the weights, not
     evaluation, generation or compute."""
@@ -31,7 +50,7 @@ def train_key(config: Any, shards_key: str) -> str:
     payload["train"].pop("max_restarts", None)
     payload["train"].pop("allow_reshard", None)  # may a resume reshard: not which weights
     payload["shards"] = shards_key
-    return stable_hash(payload)[:16]
+    return stable_hash(_drop_neutral(payload))[:16]
 
 
 # Where things run, not how: an address changes no number (results do not depend on which
@@ -60,7 +79,7 @@ def run_identity(config: Any) -> str:
         payload["compute"].pop(key, None)
     payload["generate"].pop("parallel", None)  # where chunks are sampled, not what they hold
     payload["data"].pop("parallel", None)  # likewise for the partitions decoded
-    return stable_hash(payload)[:16]
+    return stable_hash(_drop_neutral(payload))[:16]
 
 
 def redact_webhook(url: str) -> str:

@@ -129,3 +129,25 @@ def test_credentials_never_reach_a_config_so_never_params_or_dumps() -> None:
     cfg = load_config(REPO / "configs/tiny.yaml", ["tracking.uri=http://db.internal:5000"])
     assert cfg.flat()["tracking.uri"] == "http://db.internal:5000"
     assert "s3cret" not in dump_config(cfg.redacted())
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "identity"),
+    [  # what genpar computed before model.arch/conditional/options and generate.label existed
+        ("tiny.yaml", "7731295e5fdb4caa", "0c29a9e750b6a17e"),
+        ("mnist-gan-hinge.yaml", "670adb1fcc9e29ea", "b0e65e1694400c88"),
+        ("sines-rvae.yaml", "78651482589b7734", "de11e4e59e56df24"),
+    ],
+)
+def test_new_fields_at_their_defaults_keep_the_keys_of_earlier_versions(
+    name: str, key: str, identity: str
+) -> None:
+    """Upgrading genpar neither orphans an interrupted run's checkpoints (train_key) nor
+    makes the nightly retrain see a changed config (run_identity); set, the fields count."""
+    from tests.conftest import REPO
+
+    cfg = load_config(REPO / "configs" / name)
+    assert (cfg.train_key("abc"), cfg.run_identity()) == (key, identity)
+    if cfg.model.name != "rvae":
+        other = load_config(REPO / "configs" / name, ["model.arch=resnet"])
+        assert other.train_key("abc") != key and other.run_identity() != identity
