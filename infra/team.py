@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genpar_models.errors import GenparError
+from genpar_models.util.env import env_seconds
 from genpar_models.util.paths import genpar_home
 from infra import credentials
 from infra.processes import HOST
@@ -457,11 +458,7 @@ def worker_env(ports: dict[str, int], creds: dict[str, str]) -> dict[str, str]:
 
 
 def crash_after_s() -> int:
-    raw = os.environ.get(CRASH_AFTER_ENV, "")
-    try:
-        value = int(raw) if raw else CRASH_AFTER_DEFAULT_S
-    except ValueError:
-        raise TeamError(f"{CRASH_AFTER_ENV}={raw!r} is not a whole number of seconds") from None
+    value = round(env_seconds(CRASH_AFTER_ENV, CRASH_AFTER_DEFAULT_S))
     if value <= HEARTBEAT_S:
         raise TeamError(
             f"{CRASH_AFTER_ENV}={value}: must exceed the heartbeat interval ({HEARTBEAT_S} s), "

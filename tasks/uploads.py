@@ -16,7 +16,8 @@ from typing import Any
 
 from mlflow import MlflowClient
 
-from genpar_models.errors import ConfigError, GenparError
+from genpar_models.errors import GenparError
+from genpar_models.util.env import env_seconds
 from tasks.mlflow_store import TrackingError, redact
 
 # How long an artifact upload is retried before the run fails naming the artifact store.
@@ -31,14 +32,7 @@ class ArtifactStoreError(TrackingError):
 
 
 def artifact_retry_s() -> float:
-    raw = os.environ.get(ARTIFACT_RETRY_ENV, "")
-    try:
-        value = float(raw) if raw else ARTIFACT_RETRY_DEFAULT_S
-    except ValueError:
-        raise ConfigError(f"{ARTIFACT_RETRY_ENV}={raw!r} is not a number of seconds") from None
-    if value < 0:
-        raise ConfigError(f"{ARTIFACT_RETRY_ENV}={raw!r}: the retry budget cannot be negative")
-    return value
+    return env_seconds(ARTIFACT_RETRY_ENV, ARTIFACT_RETRY_DEFAULT_S)
 
 
 def with_artifact_retry(

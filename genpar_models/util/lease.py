@@ -31,8 +31,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-HEARTBEAT_S = float(os.environ.get("GENPAR_LEASE_HEARTBEAT_S", "10"))
-STALE_S = float(os.environ.get("GENPAR_LEASE_STALE_S", "90"))
+from genpar_models.util.env import env_seconds
+
+HEARTBEAT_S = env_seconds("GENPAR_LEASE_HEARTBEAT_S", 10.0, minimum=0.01)
+STALE_S = env_seconds("GENPAR_LEASE_STALE_S", 90.0, minimum=0.01)
 
 
 @functools.cache
