@@ -35,9 +35,10 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from genpar_models.errors import GenparError
 from genpar_models.util.env import env_seconds
@@ -467,12 +468,24 @@ def crash_after_s() -> int:
     return value
 
 
-def ensure_crash_automation(ports: dict[str, int], creds: dict[str, str]) -> None:
-    """Create (or update) the automation that marks silent flow runs CRASHED."""
+@contextlib.contextmanager
+def prefect_api(ports: dict[str, int], creds: dict[str, str]) -> Iterator[Any]:
+    """An httpx client on the team stack's Prefect REST API (basic auth), base URL `/api`."""
     import base64
 
     import httpx
 
+    token = base64.b64encode(creds["prefect_auth_string"].encode()).decode()
+    with httpx.Client(
+        base_url=f"http://{HOST}:{ports['prefect']}/api",
+        headers={"Authorization": f"Basic {token}"},
+        timeout=30,
+    ) as api:
+        yield api
+
+
+def ensure_crash_automation(ports: dict[str, int], creds: dict[str, str]) -> None:
+    """Create (or update) the automation that marks silent flow runs CRASHED."""
     within = crash_after_s()
     body = {
         "name": CRASH_AUTOMATION,
@@ -501,12 +514,7 @@ def ensure_crash_automation(ports: dict[str, int], creds: dict[str, str]) -> Non
             }
         ],
     }
-    token = base64.b64encode(creds["prefect_auth_string"].encode()).decode()
-    with httpx.Client(
-        base_url=f"http://{HOST}:{ports['prefect']}/api",
-        headers={"Authorization": f"Basic {token}"},
-        timeout=30,
-    ) as api:
+    with prefect_api(ports, creds) as api:
         found = api.post("/automations/filter", json={"limit": 200})
         found.raise_for_status()
         existing = [a for a in found.json() if a["name"] == CRASH_AUTOMATION]

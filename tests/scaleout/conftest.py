@@ -10,7 +10,6 @@ The genpar home lies under a directory of mode 0711 directly in /tmp: PostgreSQL
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -26,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from infra.team import prefect_api
 from tests.helpers import clean_env, free_port
 from tests.system.conftest import FINAL, genpar
 
@@ -168,12 +168,7 @@ def team() -> Iterator[Team]:
         stack = home / "stack"
         creds = json.loads((stack / "credentials.json").read_text())
         creds |= json.loads((stack / "team-credentials.json").read_text())
-        token = base64.b64encode(creds["prefect_auth_string"].encode()).decode()
-        with httpx.Client(
-            base_url=f"http://127.0.0.1:{ports['prefect']}/api",
-            headers={"Authorization": f"Basic {token}"},
-            timeout=30,
-        ) as api:
+        with prefect_api(ports, creds) as api:
             yield Team(home, env, ports, creds, api)
     finally:
         down = genpar(env, "down", timeout=SLOW)
