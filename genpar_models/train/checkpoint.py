@@ -2,7 +2,8 @@
 
 A checkpoint `ckpt-00000200.safetensors` holds the model's state_dict and the optimizers'
 tensor state; `ckpt-00000200.json` holds the rest (step, the model spec, the train key, the
-optimizer's non-tensor state, and the sha256 of the tensor file). The tensor file is written
+optimizer's non-tensor state, fp16's gradient-scaler state, and the sha256 of the tensor
+file). The tensor file is written
 first and the sidecar last, both atomically, so a checkpoint exists only once it is complete.
 A checkpoint whose hash does not match (truncated, flipped bytes) is skipped, and the newest
 valid one wins. The same tensor format, with one module, is the exported model

@@ -29,7 +29,7 @@ from genpar_models.train.dist import DistContext, all_reduce_sum, barrier, elast
 from genpar_models.train.feed import BatchFeed
 from genpar_models.train.runspec import RunSpec
 from genpar_models.train.sink import make_sink
-from genpar_models.train.tools import process_layout
+from genpar_models.train.tools import grad_scaler, process_layout
 from genpar_models.train.trainer import ema_net, global_batch_size, make_steps, make_trainer
 from genpar_models.train.validation import run_validation
 from genpar_models.util import atomic, seeding
@@ -110,8 +110,9 @@ def train(spec: RunSpec, ctx: DistContext) -> dict[str, Any] | None:
     # Sharded weights take no whole state_dict: warm-start before (a checkpoint still wins).
     pre_warm = warm_start(model, spec.init_model_dir) if is_sharded else None
     average = ema_net(model, family, cfg)  # under FSDP: copied before sharding
-    steps = make_steps(model, family, cfg, ctx, average)
-    trainer = make_trainer(model, family, steps, cfg, average)
+    scaler = grad_scaler(ctx, cfg.train)  # fp16 only
+    steps = make_steps(model, family, cfg, ctx, average, scaler)
+    trainer = make_trainer(model, family, steps, cfg, average, scaler)
     expect = {"model_spec": model.model_spec(), "train_key": spec.train_key}
     layout = process_layout(ctx, cfg.train.precision, cfg.compute.strategy)
     resumed = None

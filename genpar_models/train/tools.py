@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from genpar_models.config import TrainConfig
-from genpar_models.errors import ConfigError
+from genpar_models.errors import CheckpointError, ConfigError
 from genpar_models.models.family import StepTools
 from genpar_models.train.dist import DistContext
 
@@ -61,9 +62,55 @@ def process_layout(ctx: DistContext, precision: str, strategy: str = "ddp") -> d
     }
 
 
-def step_tools(ctx: DistContext, cfg: TrainConfig, strategy: str = "ddp") -> StepTools:
+def grad_scaler(ctx: DistContext, cfg: TrainConfig) -> torch.amp.GradScaler | None:
+    """fp16's gradient scaler (None at every other precision). The trainer owns it, so its
+    scale and growth tracker go into checkpoints (`scaler_state`) and come back on resume."""
+    if resolved_precision(ctx, cfg.precision) != "fp16":
+        return None
+    return torch.amp.GradScaler(ctx.device.type)
+
+
+def scaler_state(scaler: torch.amp.GradScaler | None) -> dict[str, float | int] | None:
+    """The scaler's state as JSON numbers (a checkpoint's sidecar), or None without one."""
+    if scaler is None:
+        return None
+    return {k: (v if isinstance(v, int) else float(v)) for k, v in scaler.state_dict().items()}
+
+
+def load_scaler_state(scaler: torch.amp.GradScaler | None, state: Any, where: str) -> str | None:
+    """Restore `scaler` from a checkpoint's `grad_scaler` entry; returns a warning when a
+    scaler must start afresh (a checkpoint written at another precision, or before scalers
+    were checkpointed): its first steps may then be skipped while the scale backs off.
+
+    Raises:
+        CheckpointError: the entry is not a mapping of the scaler's numbers.
+    """
+    if scaler is None:
+        return None
+    if state is None:
+        return f"{where} holds no gradient scaler state: fp16's loss scale starts afresh"
+    keys = set(scaler.state_dict())
+    if (
+        not isinstance(state, dict)
+        or set(state) != keys
+        or not all(isinstance(v, (int, float)) for v in state.values())
+    ):
+        raise CheckpointError(
+            f"{where}: grad_scaler is {state!r}, expected numbers for {sorted(keys)}"
+        )
+    scaler.load_state_dict(state)
+    return None
+
+
+def step_tools(
+    ctx: DistContext,
+    cfg: TrainConfig,
+    strategy: str = "ddp",
+    scaler: torch.amp.GradScaler | None = None,
+) -> StepTools:
     """The tools for this process group (DDP when distributed; nothing to wrap under FSDP,
-    whose modules are already sharded) and this `train` section."""
+    whose modules are already sharded) and this `train` section; `scaler`: fp16's, from
+    `grad_scaler` (made here when not given)."""
 
     def wrap(module: nn.Module) -> nn.Module:
         if not ctx.distributed or strategy == "fsdp":
@@ -82,11 +129,10 @@ def step_tools(ctx: DistContext, cfg: TrainConfig, strategy: str = "ddp") -> Ste
         if cfg.grad_clip_norm:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm)
 
-    scaler = None
-    if resolved_precision(ctx, cfg.precision) == "fp16":
-        # One scaler, updated after each optimizer's step: each (scale, backward, step,
-        # update) round of a GAN's two players is complete on its own.
-        scaler = torch.amp.GradScaler(ctx.device.type)
+    # One scaler, updated after each optimizer's step: each (scale, backward, step, update)
+    # round of a GAN's two players is complete on its own.
+    if scaler is None:
+        scaler = grad_scaler(ctx, cfg)
 
     def backward(loss: torch.Tensor) -> None:
         (scaler.scale(loss) if scaler is not None else loss).backward()

@@ -33,6 +33,7 @@ class Trainer:
     schedule: LrSchedule
     rows_per_step: int  # this rank's rows per step: batch x accumulation x critic batches
     sampling_net: str
+    grad_scaler: torch.amp.GradScaler | None = None  # fp16's, checkpointed with the run
 
     def step(
         self,
@@ -91,12 +92,14 @@ def make_steps(
     cfg: PipelineConfig,
     ctx: DistContext,
     ema: nn.Module | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> Steps:
     """The family's steps with this process group's tools. Under compute.strategy=fsdp the
     modules the steps name (and `ema`, the average's network from `ema_net`) are sharded first
     (in place, new parameter objects) on one mesh, and the steps made again so that their
-    optimizers hold the shards (train/sharding.py)."""
-    tools = step_tools(ctx, cfg.train, cfg.compute.strategy)
+    optimizers hold the shards (train/sharding.py). `scaler`: fp16's (tools.grad_scaler), the
+    one the trainer checkpoints."""
+    tools = step_tools(ctx, cfg.train, cfg.compute.strategy, scaler)
     steps = family.make_steps(model, cfg.train, tools)
     if cfg.compute.strategy == "fsdp" and ctx.distributed:
         extra = [] if ema is None else [ema]
@@ -111,6 +114,7 @@ def make_trainer(
     steps: Steps,
     cfg: PipelineConfig,
     ema: nn.Module | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> Trainer:
     """The trainer of `steps` for this config (before a checkpoint is restored into it);
     `ema`: the average's network (sharded) from `ema_net`, under FSDP."""
@@ -127,7 +131,7 @@ def make_trainer(
     modules = dict(steps.modules) if average is None else {**steps.modules, "ema": average.module}
     critic_batches = getattr(steps, "batches_per_step", 1)
     rows = train.batch_size_per_rank * train.grad_accum_steps * critic_batches
-    return Trainer(steps, modules, average, schedule, rows, family.sampling_net)
+    return Trainer(steps, modules, average, schedule, rows, family.sampling_net, scaler)
 
 
 def global_batch_size(cfg: PipelineConfig, world_size: int) -> int:

@@ -58,3 +58,34 @@ def test_gpu_samples_are_the_cpus_up_to_fp32_rounding(tmp_path: Path, tiny: Pipe
     with exact_fp32():
         gpu = sample_uint8(model.to("cuda"), 64, seed=7)
     assert (abs(cpu.astype(int) - gpu.astype(int)) <= 1).all()  # one grey level at most
+
+
+@pytest.mark.parametrize("model", ["vae", "dcgan"])
+def test_fp16_trains_and_resumes_its_loss_scale(
+    tmp_path: Path, tiny: PipelineConfig, model: str
+) -> None:
+    """fp16 with a gradient scaler under torchrun: the checkpoint holds the scaler's state,
+    and a resumed run starts from that scale, not from the initial 65536."""
+    cfg = tiny.model_copy(
+        update={
+            "model": as_family(tiny.model, model),
+            "compute": tiny.compute.model_copy(update={"device": "cuda"}),
+            "train": tiny.train.model_copy(update={"precision": "fp16"}),
+        }
+    )
+    spec = RunSpec(
+        config=cfg,
+        shards_dir=str(make_shard_set(tmp_path / "shards", cfg)),
+        run_dir=str(tmp_path / "run"),
+        train_key="k",
+        stop_at_step=cfg.train.max_steps // 2,
+    )
+    devices = torch.cuda.device_count()
+    launch(spec, cuda_devices=devices)
+    newest = sorted(spec.checkpoint_dir.glob("ckpt-*.json"))[-1]
+    state = json.loads(newest.read_text())["grad_scaler"]
+    assert state is not None and state["scale"] > 0
+    lines: list[str] = []
+    launch(spec.model_copy(update={"stop_at_step": None}), lines.append, cuda_devices=devices)
+    assert json.loads(spec.result_path.read_text())["step"] == cfg.train.max_steps
+    assert not any("loss scale starts afresh" in line for line in lines)
