@@ -69,6 +69,11 @@ def train_model(
     log = run_logger()
     if config.model.conditional:  # refused here, before any rank starts, on unlabelled data
         check_labelled(config, shards_dir)
+    if config.data.modality == "images":  # a split too small to score: before training, too
+        from genpar_models.data.shards import open_shard_set
+        from genpar_models.eval.reference import check_split_sizes
+
+        check_split_sizes(open_shard_set(shards_dir, verify=False), config.evaluate)
     gpus = cuda_device_count() if cuda_devices is None else cuda_devices
     plan = plan_processes(config.compute, gpus)
     run_dir = Path(run.run_dir)

@@ -14,6 +14,7 @@ from flows.compress import compress_flow
 from flows.evaluate import evaluate_flow
 from flows.pipeline import pipeline
 from genpar_models.config import PipelineConfig
+from genpar_models.errors import DataError
 from genpar_models.models.export import load_model
 from genpar_models.util.lineage import lineage_tags
 from genpar_models.util.paths import default_tracking_uri, shards_root
@@ -386,3 +387,14 @@ def test_bad_config_value_fails_the_flow_before_work(
     with pytest.raises(Exception, match="max_steps"):
         pipeline(bad)
     assert not shards_root().exists()
+
+
+def test_data_too_small_to_score_fails_before_training(
+    prefect_server, tracked_home: Path, tiny: PipelineConfig
+) -> None:
+    """20 digits leave 2 test images, fewer than the scorecard's k-NN needs: the flow stops
+    at the train task, naming the split and the fix, before any rank starts."""
+    small = tiny.model_copy(update={"data": tiny.data.model_copy(update={"max_samples": 20})})
+    with pytest.raises(DataError, match=r"the test split holds 2 image\(s\).*nearest_k"):
+        pipeline(small)
+    assert not list(tracked_home.rglob("torchrun")), "a rank started on unscoreable data"

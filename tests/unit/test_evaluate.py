@@ -215,3 +215,17 @@ def test_bits_per_dim_is_reported_only_where_it_is_a_code_length(
         assert out["eval/recon_bits_per_dim"] + out["eval/kl_bits_per_dim"] == pytest.approx(
             out["eval/bits_per_dim"]
         )
+
+
+def test_a_split_too_small_to_score_is_refused_by_name(tmp_path: Path, tiny: PipelineConfig):
+    """Twelve images give one test image: the scorecard says so, naming the shard set, the
+    split, its size and the fix, instead of failing inside torchmetrics or prdc."""
+    from genpar_models.errors import DataError
+    from genpar_models.eval.reference import check_split_sizes
+
+    shardset = open_shard_set(make_shard_set(tmp_path / "shards", tiny, n=12))
+    assert shardset.count("test") < tiny.evaluate.nearest_k + 1
+    with pytest.raises(DataError, match=r"the test split holds \d image\(s\).*data.test_fraction"):
+        check_split_sizes(shardset, tiny.evaluate)
+    roomy = open_shard_set(make_shard_set(tmp_path / "roomy", tiny, n=300))
+    check_split_sizes(roomy, tiny.evaluate)  # the same config on enough data passes
