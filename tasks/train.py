@@ -68,7 +68,10 @@ def train_model(
     the job (default: every visible one)."""
     log = run_logger()
     if config.model.conditional:  # refused here, before any rank starts, on unlabelled data
-        check_labelled(config, shards_dir)
+        from genpar_models.models.conditioning import check_label
+
+        classes = check_labelled(config, shards_dir)  # and a class to sample the data lacks
+        check_label(classes or 0, config.generate.label, "generate.label")
     if config.data.modality == "images":  # a split too small to score: before training, too
         from genpar_models.data.shards import open_shard_set
         from genpar_models.eval.reference import check_split_sizes

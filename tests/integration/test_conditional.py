@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from flows.pipeline import pipeline
 from genpar_models.config import PipelineConfig
+from genpar_models.errors import ConfigError
 from genpar_models.infer.sampling import GRID_MIN_WIDTH_PX
 from genpar_models.models.export import load_model
 from genpar_models.util.paths import default_tracking_uri
@@ -116,3 +117,19 @@ def test_conditional_gan_under_fsdp_logs_the_same_losses_as_ddp(
         assert meta["model_spec"]["num_classes"] == 10 and set(meta["variants"]) == {"raw"}
     for key in ("train/loss_d", "train/loss_g", "val/d_real"):
         assert results["fsdp"][key] == pytest.approx(results["ddp"][key], rel=1e-5), key
+
+
+def test_a_pipeline_label_the_data_lacks_is_refused_before_training(
+    prefect_server, tracked_home: Path, tiny: PipelineConfig
+) -> None:
+    """generate.label 10 on the digits' classes 0..9: refused by the train task, naming the
+    field and the range, before any rank starts (not after training, at generation)."""
+    cfg = tiny.model_copy(
+        update={
+            "model": tiny.model.model_copy(update={"conditional": True}),
+            "generate": tiny.generate.model_copy(update={"label": 10}),
+        }
+    )
+    with pytest.raises(ConfigError, match=r"generate.label 10: out of range.*0\.\.9"):
+        pipeline(cfg)
+    assert not list(tracked_home.rglob("torchrun")), "a rank started for an impossible label"
