@@ -101,9 +101,10 @@ def generate_to_dir(config: PipelineConfig, model_dir: str, out_dir: Path) -> di
         rows = class_rows(cached_model(model_dir), gen.grid_rows, seed)
         with atomic.atomic_path(out_dir / "grid.png") as tmp:
             make_grid(rows, classes, cols=gen.grid_rows).save(tmp, format="PNG")
-    else:
+    else:  # rows x rows samples: from as many chunks as that takes, not the first alone
+        shown = _leading_samples(out_dir, chunks, first, gen.grid_rows**2)
         with atomic.atomic_path(out_dir / "grid.png") as tmp:
-            make_grid(first, gen.grid_rows).save(tmp, format="PNG")
+            make_grid(shown, gen.grid_rows).save(tmp, format="PNG")
     return {
         "gen/num_samples": float(gen.num_samples),
         "gen/samples_per_s": gen.num_samples / elapsed,
@@ -127,6 +128,19 @@ def generate(config: PipelineConfig, model_dir: str, run_dir: str) -> dict[str, 
         metrics["gen/samples_per_s"],
     )
     return metrics
+
+
+def _leading_samples(
+    out_dir: Path, chunks: list[dict[str, Any]], first: np.ndarray, n: int
+) -> np.ndarray:
+    """The first `n` samples of the set (fewer when it is smaller), chunk by chunk."""
+    parts, have = [first], len(first)
+    for chunk in chunks[1:]:
+        if have >= n:
+            break
+        parts.append(np.load(out_dir / chunk["file"], allow_pickle=False))
+        have += len(parts[-1])
+    return np.concatenate(parts)[:n]
 
 
 SAMPLE_SET_FILE = re.compile(r"^(samples\.json|grid\.png|samples-\d{5}(\.lengths|\.labels)?\.npy)$")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+from PIL import Image
 
 from flows.compress import compress_flow
 from flows.evaluate import evaluate_flow
@@ -203,6 +204,10 @@ def test_vae_pipeline_records_everything_and_a_toy_family_run_reuses_shards(
 
     assert run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == "tiny"
+    # grid_rows x grid_rows samples, though each chunk holds fewer (16 of 8 x 8): a square grid
+    assert tiny.generate.chunk_size < tiny.generate.grid_rows**2 <= tiny.generate.num_samples
+    with Image.open(Path(summary["run_dir"]) / "samples" / "grid.png") as grid:
+        assert grid.width == grid.height >= 512
     assert run.data.params["train.lr"] == str(tiny.train.lr)
     assert run.data.params["data.source"] == "digits"
     assert run.data.params["model.name"] == "vae"
