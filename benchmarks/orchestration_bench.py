@@ -3,8 +3,8 @@
 End to end: the real `genpar run CONFIG` in a subprocess (fresh GENPAR_HOME, warm Prefect
 database), ephemeral Prefect versus a running `prefect server`. Compute: the training loop
 (result.json), and preprocessing, evaluation and generation timed inside their tasks'
-library calls. Per-task wall times come from Prefect's own database; Dask and Prefect start-up
-are also measured on their own in the same run.
+library calls. Per-task wall times come from Prefect's own database; the Dask cluster's
+start-up and close (one per flow run at most) are timed inside the run (`dask/...` metrics).
 """
 
 from __future__ import annotations
@@ -83,15 +83,15 @@ def task_durations(prefect_home: Path) -> dict[str, float]:
     return {name: _ts(end) - _ts(start) for name, start, end in rows if start and end}
 
 
-def ran_in_process(prefect_home: Path, stage: str) -> bool:
-    """Whether the newest flow run's `stage` ran without a cluster (its log says so)."""
+def cluster_starter(prefect_home: Path) -> str | None:
+    """The stage of the newest flow run that started its Dask cluster (its log says so)."""
     db = sqlite3.connect(prefect_home / "prefect.db")
     (flow_run,) = db.execute("SELECT id FROM flow_run ORDER BY created DESC LIMIT 1").fetchone()
     row = db.execute(
-        "SELECT 1 FROM log WHERE flow_run_id = ? AND message LIKE ?",
-        (flow_run, f"{stage}: % in this process%"),
+        "SELECT message FROM log WHERE flow_run_id = ? AND message LIKE ?",
+        (flow_run, "%: started the flow run's Dask cluster%"),
     ).fetchone()
-    return row is not None
+    return row[0].split(":")[0] if row else None
 
 
 def task_time(durations: dict[str, float], task: str) -> float:
@@ -108,20 +108,6 @@ def _ts(text: str) -> float:
 def run_summary(home: Path) -> dict:
     (summary,) = home.glob("runs/*/*/summary.json")
     return json.loads(summary.read_text())
-
-
-def dask_startup() -> float:
-    from distributed import Client
-
-    from tasks.cluster import local_cluster
-
-    with (
-        stopwatch() as t,
-        local_cluster(2) as c,
-        Client(c) as client,
-    ):
-        client.run(lambda: None)
-    return t["s"]
 
 
 def prefect_server(prefect_home: Path) -> tuple[subprocess.Popen, str]:
@@ -155,18 +141,18 @@ def breakdown(config: str, work: Path, label: str) -> list[Result]:
     tasks = task_durations(prefect_home)
     summary = run_summary(home)
     result = json.loads((Path(summary["run_dir"]) / "result.json").read_text())
-    gen_startup = summary["metrics"].get("gen/startup_s", 0.0)
-    # a LocalCluster's start-up, timed apart, where preprocessing started one
-    dask = 0.0 if ran_in_process(prefect_home, "preprocess") else dask_startup()
-    compute = {
-        "training loop": result["wall_s"],
-        "evaluation": task_time(tasks, "evaluate"),
-        "generation": task_time(tasks, "generate") - gen_startup,
-        "preprocessing": max(task_time(tasks, "preprocess") - dask, 0.0),
-    }
+    # The run's one Dask cluster at most, timed inside it: started within the task of the
+    # stage that first needed it, closed by the flow after generation.
+    metrics = summary["metrics"]
+    started, startup = int(metrics["dask/clusters_started"]), metrics["dask/startup_s"]
+    starter = cluster_starter(prefect_home)
+    stages = {"preprocessing": "preprocess", "evaluation": "evaluate", "generation": "generate"}
+    compute = {"training loop": result["wall_s"]}
+    for row, stage in stages.items():
+        compute[row] = task_time(tasks, stage) - (startup if starter == stage else 0.0)
     parts = {
         "torchrun + rank start-up/teardown": task_time(tasks, "train") - result["wall_s"],
-        "Dask cluster start-up (stages that started one)": dask + gen_startup,
+        f"Dask cluster start-up and close ({started} started)": startup + metrics["dask/close_s"],
         "MLflow logging tasks": sum(task_time(tasks, t) for t in TRACKING_TASKS),
         "preflight (machine, tracking store)": task_time(tasks, "preflight"),
     }

@@ -14,6 +14,7 @@ from prefect import flow
 from flows.evaluate import prepare_model
 from genpar_models.config import PipelineConfig
 from genpar_models.util.paths import report_dir
+from tasks.cluster import flow_cluster
 from tasks.compress import compress_model, log_compression
 
 
@@ -25,7 +26,8 @@ def compress_flow(
 
     Without `config`, the model run's own config is used, with `overrides` applied.
     """
-    uri, found, cfg, shards_dir = prepare_model(model, config, overrides)
+    with flow_cluster():  # only the shard set may need Dask: closed before compressing
+        uri, found, cfg, shards_dir = prepare_model(model, config, overrides)
     out_dir = str(report_dir("compress", model))
     result = compress_model(cfg, shards_dir, found["model_dir"], out_dir)
     logged = log_compression(uri, found["run_id"], cfg, result, out_dir) if found["run_id"] else {}

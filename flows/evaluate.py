@@ -16,6 +16,7 @@ from prefect import flow
 
 from genpar_models.config import PipelineConfig, load_config
 from genpar_models.util.paths import report_dir
+from tasks.cluster import flow_cluster
 from tasks.evaluate import evaluate, log_evaluation, resolve_model
 from tasks.preflight import preflight
 from tasks.preprocess import preprocess
@@ -61,9 +62,10 @@ def evaluate_flow(
 
     Without `config`, the model run's own config is used, with `overrides` applied.
     """
-    uri, found, cfg, shards_dir = prepare_model(model, config, overrides)
-    out_dir = str(report_dir("evaluate", model))
-    report = evaluate(cfg, shards_dir, found["model_dir"], out_dir)
+    with flow_cluster():  # a rebuilt shard set and the sample blocks share one cluster
+        uri, found, cfg, shards_dir = prepare_model(model, config, overrides)
+        out_dir = str(report_dir("evaluate", model))
+        report = evaluate(cfg, shards_dir, found["model_dir"], out_dir)
     logged_to = None
     if found["run_id"]:
         logged_to = log_evaluation(uri, found["run_id"], report, out_dir, cfg.evaluate.log_to)

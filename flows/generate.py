@@ -15,6 +15,7 @@ from prefect import flow
 
 from genpar_models.config import PipelineConfig
 from tasks import mlflow_store as store
+from tasks.cluster import flow_cluster
 from tasks.evaluate import resolve_model
 from tasks.generate import check_output, generate_samples
 
@@ -46,7 +47,8 @@ def generate_flow(
     cfg = cfg.model_copy(update={"generate": cfg.generate.model_copy(update=gen)})
     uri = store.resolve_uri(cfg)
     found = resolve_model(model, uri, cfg.registered_model_name, named=named)
-    metrics = generate_samples(cfg, found["model_dir"], str(target), overwrite)
+    with flow_cluster():
+        metrics = generate_samples(cfg, found["model_dir"], str(target), overwrite)
     what = f"{found['name']} version {found['version']}" if found["version"] else model
     return {
         "model": what,

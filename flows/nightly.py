@@ -42,6 +42,7 @@ from flows.pipeline import pipeline
 from genpar_models.config import PipelineConfig
 from genpar_models.eval.promotion import challenger_config
 from tasks.artifacts import night_links, publish_retrain_report
+from tasks.cluster import flow_cluster
 from tasks.notify import notify_failure, notify_night
 from tasks.preflight import preflight
 from tasks.promotion import (
@@ -137,7 +138,9 @@ def _contest(
 def nightly_retrain(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:  # noqa: B008
     """Retrain unless nothing changed since the champion; the challenger takes the `champion`
     alias only if it beats the champion by retrain.rule (the first run promotes)."""
-    with retrain_slot(config):
+    # The champion's evaluation hands its Dask cluster on to the challenger's preprocessing
+    # (the pipeline closes it before training).
+    with retrain_slot(config), flow_cluster():
         uri = preflight(config)
         data = fingerprint_source(config)
         champion = find_champion(config, uri)

@@ -31,6 +31,7 @@ from genpar_models.config.sweep import SweepConfig, resolve_base
 from genpar_models.errors import GenparError
 from genpar_models.sweep import halving
 from genpar_models.sweep.plan import Trial, expand_seeds, tpe_points
+from tasks.cluster import flow_cluster
 from tasks.preflight import preflight
 from tasks.promotion import decide_promotion, find_champion, record_decision
 from tasks.sweep import (
@@ -194,7 +195,8 @@ def sweep_flow(sweep: SweepConfig) -> dict[str, Any]:
     sweep = resolve_base(sweep)
     plan = plan_sweep(sweep)
     uri = preflight(plan.base)
-    shards = share_data(plan.trials)
+    with flow_cluster():  # the shard sets share one, closed before any trial trains
+        shards = share_data(plan.trials)
     parent = open_sweep_run(sweep, plan, uri)
     outcomes = _search(sweep, plan, parent, shards)
     best = register_best(sweep, parent, outcomes)

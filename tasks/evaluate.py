@@ -25,8 +25,9 @@ from genpar_models.util import atomic, seeding
 from genpar_models.util.paths import genpar_home
 from tasks import mlflow_store as store
 from tasks import registry
-from tasks.cluster import dask_client, map_with_progress
+from tasks.cluster import dask_client
 from tasks.common import retry_unless_user_error, run_logger
+from tasks.dask_stage import map_with_progress
 from tasks.scorecard import record_scorecard
 
 
@@ -43,7 +44,7 @@ def use_dask(config: PipelineConfig) -> bool:
 
 def _generate_on_dask(config: PipelineConfig, model_dir: str, extractor_dir: str) -> Any:
     plan = block_plan(config.evaluate.num_samples)
-    with dask_client(config.compute) as client:
+    with dask_client(config.compute, "evaluate") as client:
         blocks = map_with_progress(
             client,
             generated_block,
@@ -65,7 +66,7 @@ def _series_on_dask(config: PipelineConfig, model_dir: str) -> Any:
     from genpar_models.eval.sequence_scorecard import collect_series, series_block
 
     plan = block_plan(config.evaluate.num_samples)
-    with dask_client(config.compute) as client:
+    with dask_client(config.compute, "evaluate") as client:
         blocks = map_with_progress(
             client,
             series_block,

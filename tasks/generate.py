@@ -30,8 +30,8 @@ from genpar_models.infer.sampling import (
 from genpar_models.models.conditioning import check_label, num_classes_of
 from genpar_models.models.export import META_FILE
 from genpar_models.util import atomic
-from tasks.cluster import here_or_on_dask, map_with_progress
 from tasks.common import run_logger
+from tasks.dask_stage import here_or_on_dask, map_with_progress
 
 
 def generate_to_dir(config: PipelineConfig, model_dir: str, out_dir: Path) -> dict[str, float]:
@@ -108,7 +108,7 @@ def generate_to_dir(config: PipelineConfig, model_dir: str, out_dir: Path) -> di
     return {
         "gen/num_samples": float(gen.num_samples),
         "gen/samples_per_s": gen.num_samples / elapsed,
-        # before the first chunk could start on a cluster (0 when none was started)
+        # before the first chunk could start on a cluster (0 when none was used)
         "gen/startup_s": started[0] - t0 if started else 0.0,
     }
 

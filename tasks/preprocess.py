@@ -13,8 +13,8 @@ from genpar_models.config import PipelineConfig
 from genpar_models.data.preprocess import build_shard_set, process_partition
 from genpar_models.data.sources import PartitionSpec
 from genpar_models.util.paths import shards_root
-from tasks.cluster import here_or_on_dask, map_with_progress
 from tasks.common import retry_unless_user_error, run_logger
+from tasks.dask_stage import here_or_on_dask, map_with_progress
 
 
 @task(

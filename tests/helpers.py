@@ -239,3 +239,48 @@ def small_mlflow_home(name: str) -> dict[str, str]:
         )
     client.set_registered_model_alias(name, registry.ALIAS, "2")
     return {"parent": parent, "trial": trial, "uri": uri}
+
+
+class DaskWorkerWatch:
+    """The Dask worker processes this process spawned while the `with` block ran, seen by
+    polling psutil every 20 ms (LocalCluster workers are multiprocessing-spawned children;
+    torchrun's ranks are not): `clusters(n)` is how many clusters of `n` workers that was, and
+    `beside_training` whether a worker was ever alive together with a training rank."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.pids: set[int] = set()
+        self.beside_training = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    @staticmethod
+    def alive(kind: str = "spawn_main") -> set[int]:
+        """Live descendants of this process whose command line holds `kind`."""
+        import psutil
+
+        found = set()
+        for p in psutil.Process(os.getpid()).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if kind in " ".join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE:
+                    found.add(p.pid)
+        return found
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.02):
+            workers = self.alive()
+            self.pids |= workers
+            if workers and self.alive("genpar_models.train"):
+                self.beside_training = True
+
+    def clusters(self, workers: int) -> float:
+        return len(self.pids) / workers
+
+    def __enter__(self) -> DaskWorkerWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -86,7 +86,8 @@ class DataConfig(Section):
     parallel: Literal["auto", "local", "dask"] = Field(
         "auto",
         description="Where the partitions are decoded (the shards are the same either way): "
-        "dask (compute.dask_address, else a LocalCluster for the stage), local (in this "
+        "dask (compute.dask_address, else the flow run's one LocalCluster, started by the "
+        "first stage that needs it), local (in this "
         "process), auto (dask when compute.dask_address names a cluster; otherwise the first "
         "partition in this process, and the rest on a LocalCluster only when the time it "
         "measured says the cluster's start-up pays for itself).",

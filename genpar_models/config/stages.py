@@ -102,7 +102,8 @@ class GenerateConfig(Section):
     parallel: Literal["auto", "local", "dask"] = Field(
         "auto",
         description="Where the chunks are sampled (the samples are the same either way): "
-        "dask (compute.dask_address, else a LocalCluster for the stage), local (in this "
+        "dask (compute.dask_address, else the flow run's one LocalCluster, started by the "
+        "first stage that needs it), local (in this "
         "process, chunk after chunk), auto (dask when compute.dask_address names a cluster; "
         "otherwise the first chunk in this process, and the rest on a LocalCluster only when "
         "the time it measured says the cluster's start-up pays for itself).",

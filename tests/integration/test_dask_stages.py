@@ -1,5 +1,6 @@
-"""The Dask stages on real LocalClusters: preprocessing a folder with bad files, and generation
-that gives bit-identical samples whatever the number of workers."""
+"""The Dask stages on real LocalClusters: preprocessing a folder with bad files, generation
+that gives bit-identical samples whatever the number of workers, and one cluster per flow run
+(shared by its stages, its concurrent tasks and its subflows; closed however the run ends)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from prefect import flow
 
 from genpar_models.config import PipelineConfig
 from genpar_models.data.shards import open_shard_set
@@ -19,9 +21,10 @@ from genpar_models.train.dist import DistContext
 from genpar_models.train.loop import train
 from genpar_models.train.runspec import RunSpec
 from genpar_models.util.paths import shards_root
+from tasks.cluster import dask_client, flow_cluster
 from tasks.generate import generate_to_dir
 from tasks.preprocess import preprocess
-from tests.helpers import make_shard_set
+from tests.helpers import DaskWorkerWatch, make_shard_set
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -188,3 +191,59 @@ def test_local_cluster_keeps_malloc_trim_out_of_workers_and_parent(
         seen = set(client.run(worker_env).values())
         assert "OMP_NUM_THREADS" not in os.environ
     assert seen == {(None, "1")}  # Dask's one-thread default reaches the workers
+
+
+def _on_two_workers(cfg: PipelineConfig) -> PipelineConfig:
+    return cfg.model_copy(update={"compute": cfg.compute.model_copy(update={"dask_workers": 2})})
+
+
+@flow
+def _inner(config: PipelineConfig) -> dict[str, float]:
+    with flow_cluster() as dask:  # inside the outer flow's scope: its cluster
+        preprocess(config)
+        return dask.metrics()
+
+
+@flow
+def _stages(configs: list[PipelineConfig], failing: PipelineConfig | None = None) -> dict:
+    """Two preprocessing tasks at once (threads of this process), a subflow, then one that
+    may fail: all on the flow run's one cluster, closed when the body ends."""
+    with flow_cluster() as dask:
+        futures = [preprocess.submit(c) for c in configs[:2]]
+        [f.result() for f in futures]
+        inner = _inner(configs[2])
+        if failing is not None:
+            preprocess(failing)
+        return {"outer": dask.metrics(), "inner": inner}
+
+
+def test_a_flow_runs_its_dask_stages_on_one_cluster_closed_also_when_one_raises(
+    prefect_server, home: Path, tmp_path: Path, tiny: PipelineConfig
+) -> None:
+    folders = [_image_folder(tmp_path / f"imgs{i}", per_class=8) for i in range(4)]
+    configs = [_on_two_workers(_folder_cfg(tiny, f, "skip")) for f in folders]
+    with DaskWorkerWatch() as watch:
+        got = _stages(configs[:3])
+    assert watch.clusters(workers=2) == 1  # seen from outside: two worker processes in all
+    assert got["outer"]["dask/clusters_started"] == 1 and got["outer"]["dask/startup_s"] > 0
+    assert got["inner"]["dask/clusters_started"] == 0  # the subflow reused its parent's
+    assert DaskWorkerWatch.alive() == set()
+    assert len(_shard_dirs()) == 3
+
+    failing = _on_two_workers(_folder_cfg(tiny, folders[3], "fail"))
+    with DaskWorkerWatch() as watch, pytest.raises(DataError, match="2 bad sample"):
+        _stages(configs[:3], failing)  # the three sets exist: only the failing stage starts one
+    assert watch.clusters(workers=2) == 1
+    assert DaskWorkerWatch.alive() == set()  # closed by the failing flow too
+
+
+def test_a_flow_scope_closes_its_cluster_on_keyboard_interrupt(tiny: PipelineConfig) -> None:
+    compute = _on_two_workers(tiny).compute
+    with DaskWorkerWatch() as watch, pytest.raises(KeyboardInterrupt):  # noqa: SIM117
+        with flow_cluster(), dask_client(compute):  # the scope sees the interrupt, not raises
+            raise KeyboardInterrupt
+    assert watch.clusters(workers=2) == 1 and DaskWorkerWatch.alive() == set()
+
+
+def _shard_dirs() -> list[Path]:
+    return [p for p in shards_root().iterdir() if not p.name.startswith("_")]

@@ -23,7 +23,7 @@ from tasks import registry
 from tasks.listing import list_runs
 from tasks.scorecard import EXTRACTOR_EXPERIMENT
 from tests.conftest import REPO
-from tests.helpers import as_family
+from tests.helpers import DaskWorkerWatch, as_family
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -111,6 +111,8 @@ ADDED_PARAMS |= {"train.allow_reshard"}
 ADDED_PARAMS |= {"model.conditional", "generate.label", "generate.balanced_labels"}
 ADDED_PARAMS |= {"model.arch"}  # issue 14: dcgan by default, the networks as they were
 ADDED_METRICS = {"train/global_batch_size"}
+# Issue 18: the Dask clusters the run started (one at most) and their start-up/close seconds.
+ADDED_METRICS |= {"dask/clusters_started", "dask/startup_s", "dask/close_s"}
 ADDED_TAGS = {"genpar.run_identity", *lineage_tags()}
 ADDED_TAGS |= {"genpar.strategy"}  # issue 16: ddp or fsdp, set by rank 0 at the start
 
@@ -192,7 +194,11 @@ def _same_weights_and_samples(run_dir: Path, recorded_dir: Path, recorded_chunks
 def test_vae_pipeline_records_everything_and_a_toy_family_run_reuses_shards(
     prefect_server, tracked_home: Path, tiny: PipelineConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    summary = pipeline(tiny)
+    with DaskWorkerWatch() as watch:
+        summary = pipeline(tiny)
+    assert watch.pids == set()  # every stage of tiny runs in this process: no cluster at all
+    assert summary["metrics"]["dask/clusters_started"] == 0
+    assert summary["metrics"]["dask/startup_s"] == 0
     client = MlflowClient(default_tracking_uri())
     run = client.get_run(summary["run_id"])
     _same_as_recorded(client, summary, "vae")
@@ -348,18 +354,33 @@ def test_vae_pipeline_records_everything_and_a_toy_family_run_reuses_shards(
 
 
 def test_dcgan_pipeline(prefect_server, tracked_home: Path, tiny: PipelineConfig) -> None:
+    """The GAN's pipeline, its preprocessing, evaluation sampling and generation all on Dask:
+    one LocalCluster before training, closed before it starts, and one shared by evaluation
+    and generation after it (idle workers would take CPU from training: tasks/cluster.py)."""
+    on_dask = {"parallel": "dask"}
     cfg = tiny.model_copy(
         update={
             "name": "tiny-gan",
             # the new default loss (hinge) with the moving average of the generator
             "model": as_family(tiny.model, "dcgan").model_copy(update={"ema_decay": 0.9}),
             "train": tiny.train.model_copy(update={"lr": 2e-4, "adam_beta1": 0.5}),
+            "data": tiny.data.model_copy(update=on_dask),
+            "evaluate": tiny.evaluate.model_copy(update=on_dask),
+            "generate": tiny.generate.model_copy(update=on_dask),
+            "compute": tiny.compute.model_copy(update={"dask_workers": 2}),
         }
     )
-    summary = pipeline(cfg)
+    with DaskWorkerWatch() as watch:
+        summary = pipeline(cfg)
+    assert watch.clusters(workers=2) == 2  # seen from outside: 2 x 2 worker processes
+    assert not watch.beside_training  # no worker alive while a rank was
+    assert DaskWorkerWatch.alive() == set()  # and none left
+    assert summary["metrics"]["dask/clusters_started"] == 2
+    assert summary["metrics"]["dask/startup_s"] > 0 and summary["metrics"]["dask/close_s"] > 0
     client = MlflowClient(default_tracking_uri())
     run = client.get_run(summary["run_id"])
     assert run.info.status == "FINISHED"
+    assert run.data.metrics["dask/clusters_started"] == 2
     # The default DCGAN changed on purpose (no batch statistics): keys as recorded, new values;
     # genpar 0.1's network still samples bit for bit the same (tests/unit/test_migration.py).
     # With model.ema_decay the raw generator is exported beside the average and scored once.

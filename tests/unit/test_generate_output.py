@@ -54,7 +54,7 @@ def test_overwrite_replaces_a_previous_sample_set_and_empty_dirs_need_nothing(
 
 
 def test_a_cluster_is_started_only_when_its_start_up_pays() -> None:
-    from tasks.cluster import CLUSTER_COST_S, dask_pays
+    from tasks.dask_stage import CLUSTER_COST_S, dask_pays
 
     # tiny: 3 chunks left of a few ms each -> this process; 2 workers halve a long job's time
     assert not dask_pays(0.005, 3, workers=2)
