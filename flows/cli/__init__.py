@@ -17,17 +17,11 @@ start.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import os
-import sys
-import threading
-from typing import NoReturn
-
 import typer
 
 from flows.cli.app import app
 from flows.cli.common import prefect_defaults
+from genpar_models.util.leave import exit_now
 
 # Each module registers its commands on import; the import order is the order of `--help`.
 # isort: off
@@ -54,42 +48,13 @@ def _environment(ctx: typer.Context) -> None:
 
 
 def main() -> None:
-    """The console script: run the command, then leave without the interpreter's teardown."""
+    """The console script: run the command, then leave without the interpreter's teardown
+    (genpar_models/util/leave.py: 3.9-6.4 s after `genpar run` printed its summary)."""
     try:
         app()  # standalone mode: always ends in SystemExit (Click's ctx.exit or a failure)
     except SystemExit as e:
-        _exit_now(e.code)
-    _exit_now(0)
-
-
-def _exit_now(code: object) -> NoReturn:
-    """Exit the way the interpreter would, minus its final teardown.
-
-    With torch, MLflow, Prefect and pandas loaded, finalising modules and collecting their
-    garbage cost `genpar run` 4.5 s on a quiet 2-core machine and 7.5 s under load after the
-    summary was printed (py-spy: the main thread busy in C with no Python frame left), and it
-    buys nothing: results are written whole and closed by then. So run what the interpreter runs
-    before that teardown, in its order, then `os._exit`: threading's exit hooks and the join of
-    non-daemon threads (Prefect drains its log and event workers to the API here), then the
-    atexit handlers (Prefect stops its temporary server, logging flushes its handlers), then
-    flush stdout and stderr. An exception other than SystemExit still leaves the usual way.
-    """
-    if code is None:
-        status = 0
-    elif isinstance(code, int):
-        status = code
-    else:  # sys.exit("message"): what the interpreter prints, with status 1
-        print(code, file=sys.stderr)
-        status = 1
-    shutdown = getattr(threading, "_shutdown", None)  # CPython's own first step of exiting
-    if shutdown is not None:
-        shutdown()
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        # a closed pipe (genpar runs | head): nothing left to keep
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
-    os._exit(status)
+        exit_now(e.code)
+    exit_now(0)
 
 
 if __name__ == "__main__":
