@@ -18,7 +18,6 @@ from prefect.cache_policies import NO_CACHE
 
 from genpar_models.config import PipelineConfig
 from genpar_models.errors import ConfigError, GenparError
-from genpar_models.eval.plots import plot_generated_series
 from genpar_models.infer.sampling import (
     cached_model,
     chunk_plan,
@@ -96,6 +95,9 @@ def generate_to_dir(config: PipelineConfig, model_dir: str, out_dir: Path) -> di
     )
     first = np.load(out_dir / chunks[0]["file"], allow_pickle=False)
     if "lengths_file" in chunks[0]:  # series: the first grid_rows, one panel each
+        # imported here: matplotlib is 0.7 s of every genpar start-up that draws no series
+        from genpar_models.eval.plots import plot_generated_series
+
         plot_generated_series(first, out_dir / "grid.png", rows=gen.grid_rows)
     elif classes and gen.label is None:  # one row per class, grid_rows samples each
         rows = class_rows(cached_model(model_dir), gen.grid_rows, seed)

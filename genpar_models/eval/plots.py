@@ -1,18 +1,49 @@
 """Figures written as artifacts: the loss curves of a run, and for sequence models real vs generated
-series and a PCA picture of both sets (matplotlib, headless Agg backend)."""
+series and a PCA picture of both sets (matplotlib's object API on the headless Agg canvas).
+
+No pyplot: its global figure registry is not thread-safe, and a sweep draws its trials' curves
+in concurrent task threads; a `Figure` with its own Agg canvas shares nothing, needs no
+`close`, and never touches a display or the process-wide backend.
+"""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-import matplotlib
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from genpar_models.util import atomic
 
-matplotlib.use("Agg")  # no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
+
+def _figure(figsize: tuple[float, float]) -> Figure:
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)  # attaches itself as fig.canvas
+    return fig
+
+
+def _save(fig: Figure, path: Path, dpi: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    return path
+
+
+def _fixed_margins(cols: int, rows: int, width: float, height: float) -> dict[str, float]:
+    """Subplot margins of a grid of 4.5 x 3.2 in panels, in figure fractions: room for tick
+    labels, a panel title and the figure's title. Fixed, where `tight_layout` measured every
+    tick label first: half of the curves' drawing time (0.4-0.8 s a plot on 2 cores), paid
+    by every run and every sweep trial."""
+    return {
+        "left": 0.75 / width,
+        "right": 1 - 0.2 / width,
+        "bottom": 0.5 / height,
+        "top": 1 - 0.65 / height,
+        "wspace": 0.3,
+        "hspace": 0.45 if rows > 1 else 0.2,
+    }
 
 
 def plot_curves(histories: dict[str, list[tuple[int, float]]], path: Path, title: str) -> Path:
@@ -24,7 +55,11 @@ def plot_curves(histories: dict[str, list[tuple[int, float]]], path: Path, title
     n = max(len(panels), 1)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    width, height = 4.5 * cols, 3.2 * rows
+    fig = _figure((width, height))
+    axes = fig.subplots(
+        rows, cols, squeeze=False, gridspec_kw=_fixed_margins(cols, rows, width, height)
+    )
     for ax, (name, series) in zip(axes.flat, panels.items(), strict=False):
         for key, points in series.items():
             ax.plot(
@@ -41,19 +76,15 @@ def plot_curves(histories: dict[str, list[tuple[int, float]]], path: Path, title
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
 
 
 def plot_series_pairs(real: np.ndarray, fake: np.ndarray, path: Path, count: int = 4) -> Path:
     """Real series (left) and generated ones (right), one row each, every channel a line."""
 
     k = max(1, min(count, len(real), len(fake)))
-    fig, axes = plt.subplots(k, 2, figsize=(9, 1.9 * k), squeeze=False, sharey=True)
+    fig = _figure((9, 1.9 * k))
+    axes = fig.subplots(k, 2, squeeze=False, sharey=True)
     for row in range(k):
         for col, (name, data) in enumerate((("real", real), ("generated", fake))):
             ax = axes[row, col]
@@ -64,11 +95,7 @@ def plot_series_pairs(real: np.ndarray, fake: np.ndarray, path: Path, count: int
                 ax.set_title(name)
             ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=90)
 
 
 def plot_series_embedding(real: np.ndarray, fake: np.ndarray, path: Path, *, seed: int) -> Path:
@@ -81,32 +108,26 @@ def plot_series_embedding(real: np.ndarray, fake: np.ndarray, path: Path, *, see
 
     r, f = flat(real), flat(fake)
     pca = PCA(n_components=2, random_state=seed).fit(r)
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+    fig = _figure((5, 4.5))
+    ax = fig.subplots()
     for name, data, colour in (("real", r, "tab:red"), ("generated", f, "tab:blue")):
         pts = pca.transform(data)
         ax.scatter(pts[:, 0], pts[:, 1], s=6, alpha=0.4, label=name, c=colour)
     ax.set_title("PCA of real and generated series")
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=90)
 
 
 def plot_generated_series(values: np.ndarray, path: Path, *, rows: int) -> Path:
     """The first `rows` generated series, one panel each (every channel a line)."""
     k = max(1, min(rows, len(values)))
-    fig, axes = plt.subplots(k, 1, figsize=(6, 1.4 * k), squeeze=False, sharex=True)
+    fig = _figure((6, 1.4 * k))
+    axes = fig.subplots(k, 1, squeeze=False, sharex=True)
     for i in range(k):
         steps = int((~np.isnan(values[i, :, 0])).sum())
         axes[i, 0].plot(np.arange(steps), values[i, :steps], linewidth=1)
         axes[i, 0].grid(alpha=0.3)
     axes[0, 0].set_title("generated series")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=90)
