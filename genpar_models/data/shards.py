@@ -48,6 +48,8 @@ def write_partition_shards(
         [split_of(i, val_fraction=val_fraction, test_fraction=test_fraction) for i in ids]
     )
     summary: dict[str, Any] = {"index": index, "shards": {}, "max_label": -1}
+    files: list[tuple[Path, np.ndarray]] = []
+    counts: dict[str, int] = {}
     for split in SPLITS:
         mask = which == split
         n = int(mask.sum())
@@ -55,19 +57,25 @@ def write_partition_shards(
             continue
         stem = f"{split}-{index:05d}"
         img, lab = images[mask], labels[mask].astype(np.int64)
+        files += [(out_dir / f"{stem}.images.npy", img), (out_dir / f"{stem}.labels.npy", lab)]
+        counts[split] = n
+        if split == "train":
+            x = img.astype(np.float64)  # (n, C, H, W)
+            x /= 255.0
+            summary["sum"] = x.sum(axis=(0, 2, 3)).tolist()
+            summary["sumsq"] = np.multiply(x, x, out=x).sum(axis=(0, 2, 3)).tolist()
+            summary["pixels"] = int(n * img.shape[2] * img.shape[3])
+    digests = iter(atomic.write_npys(files))  # one durable batch: see write_npys
+    for split, n in counts.items():
+        stem = f"{split}-{index:05d}"
         entry = ShardEntry(
             images=f"{stem}.images.npy",
             labels=f"{stem}.labels.npy",
             count=n,
-            sha256_images=atomic.write_npy(out_dir / f"{stem}.images.npy", img),
-            sha256_labels=atomic.write_npy(out_dir / f"{stem}.labels.npy", lab),
+            sha256_images=next(digests),
+            sha256_labels=next(digests),
         )
         summary["shards"][split] = entry.model_dump()
-        if split == "train":
-            x = img.astype(np.float64) / 255.0  # (n, C, H, W)
-            summary["sum"] = x.sum(axis=(0, 2, 3)).tolist()
-            summary["sumsq"] = (x * x).sum(axis=(0, 2, 3)).tolist()
-            summary["pixels"] = int(n * img.shape[2] * img.shape[3])
     if len(labels):
         summary["max_label"] = int(labels.max())
     return summary
@@ -98,22 +106,20 @@ def write_sequence_shards(
         [split_of(i, val_fraction=val_fraction, test_fraction=test_fraction) for i in ids]
     )
     summary: dict[str, Any] = {"index": index, "shards": {}, "max_label": -1}
+    files: list[tuple[Path, np.ndarray]] = []
+    counts: dict[str, int] = {}
     for split in SPLITS:
         mask = which == split
         if not mask.any():
             continue
         stem = f"{split}-{index:05d}"
         val, lab, ln = values[mask], labels[mask].astype(np.int64), lengths[mask].astype(np.int64)
-        entry = ShardEntry(
-            images=f"{stem}.values.npy",
-            labels=f"{stem}.labels.npy",
-            lengths=f"{stem}.lengths.npy",
-            count=int(mask.sum()),
-            sha256_images=atomic.write_npy(out_dir / f"{stem}.values.npy", val),
-            sha256_labels=atomic.write_npy(out_dir / f"{stem}.labels.npy", lab),
-            sha256_lengths=atomic.write_npy(out_dir / f"{stem}.lengths.npy", ln),
-        )
-        summary["shards"][split] = entry.model_dump()
+        files += [
+            (out_dir / f"{stem}.values.npy", val),
+            (out_dir / f"{stem}.labels.npy", lab),
+            (out_dir / f"{stem}.lengths.npy", ln),
+        ]
+        counts[split] = int(mask.sum())
         if split == "train":
             x = val.astype(np.float64)
             inside = np.arange(x.shape[1])[None, :] < ln[:, None]  # (n, T)
@@ -121,6 +127,19 @@ def write_sequence_shards(
             summary["sum"] = x.sum(axis=(0, 1)).tolist()
             summary["sumsq"] = (x * x).sum(axis=(0, 1)).tolist()
             summary["pixels"] = int(ln.sum())  # steps: the count behind the per-channel sums
+    digests = iter(atomic.write_npys(files))  # one durable batch: see write_npys
+    for split, n in counts.items():
+        stem = f"{split}-{index:05d}"
+        entry = ShardEntry(
+            images=f"{stem}.values.npy",
+            labels=f"{stem}.labels.npy",
+            lengths=f"{stem}.lengths.npy",
+            count=n,
+            sha256_images=next(digests),
+            sha256_labels=next(digests),
+            sha256_lengths=next(digests),
+        )
+        summary["shards"][split] = entry.model_dump()
     if len(labels):
         summary["max_label"] = int(labels.max())
     return summary

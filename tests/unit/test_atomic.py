@@ -98,3 +98,23 @@ def test_replacing_a_directory_never_leaves_its_name_missing(tmp_path: Path) -> 
     assert errors == []
     assert (final / "data").read_text() == "149" and len(seen) > 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
+
+
+def test_write_npys_matches_write_npy_and_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    import numpy as np
+
+    arrays = [np.arange(12, dtype=np.uint8).reshape(3, 4), np.array([1, -1], np.int64)]
+    one = [atomic.write_npy(tmp_path / f"one{i}.npy", a) for i, a in enumerate(arrays)]
+    batch = atomic.write_npys([(tmp_path / f"b{i}.npy", a) for i, a in enumerate(arrays)])
+    assert batch == one  # the same bytes, so the same sha256 a manifest records
+    for i in range(2):
+        assert (tmp_path / f"b{i}.npy").read_bytes() == (tmp_path / f"one{i}.npy").read_bytes()
+    assert not [p for p in tmp_path.iterdir() if atomic.TMP_MARK in p.name]
+    # the second file cannot be written: the first is not published, no temporary stays
+    with pytest.raises(OSError):
+        atomic.write_npys(
+            [(tmp_path / "c0.npy", arrays[0]), (tmp_path / "no" / "c1.npy", arrays[1])]
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["one0.npy", "one1.npy", "b0.npy", "b1.npy"]
+    )
