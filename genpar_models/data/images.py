@@ -26,6 +26,7 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 _BACKGROUND = {"black": 0, "white": 255}
 _ALPHA_MODES = {"LA": "L", "RGBA": "RGB"}
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+_ORIENTATION_SOURCES = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
 
 
 def decode_image(path: str | os.PathLike[str], *, max_pixels: int) -> Image.Image:
@@ -55,10 +56,20 @@ def decode_image(path: str | os.PathLike[str], *, max_pixels: int) -> Image.Imag
             )
         try:
             img.load()  # the whole decode happens here: truncated data fails now, not later
-            ImageOps.exif_transpose(img, in_place=True)
+            if _may_carry_orientation(img):
+                ImageOps.exif_transpose(img, in_place=True)
         except Exception as e:  # decoders raise OSError, SyntaxError, ValueError, ...
             raise DataError(f"{path}: truncated or corrupt image data ({e})") from e
     return img
+
+
+def _may_carry_orientation(img: Image.Image) -> bool:
+    """Whether Pillow's getexif() could find an orientation: it reads only info["exif"], a PNG
+    "Raw profile type exif" text, XMP in info, or a TIFF's own tags (Pillow 13, Image.getexif).
+    An image without any of them displays as stored, and exif_transpose would only build an
+    empty Exif to learn that: about 2% of a 64x64 PNG's preprocessing (benchmarks/README.md).
+    tests/unit/test_sources.py compares both paths on every format that can carry one."""
+    return hasattr(img, "tag_v2") or any(k in img.info for k in _ORIENTATION_SOURCES)
 
 
 def _open_header(fp: BinaryIO, path: str, max_pixels: int) -> Image.Image:

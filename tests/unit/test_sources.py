@@ -259,6 +259,54 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     assert decode_image(tmp_path / "turned.jpg", max_pixels=100).size == (4, 8)
 
 
+ORIENTED = [  # (suffix, save keywords): every way Pillow reads an orientation from a file
+    ("jpg", {"exif": "exif"}),
+    ("png", {"exif": "exif"}),
+    ("webp", {"exif": "exif", "lossless": True}),
+    ("tiff", {"exif": "exif"}),
+    ("jpg", {"xmp": "xmp"}),
+    ("webp", {"xmp": "xmp", "lossless": True}),
+    ("png", {"pnginfo": "raw"}),
+    ("png", {}),
+    ("jpg", {}),
+    ("tiff", {}),
+    ("gif", {}),
+    ("bmp", {}),
+]
+
+
+@pytest.mark.parametrize(("suffix", "how"), ORIENTED, ids=lambda v: str(v))
+def test_orientation_shortcut_matches_exif_transpose(
+    tmp_path: Path, suffix: str, how: dict
+) -> None:
+    """decode_image skips exif_transpose when no orientation can be present; the result must
+    be what Pillow's own exif_transpose gives, for every format and tag carrier."""
+    from PIL import ImageOps, PngImagePlugin
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    xmp = (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/'
+        b'22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
+        b'tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+    )
+    raw = PngImagePlugin.PngInfo()
+    data = exif.tobytes()
+    raw.add_text("Raw profile type exif", f"\nexif\n{len(data):8}\n{data.hex()}\n")
+    values = {"exif": exif, "xmp": xmp, "raw": raw}
+    kwargs = {k: values.get(v, v) if isinstance(v, str) else v for k, v in how.items()}
+    path = tmp_path / f"x.{suffix}"
+    Image.fromarray(np.arange(96, dtype=np.uint8).reshape(4, 8, 3)).save(path, **kwargs)
+    with Image.open(path) as reference:
+        reference.load()
+        ImageOps.exif_transpose(reference, in_place=True)
+        expected = np.asarray(reference.convert("RGB"))
+    got = decode_image(path, max_pixels=1000)
+    assert np.array_equal(np.asarray(got.convert("RGB")), expected)
+    if how:  # every carrier above holds orientation 6: the image is turned
+        assert got.size == (4, 8)
+
+
 # ---------------------------------------------------------------- folders
 
 
