@@ -43,6 +43,7 @@ from tasks.sweep import (
     run_trial,
     share_data,
     stop_trial,
+    warm_plotting,
 )
 from tasks.sweep_report import finish_sweep, mark_sweep_failed, register_best, trial_config
 
@@ -151,7 +152,7 @@ def _search(
     outcomes: list[dict[str, Any]] = []
     batch = plan.trials
     while True:
-        outcomes += _train_round(sweep, plan, parent, batch, shards | share_data(batch))
+        outcomes += _train_round(sweep, plan, parent, batch, shards | share_data(batch, parent.uri))
         points = len(_history(sweep, outcomes))
         left = (sweep.trials or 0) - points
         if left <= 0:
@@ -193,10 +194,11 @@ def _promote(parent: SweepRun, best: dict[str, Any], uri: str) -> dict[str, Any]
 def sweep_flow(sweep: SweepConfig) -> dict[str, Any]:
     """Train a sweep's trials concurrently with successive halving; one parent MLflow run."""
     sweep = resolve_base(sweep)
+    warm_plotting()  # matplotlib's first import and draw, off the trials' path
     plan = plan_sweep(sweep)
     uri = preflight(plan.base)
     with flow_cluster():  # the shard sets share one, closed before any trial trains
-        shards = share_data(plan.trials)
+        shards = share_data(plan.trials, uri)
     parent = open_sweep_run(sweep, plan, uri)
     outcomes = _search(sweep, plan, parent, shards)
     best = register_best(sweep, parent, outcomes)

@@ -107,16 +107,25 @@ def _check_http(uri: str) -> None:
         raise TrackingError(f"MLflow tracking server {redact(uri)} is unreachable: {e}") from None
 
 
+# SQLite stores this process has opened (created and migrated) already: the next `connect`
+# skips the lease and the probe query (8-30 ms each, paid several times per sweep trial).
+_OPENED: set[str] = set()
+
+
 def connect(uri: str) -> MlflowClient:
     """Open (and for SQLite create and migrate) the store once; fail clearly if unreachable."""
     if uri.startswith(("http://", "https://")):
         _check_http(uri)
     client = MlflowClient(tracking_uri=uri)
+    if uri in _OPENED and Path(uri[len("sqlite:///") :]).is_file():
+        return client
     with _creation_lock(uri):
         try:
             client.search_experiments(max_results=1)  # creates and migrates a new SQLite store
         except MlflowException as e:
             raise TrackingError(f"MLflow store {redact(uri)} is not usable: {e}") from None
+    if uri.startswith("sqlite:///"):
+        _OPENED.add(uri)
     return client
 
 
@@ -184,9 +193,19 @@ def create_run(client: MlflowClient, experiment_id: str, *, name: str, tags: dic
     return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
 
 
-def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> list[str]:
-    """Log params not yet on the run; return keys whose existing value differs (not re-logged)."""
-    existing = client.get_run(run_id).data.params
+def log_params(
+    client: MlflowClient,
+    run_id: str,
+    params: dict[str, Any],
+    existing: dict[str, str] | None = None,
+    tags: dict[str, Any] | None = None,
+) -> list[str]:
+    """Log params not yet on the run; return keys whose existing value differs (not re-logged).
+
+    `existing`: the run's params when the caller has them (a run just created has none; a
+    search result carries them), saving a `get_run`. `tags` go in the same first batch."""
+    if existing is None:
+        existing = client.get_run(run_id).data.params
     new, changed = [], []
     for key, value in params.items():
         text = "None" if value is None else str(value)
@@ -195,8 +214,9 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> lis
             new.append(Param(key, text))
         elif existing[key] != text:
             changed.append(key)
-    for i in range(0, len(new), 100):
-        client.log_batch(run_id, params=new[i : i + 100])
+    batch_tags = [RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()]
+    for i in range(0, max(len(new), 1) if new or batch_tags else 0, 100):  # <= 100 a batch
+        client.log_batch(run_id, params=new[i : i + 100], tags=batch_tags if i == 0 else [])
     return changed
 
 
@@ -205,14 +225,20 @@ def set_tags(client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
 
 
 def log_metrics(
-    client: MlflowClient, run_id: str, metrics: dict[str, float], step: int = 0
+    client: MlflowClient,
+    run_id: str,
+    metrics: dict[str, float],
+    step: int = 0,
+    tags: dict[str, Any] | None = None,
 ) -> None:
+    """Log metrics at `step` (and `tags`, <= 100, in the first batch: one call, not two)."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-    for i in range(0, len(batch), 1000):
-        client.log_batch(run_id, metrics=batch[i : i + 1000])
+    batch_tags = [RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()]
+    for i in range(0, max(len(batch), 1) if batch or batch_tags else 0, 1000):
+        client.log_batch(run_id, metrics=batch[i : i + 1000], tags=batch_tags if i == 0 else [])
 
 
 def finish(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None:

@@ -28,6 +28,9 @@ from tasks import uploads
 EXTRACTOR_EXPERIMENT = "genpar-feature-extractors"
 TAG_EXTRACTOR_FP = "genpar.extractor_fp"
 TAG_PARENT = "mlflow.parentRunId"
+# (store URI, extractor fingerprint) -> its FINISHED run, found once per process: a finished
+# extractor run never changes, and a sweep's trials (or a pipeline's stages) ask again.
+_FINISHED_EXTRACTORS: dict[tuple[str, str], str] = {}
 
 
 def run_protocols(run: Run) -> dict[str, dict[str, Any] | None]:
@@ -68,6 +71,9 @@ def extractor_run(
 ) -> str:
     """The extractor's MLflow run (created, with loss/accuracy and weights, the first time)."""
     info = report["extractor"]
+    known = _FINISHED_EXTRACTORS.get((uri, info["fingerprint"]))
+    if known:
+        return known
     exp = client.get_experiment_by_name(EXTRACTOR_EXPERIMENT)
     exp_id = exp.experiment_id if exp else None
     if exp_id is None:
@@ -78,6 +84,7 @@ def extractor_run(
     )
     finished = [r for r in found if r.info.status == "FINISHED"]
     if finished:
+        _FINISHED_EXTRACTORS[(uri, info["fingerprint"])] = finished[0].info.run_id
         return finished[0].info.run_id
     if found:  # made before, but its upload failed (the store was away): upload again
         run_id = found[0].info.run_id
@@ -93,7 +100,21 @@ def extractor_run(
         store.log_params(client, run_id, {"kind": info["kind"], "dataset": dataset})
     uploads.upload(client, run_id, info["directory"], "extractor", kept=kept)
     store.finish(client, run_id)  # FINISHED only with its weights: what marks it whole
+    _FINISHED_EXTRACTORS[(uri, info["fingerprint"])] = run_id
     return run_id
+
+
+def record_extractor(uri: str, extractor: Any, dataset: str) -> str:
+    """The extractor's MLflow run ahead of any scorecard (a sweep, once for all its trials,
+    before they start); `extractor` as `prepare` returns it, `dataset` the shard set's key."""
+    info = {
+        "kind": extractor.kind,
+        "fingerprint": extractor.fingerprint,
+        "directory": str(extractor.directory),
+        "summary": extractor.summary,
+    }
+    report = {"extractor": info, "protocols": {"quality": {"dataset": dataset}}}
+    return extractor_run(store.connect(uri), uri, report)
 
 
 def record_scorecard(
@@ -101,12 +122,13 @@ def record_scorecard(
 ) -> str:
     """Log metrics, protocol and extractor tags and the report; return the run used."""
     client = store.connect(uri)
-    run = client.get_run(run_id)
-    child = log_to == "child" or (log_to == "auto" and not _same_protocols(run, report))
+    child = False
+    if log_to != "run":  # only the choice between the run and a child reads the run
+        run = client.get_run(run_id)
+        child = log_to == "child" or (log_to == "auto" and not _same_protocols(run, report))
     target = _child_run(client, run, report) if child else run_id
     metrics = report["metrics"]
     step = len(client.get_metric_history(target, next(iter(metrics))))
-    store.log_metrics(client, target, metrics, step=step)
     kept = str(Path(report_dir).parent)  # the pipeline's run directory
     ext_run = extractor_run(client, uri, report, kept)
     tags = {
@@ -116,7 +138,7 @@ def record_scorecard(
         "genpar.eval.extractor_run": ext_run,
         "genpar.eval.cache": json.dumps(report["cache"]),
     }
-    store.set_tags(client, target, tags)
+    store.log_metrics(client, target, metrics, step=step, tags=tags)  # one batch
     uploads.upload(client, target, report_dir, "eval", kept=kept)
     if child:
         store.finish(client, target)

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from mlflow.entities import Metric, RunTag
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
@@ -39,12 +42,13 @@ from genpar_models.sweep.plan import (
 from genpar_models.util import atomic
 from genpar_models.util.lineage import lineage_tags
 from tasks import mlflow_store as store
-from tasks import runlock, slots
+from tasks import runlock, slots, uploads
 from tasks.common import retry_unless_user_error, run_logger
-from tasks.evaluate import eval_device, evaluate, log_evaluation
+from tasks.evaluate import eval_device, evaluate
 from tasks.launcher import cuda_device_count
 from tasks.preprocess import build_shards
-from tasks.tracking import RunHandle, _flow_run_tags, log_artifacts, plot_training_curves
+from tasks.scorecard import record_extractor, record_scorecard
+from tasks.tracking import RunHandle, _flow_run_tags, draw_training_curves
 from tasks.train import train_model
 
 TAG_SWEEP_KEY = "genpar.sweep.key"
@@ -132,9 +136,10 @@ def plan_sweep(sweep: SweepConfig) -> SweepPlan:
 @task(
     name="share-data", retries=1, retry_condition_fn=retry_unless_user_error, cache_policy=NO_CACHE
 )
-def share_data(trials: list[Trial]) -> dict[str, str]:
-    """One shard set per distinct data config, and one feature extractor and set of reference
-    statistics per (shard set, evaluate config), before any trial starts; {trial id: shards}."""
+def share_data(trials: list[Trial], uri: str) -> dict[str, str]:
+    """One shard set per distinct data config, and one feature extractor (with its MLflow run)
+    and set of reference statistics per (shard set, evaluate config), before any trial
+    starts; {trial id: shards}."""
     from genpar_models.eval.scorecard import prepare
 
     log, by_data, shards, prepared = run_logger(), {}, {}, set()
@@ -145,7 +150,10 @@ def share_data(trials: list[Trial]) -> dict[str, str]:
         shards[trial.id] = by_data[data_key]
         eval_key = (shards[trial.id], trial.config.evaluate.model_dump_json())
         if eval_key not in prepared:
-            prepare(shards[trial.id], trial.config.evaluate, device=eval_device(trial.config))
+            extractor, _ = prepare(
+                shards[trial.id], trial.config.evaluate, device=eval_device(trial.config)
+            )
+            record_extractor(uri, extractor, read_manifest(shards[trial.id]).key)
             prepared.add(eval_key)
     log.info(
         "%d shard set(s) and %d evaluation cache(s) for %d trial(s)",
@@ -228,41 +236,41 @@ def _open_trial_run(parent: SweepRun, trial: Trial, shards_dir: str) -> RunHandl
     once, so a crash never leaves an untagged duplicate); params and tags logged."""
     client = store.connect(parent.uri)
     config = trial.config
-    key = config.train_key(read_manifest(shards_dir).key)
-    found = _find_child(parent, trial.id)
+    shards_key = read_manifest(shards_dir).key
+    key = config.train_key(shards_key)
+    found = _find_child(parent, trial.id, client)
     if found is not None:
-        run_id = found.info.run_id
+        run_id, existing = found.info.run_id, found.data.params
         if found.info.status != "RUNNING":
             client.update_run(run_id, status="RUNNING")
     else:
-        run_id = store.create_run(
-            client,
-            parent.experiment_id,
-            name=f"{parent.run_id[:8]}-{trial.id}",
-            tags={
-                TAG_PARENT: parent.run_id,
-                TAG_TRIAL: trial.id,
-                TAG_ROLE: "trial",
-                store.TAG_TRAIN_KEY: key,
-            },
+        run_id, existing = (
+            store.create_run(
+                client,
+                parent.experiment_id,
+                name=f"{parent.run_id[:8]}-{trial.id}",
+                tags={
+                    TAG_PARENT: parent.run_id,
+                    TAG_TRIAL: trial.id,
+                    TAG_ROLE: "trial",
+                    store.TAG_TRAIN_KEY: key,
+                },
+            ),
+            {},
         )
     run_dir = store.run_dir_for(parent.experiment, run_id)
     runlock.try_acquire(run_dir)
-    store.log_params(client, run_id, config.flat())
-    store.set_tags(
-        client,
-        run_id,
-        {
-            store.TAG_RUN_DIR: str(run_dir),
-            store.TAG_RUN_IDENTITY: config.run_identity(),
-            "genpar.sweep.params": json.dumps(trial.params),
-            "genpar.shards_key": read_manifest(shards_dir).key,
-            "genpar.model": config.model.name,
-            "genpar.dataset": config.data.source,
-            **lineage_tags(),
-            **_flow_run_tags(),
-        },
-    )
+    tags = {
+        store.TAG_RUN_DIR: str(run_dir),
+        store.TAG_RUN_IDENTITY: config.run_identity(),
+        "genpar.sweep.params": json.dumps(trial.params),
+        "genpar.shards_key": shards_key,
+        "genpar.model": config.model.name,
+        "genpar.dataset": config.data.source,
+        **lineage_tags(),
+        **_flow_run_tags(),
+    }
+    store.log_params(client, run_id, config.flat(), existing=existing, tags=tags)
     atomic.write_text(run_dir / "config.yaml", dump_config(config.redacted()))
     return RunHandle(
         uri=parent.uri,
@@ -354,24 +362,19 @@ def run_trial(
 def _finish_trial(
     trial: Trial, shards_dir: str, run: RunHandle, state: dict, objective_metric: str
 ) -> dict[str, Any]:
-    """The full scorecard on the trial's run, its model and curves as artifacts; FINISHED."""
+    """The full scorecard on the trial's run, its model and curves as artifacts; FINISHED.
+
+    The curves are drawn (from the run's metric history) in a thread while the scorecard
+    runs; what the scorecard logs is not part of them."""
     run_dir = Path(run.run_dir)
     model_dir, eval_dir = str(run_dir / "model"), str(run_dir / "eval")
-    report = evaluate(trial.config, shards_dir, model_dir, eval_dir)
-    log_evaluation(run.uri, run.run_id, report, eval_dir)
-    curves = plot_training_curves(run, trial.config)
-    log_artifacts(
-        trial.config,
-        run,
-        {"model": model_dir, "plots": curves, "train": str(run_dir / "result.json")},
-        {"train/final_step": float(state["step"])},
-    )
+    with ThreadPoolExecutor(1, thread_name_prefix=f"curves-{trial.id}") as pool:
+        curves = pool.submit(draw_training_curves, run, trial.config)
+        report = evaluate(trial.config, shards_dir, model_dir, eval_dir)
+        plots = curves.result()
     metrics = {**state["metrics"], **report["metrics"]}
     value = _score(metrics, objective_metric, trial)
-    client = store.connect(run.uri)
-    store.set_tags(client, run.run_id, {TAG_STATUS: "finished"})
-    store.finish(client, run.run_id, "FINISHED")
-    runlock.release(run_dir)
+    record_trial(trial, run, report, plots, int(state["step"]))
     return {
         "id": trial.id,
         "run_id": run.run_id,
@@ -380,6 +383,58 @@ def _finish_trial(
         "params": trial.params,
         "metrics": {k: v for k, v in metrics.items() if k.startswith(("eval/", "val/"))},
     }
+
+
+@task(
+    name="record-trial",
+    task_run_name="record-{trial.id}",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=retry_unless_user_error,
+    cache_policy=NO_CACHE,
+)
+def record_trial(trial: Trial, run: RunHandle, report: dict, plots: str, step: int) -> None:
+    """A scored trial's bookkeeping in one task: the scorecard, the artifacts (config, model,
+    curves, result.json), train/final_step and the status tag in one batch; FINISHED."""
+    run_dir = Path(run.run_dir)
+    record_scorecard(run.uri, run.run_id, report, str(run_dir / "eval"), log_to="run")
+    client = store.connect(run.uri)
+    artifacts = {
+        None: run_dir / "config.yaml",
+        "model": run_dir / "model",
+        "plots": Path(plots),
+        "train": run_dir / "result.json",
+    }
+    for artifact_path, local in artifacts.items():
+        if local.exists():
+            uploads.upload(client, run.run_id, local, artifact_path, kept=str(run_dir))
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run.run_id,
+        metrics=[Metric("train/final_step", float(step), now, trial.config.train.max_steps)],
+        tags=[RunTag(TAG_STATUS, "finished")],
+    )
+    store.finish(client, run.run_id, "FINISHED")
+    runlock.release(run_dir)
+    run_logger().info("trial %s recorded on MLflow run %s", trial.id, run.run_id)
+
+
+def warm_plotting() -> threading.Thread:
+    """Import matplotlib and draw once, in a thread, while the sweep prepares its data: the
+    first trial to finish would otherwise pay it (0.5-1 s on 2 busy cores)."""
+
+    def draw() -> None:
+        import io
+
+        from genpar_models.eval.plots import _figure
+
+        fig = _figure((1, 1))
+        fig.subplots().plot([0, 1], [0, 1], label="warm")
+        fig.savefig(io.BytesIO(), format="png", dpi=10)
+
+    thread = threading.Thread(target=draw, name="warm-plotting", daemon=True)
+    thread.start()
+    return thread
 
 
 @task(name="stop-trial", task_run_name="stop-{trial_id}", retries=2, cache_policy=NO_CACHE)
@@ -408,8 +463,8 @@ def fail_trial(parent: SweepRun, trial_id: str, error: str) -> str:
     return run.info.run_id
 
 
-def _find_child(parent: SweepRun, trial_id: str) -> Any:
-    client = store.connect(parent.uri)
+def _find_child(parent: SweepRun, trial_id: str, client: Any = None) -> Any:
+    client = client or store.connect(parent.uri)
     found = client.search_runs(
         [parent.experiment_id],
         filter_string=f"tags.`{TAG_PARENT}` = '{parent.run_id}' "

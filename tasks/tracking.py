@@ -256,6 +256,12 @@ def mark_failed(flow: Any, flow_run: Any, state: Any) -> None:
 @task(name="plot-curves", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
 def plot_training_curves(run: RunHandle, config: PipelineConfig) -> str:
     """Loss curves from the run's metric history in MLflow, as plots/loss_curves.png."""
+    return draw_training_curves(run, config)
+
+
+def draw_training_curves(run: RunHandle, config: PipelineConfig) -> str:
+    """plot_training_curves' work, callable from any thread (a sweep trial draws them while
+    its scorecard runs)."""
     from genpar_models.eval.plots import plot_curves
 
     client = store.connect(run.uri)
