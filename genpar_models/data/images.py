@@ -15,7 +15,7 @@ import re
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
 from genpar_models.errors import DataError
 
@@ -69,7 +69,8 @@ def _may_carry_orientation(img: Image.Image) -> bool:
     An image without any of them displays as stored, and exif_transpose would only build an
     empty Exif to learn that: 18.6 of 244 us per 64x64 PNG in decode_image (benchmarks/README.md).
     tests/unit/test_sources.py compares both paths on every format that can carry one."""
-    return hasattr(img, "tag_v2") or any(k in img.info for k in _ORIENTATION_SOURCES)
+    tiff = isinstance(img, TiffImagePlugin.TiffImageFile)  # its tags hold the orientation
+    return tiff or any(k in img.info for k in _ORIENTATION_SOURCES)
 
 
 def _open_header(fp: BinaryIO, path: str, max_pixels: int) -> Image.Image:

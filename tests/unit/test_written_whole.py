@@ -60,6 +60,8 @@ def _direct_writes(path: Path) -> list[str]:
             continue
         if isinstance(target, ast.Name) and target.id in whole:
             continue
+        if isinstance(target, ast.Call) and getattr(target.func, "attr", None) == "BytesIO":
+            continue  # an in-memory buffer, not a file
         found.append(f"line {node.lineno}: .{func.attr}(")
     return found
 
