@@ -190,6 +190,10 @@ def run(work: Path, quick: bool) -> list[Result]:
                         baseline="single-process script",
                         ratio=m["dask2"] / m["script"],
                         target=1.7,
+                        floor=(
+                            m["script2"] / m["script"],
+                            "the same script in 2 plain processes",
+                        ),
                     ),
                     Result(
                         sec,
