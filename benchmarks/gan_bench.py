@@ -64,6 +64,13 @@ def train_arm(cfg: PipelineConfig, shards: Path, run_dir: Path) -> tuple[dict, f
     return evaluate_model(spec.model_dir, shards, cfg)["metrics"], t["s"]
 
 
+def _progress(label: str, metrics: dict[str, float], seconds: float) -> None:
+    """Each arm's figures as soon as it is scored: an arm takes minutes, and a run stopped
+    before the section's table still shows what it measured."""
+    shown = {k: round(v, 3) for k, v in metrics.items() if k.startswith(("eval/fid", "eval/cas"))}
+    print(f"  [gan] {label}: {shown} after {seconds:.0f} s", flush=True)
+
+
 def run(shards: Path, work: Path, quick: bool, epochs: int = 128) -> list[Result]:
     images = load_train_images(shards)
     steps = 8 if quick else epochs * (len(images) // BATCH)
@@ -77,6 +84,7 @@ def run(shards: Path, work: Path, quick: bool, epochs: int = 128) -> list[Result
     scores, seconds = {}, {}
     for i, (label, cfg) in enumerate(arms.items()):
         scores[label], seconds[label] = train_arm(cfg, shards, work / f"arm{i}")
+        _progress(label, scores[label], seconds[label])
     cfg = next(iter(arms.values()))
     torch.set_num_threads(2)
     with stopwatch() as t:
@@ -92,6 +100,7 @@ def run(shards: Path, work: Path, quick: bool, epochs: int = 128) -> list[Result
         device="cpu",
     )
     peer_fid = score_quality(ref, gen, cfg.evaluate, seed)["eval/fid"]
+    _progress("peer single-file DCGAN", {"eval/fid": peer_fid}, t["s"])
     new, old, vae = arms
     out = [Result(sec, "peer single-file DCGAN eval/fid", peer_fid, "", note=f"{t['s']:.0f} s")]
     for label in arms:
