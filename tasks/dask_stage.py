@@ -13,6 +13,7 @@ from typing import Any
 from distributed import Client, as_completed
 
 from genpar_models.config import ComputeConfig
+from genpar_models.util import malloc
 from tasks.cluster import dask_client, local_workers
 
 # What a LocalCluster costs before its first result: start-up, each worker loading what it
@@ -42,6 +43,7 @@ def here_or_on_dask(
     dask (compute.dask_address, else a LocalCluster), local (this process), auto (a cluster
     when compute.dask_address names one; otherwise the first item here, and the rest on a
     LocalCluster only when its measured time says the start-up pays: `dask_pays`)."""
+    malloc.tune()  # items run here too (genpar_models/util/malloc.py)
     done: list[dict[str, Any]] = []
     rest = items
     if items and (mode == "local" or (mode == "auto" and not cfg.dask_address)):
@@ -75,6 +77,7 @@ def map_with_progress(
 ) -> list[dict[str, Any]]:
     """client.map(fn, *iterables, **kwargs), reporting progress about every 10%; results in
     completion order (each carries its own index)."""
+    client.run(malloc.tune)  # workers of any cluster, started by genpar or not (cheap, once)
     futures = client.map(fn, *iterables, pure=False, **kwargs)
     total = len(futures)
     results, step = [], max(1, total // 10)

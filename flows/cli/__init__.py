@@ -21,6 +21,7 @@ import typer
 
 from flows.cli.app import app
 from flows.cli.common import prefect_defaults
+from genpar_models.util import malloc
 from genpar_models.util.leave import exit_now
 
 # Each module registers its commands on import; the import order is the order of `--help`.
@@ -50,6 +51,7 @@ def _environment(ctx: typer.Context) -> None:
 def main() -> None:
     """The console script: run the command, then leave without the interpreter's teardown
     (genpar_models/util/leave.py: 3.9-6.4 s after `genpar run` printed its summary)."""
+    malloc.tune()  # this process and every one it starts (genpar_models/util/malloc.py)
     try:
         app()  # standalone mode: always ends in SystemExit (Click's ctx.exit or a failure)
     except SystemExit as e:

@@ -30,6 +30,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from genpar_models.train.dist import cleanup_distributed, setup_distributed
 from genpar_models.train.loop import train
 from genpar_models.train.runspec import read_spec
+from genpar_models.util import malloc
 
 
 def _configure_logging(rank: int) -> None:
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--spec", required=True, help="path to the run spec JSON")
     args = parser.parse_args(argv)
+    malloc.tune()  # before the first tensor: freed activations stay mapped (util/malloc.py)
     spec = read_spec(args.spec)
     ctx = setup_distributed(spec.config.compute.device)
     _configure_logging(ctx.rank)
