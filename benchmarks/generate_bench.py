@@ -142,6 +142,7 @@ def run(model_dir: Path, cfg, quick: bool) -> list[Result]:
             baseline="batched, 1 process x 1 thread",
             ratio=m["dask2"] / m["batched1"],
             target=1.8,
+            floor=(m["plain2"] / m["batched1"], "the batched loop in 2 plain processes"),
         ),
         Result(
             sec,
