@@ -37,8 +37,9 @@ def _sweep_file(work: Path, seed: int, halving: bool, lrs: list[float]) -> Path:
     return path
 
 
-def _sweep_result(home: Path, name: str) -> tuple[str, int]:
-    """(the best trial's lr, steps all its trials trained) of the sweep called `name`."""
+def _sweep_result(home: Path, name: str) -> tuple[str, int, dict[str, float]]:
+    """(the best trial's lr, steps all its trials trained, each lr's objective) of the sweep
+    called `name`."""
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
@@ -56,7 +57,12 @@ def _sweep_result(home: Path, name: str) -> tuple[str, int]:
         state = Path(child.data.tags["genpar.run_dir"]) / "trial.json"
         steps += int(json.loads(state.read_text()).get("step", 0))
     (lr,) = [c.data.params["train.lr"] for c in children if c.info.run_id == best]
-    return lr, steps
+    objective = {
+        c.data.params["train.lr"]: c.data.metrics["val/elbo"]
+        for c in children
+        if "val/elbo" in c.data.metrics
+    }
+    return lr, steps, objective
 
 
 def run(work: Path, quick: bool, max_steps: int | None = None) -> list[Result]:
@@ -74,12 +80,18 @@ def run(work: Path, quick: bool, max_steps: int | None = None) -> list[Result]:
         for halving in (False, True):
             path = _sweep_file(work, seed, halving, LRS)
             walls[halving], _ = _genpar(["sweep", str(path), *sets], home, prefect_home)
-        truth, full = _sweep_result(home, f"grid-s{seed}")
-        choice, used = _sweep_result(home, f"halving-s{seed}")
+        truth, full, grid = _sweep_result(home, f"grid-s{seed}")
+        choice, used, _ = _sweep_result(home, f"halving-s{seed}")
         picked += choice == truth
         spent, grid_steps = spent + used, grid_steps + full
+        # how far a miss is: the pick's full-budget val/elbo (nats) against the grid's best,
+        # and the spread of the grid (best minus median), from the grid sweep's own trials
+        values = sorted(grid.values())
+        regret = grid[truth] - grid.get(choice, float("nan"))
+        spread = grid[truth] - values[len(values) // 2]
         rows.append(
-            f"seed {seed}: grid best lr {truth}, halving picked {choice}, "
+            f"seed {seed}: grid best lr {truth}, halving picked {choice} "
+            f"(val/elbo {regret:.2f} nats below the best; best - median {spread:.2f}), "
             f"{used}/{full} steps, {walls[True]:.0f} s vs {walls[False]:.0f} s"
         )
     sec = f"successive halving (digits-vae, 9-point lr grid, eta 3, {len(seeds)} search seed(s))"
