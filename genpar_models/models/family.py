@@ -62,7 +62,9 @@ class StepTools:
     how to wrap a module for the process group, make an optimizer, clip, autocast."""
 
     device: torch.device
-    wrap: Callable[[nn.Module], nn.Module]  # DDP under several ranks, the module itself on one
+    # DDP under several ranks, the module itself on one; wrap(m, broadcast_buffers=False) for
+    # a family whose buffers are identical on every rank by construction
+    wrap: Callable[..., nn.Module]
     optimizer: Callable[[Iterable[Tensor], float], torch.optim.Optimizer]  # train.* Adam at lr
     clip: Callable[[Iterable[Tensor]], None]  # train.grad_clip_norm, when set
     autocast: Callable[[], contextlib.AbstractContextManager]  # train.precision on this device

@@ -112,11 +112,14 @@ def step_tools(
     whose modules are already sharded) and this `train` section; `scaler`: fp16's, from
     `grad_scaler` (made here when not given)."""
 
-    def wrap(module: nn.Module) -> nn.Module:
+    def wrap(module: nn.Module, broadcast_buffers: bool = True) -> nn.Module:
+        # broadcast_buffers=False: the family declares its buffers equal on every rank by
+        # construction, so DDP's per-forward broadcast from rank 0 (a second collective each
+        # step) is skipped; BatchNorm statistics keep it (exact resume and validation).
         if not ctx.distributed or strategy == "fsdp":
             return module
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        return DDP(module, device_ids=ids)
+        return DDP(module, device_ids=ids, broadcast_buffers=broadcast_buffers)
 
     def optimizer(params: Iterable[torch.Tensor], lr: float) -> torch.optim.Optimizer:
         if cfg.optimizer == "sgd":

@@ -27,7 +27,10 @@ class RvaeSteps:
         self.ddp: nn.Module = model
 
     def wrap(self) -> None:
-        self.ddp = self.tools.wrap(self.model)
+        # Its buffers (steps_taken, data_mean/std, length_counts) are set alike on every rank:
+        # from the same shard set, the same checkpoint and one increment per step. DDP's
+        # broadcast of them before every forward was a second collective per step (issue 20).
+        self.ddp = self.tools.wrap(self.model, broadcast_buffers=False)
 
     def kl_weight(self) -> float:
         ramp = self.cfg.kl_anneal_steps
