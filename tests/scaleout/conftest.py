@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,10 +28,14 @@ import httpx
 import pytest
 
 from infra.team import prefect_api
+from tests.conftest import REPO, TINY
 from tests.helpers import clean_env, free_port
-from tests.system.conftest import FINAL, genpar
+from tests.system.conftest import FINAL, GENPAR, genpar
 
 SLOW = 600  # seconds a genpar command may take here (the tiny pipeline is ~1 minute quiet)
+RUN_ID = re.compile(r"MLflow run (?:\x1b\[[0-9;]*m)?([0-9a-f]{32})")
+# long enough (about 16 s on 2 ranks) that a server restart lands while it trains
+LONG = ["train.max_steps=800", "train.checkpoint_every_steps=100", "train.log_every_steps=10"]
 
 
 @dataclass
@@ -132,6 +138,17 @@ class Team:
         return pid
 
 
+# `genpar restart s3` brings moto's server back empty (it keeps objects in memory): the
+# object-store fault runs last, after every test that reads the session's older objects
+# (the shared run's model in the bucket, which the every-engine test lists and downloads).
+EMPTIES_THE_BUCKET = "test_the_object_store_away_fails_the_run_by_name_and_a_rerun_logs_everything"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    last = [i for i in items if i.name == EMPTIES_THE_BUCKET and "scaleout" in i.nodeid]
+    items[:] = [i for i in items if i not in last] + last
+
+
 def _traversable_base() -> Path:
     base = Path(tempfile.mkdtemp(prefix="genpar-scaleout-", dir="/tmp"))
     base.chmod(0o711)
@@ -177,6 +194,83 @@ def team() -> Iterator[Team]:
     for name, port in ports.items():
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"{name} still listens after down"
+
+
+class Background:
+    """`genpar ARGS` running in the background, its output in a file."""
+
+    def __init__(self, team: Team, tmp: Path, *args: str, env: dict[str, str] | None = None):
+        self.log = tmp / f"genpar-{time.monotonic_ns()}.log"
+        self._out = open(self.log, "w")  # noqa: SIM115 - closed in wait()
+        self.proc = subprocess.Popen(
+            [GENPAR, *args], env={**team.env, **(env or {})}, cwd=REPO,
+            stdout=self._out, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def run_id(self, timeout: float = 300) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if found := RUN_ID.search(self.output()):
+                return found.group(1)
+            assert self.proc.poll() is None, self.output()[-4000:]
+            time.sleep(0.5)
+        raise AssertionError(f"no MLflow run started in {timeout:.0f} s:\n{self.output()[-4000:]}")
+
+    def wait(self, timeout: float = SLOW) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self._out.close()
+
+
+def run_dir(team: Team, run_id: str) -> Path:
+    return team.home / "runs" / "tiny" / run_id
+
+
+def wait_checkpoint(team: Team, run_id: str, timeout: float = 300) -> None:
+    """Until training has written its first checkpoint: the fault then lands mid-training."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any((run_dir(team, run_id) / "checkpoints").glob("ckpt-*.json")):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id} wrote no checkpoint in {timeout:.0f} s")
+
+
+@dataclass
+class SharedRun:
+    run_id: str
+    returncode: int
+    output: str
+    back_ms: float  # when `genpar restart postgres` was back (epoch ms)
+
+
+@pytest.fixture(scope="session")
+def restarted_run(team: Team, tmp_path_factory: pytest.TempPathFactory) -> SharedRun:
+    """One tiny pipeline on every engine of the stack (preprocessing and generation on its
+    Dask cluster), with PostgreSQL restarted once it has trained to its first checkpoint: the
+    every-engine test and the PostgreSQL fault test both read what it recorded (the two
+    don't interfere: the restart lands in training, after preprocessing, before generation)."""
+    sets = [a for s in [*LONG, "data.parallel=dask", "generate.parallel=dask"]
+            for a in ("--set", s)]  # fmt: skip
+    run = Background(team, tmp_path_factory.mktemp("shared-run"), "run", str(TINY), *sets)
+    try:
+        run_id = run.run_id()
+        wait_checkpoint(team, run_id)
+        restart = genpar(team.env, "restart", "postgres", timeout=SLOW)
+        back_ms = time.time() * 1000
+        assert restart.returncode == 0, restart.stdout + restart.stderr
+        assert "postgres is back" in restart.stdout
+    except BaseException:
+        run.proc.kill()  # never left behind
+        run.wait()
+        raise
+    return SharedRun(run_id, run.wait(), run.output(), back_ms)
 
 
 # The deployments of infra/prefect.yaml on the stack's work pool, by deployment name.

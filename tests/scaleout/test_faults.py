@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -21,64 +19,21 @@ from genpar_models.config import load_config
 from tests.conftest import REPO, TINY
 from tests.scaleout.conftest import (
     SLOW,
+    Background,
+    SharedRun,
     Team,
     genpar,
     kill_a_busy_dask_worker,
+    run_dir,
+    wait_checkpoint,
     wait_dask_workers,
 )
-from tests.system.conftest import GENPAR
 
 pytestmark = [pytest.mark.scaleout, pytest.mark.system, pytest.mark.slow]
 
-RUN_ID = re.compile(r"MLflow run (?:\x1b\[[0-9;]*m)?([0-9a-f]{32})")
-# long enough (about 30 s on 2 ranks) that a fault lands while it trains
-LONG = ["train.max_steps=1500", "train.checkpoint_every_steps=100", "train.log_every_steps=10"]
-
-
-class Background:
-    """`genpar ARGS` running in the background, its output in a file."""
-
-    def __init__(self, team: Team, tmp: Path, *args: str, env: dict[str, str] | None = None):
-        self.log = tmp / f"genpar-{time.monotonic_ns()}.log"
-        self._out = open(self.log, "w")  # noqa: SIM115 - closed in wait()
-        self.proc = subprocess.Popen(
-            [GENPAR, *args], env={**team.env, **(env or {})}, cwd=REPO,
-            stdout=self._out, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def run_id(self, timeout: float = 300) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if found := RUN_ID.search(self.output()):
-                return found.group(1)
-            assert self.proc.poll() is None, self.output()[-4000:]
-            time.sleep(0.5)
-        raise AssertionError(f"no MLflow run started in {timeout:.0f} s:\n{self.output()[-4000:]}")
-
-    def wait(self, timeout: float = SLOW) -> int:
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self._out.close()
-
-
-def _run_dir(team: Team, run_id: str) -> Path:
-    return team.home / "runs" / "tiny" / run_id
-
-
-def _wait_checkpoint(team: Team, run_id: str, timeout: float = 300) -> None:
-    """Until training has written its first checkpoint: the fault then lands mid-training."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any((_run_dir(team, run_id) / "checkpoints").glob("ckpt-*.json")):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"run {run_id} wrote no checkpoint in {timeout:.0f} s")
+# where the fault lands after the first checkpoint and the test needs no more than a few
+# seconds of training left after it (about 6 s on 2 ranks), not a fault spanning a restart
+SHORT = ["train.max_steps=400", "train.checkpoint_every_steps=100", "train.log_every_steps=10"]
 
 
 def _nothing_recorded_twice(team: Team, run_id: str, flow_run_id: str | None = None) -> None:
@@ -110,15 +65,11 @@ def _flow_run_of(team: Team, run_id: str) -> str:
     return flow_run
 
 
-def test_postgresql_restarted_mid_run_loses_and_doubles_nothing(team: Team, tmp_path: Path) -> None:
-    sets = [a for s in LONG for a in ("--set", s)]
-    run = Background(team, tmp_path, "run", str(TINY), *sets)
-    run_id = run.run_id()
-    _wait_checkpoint(team, run_id)
-    restart = genpar(team.env, "restart", "postgres", timeout=SLOW)
-    assert restart.returncode == 0, restart.stdout + restart.stderr
-    assert "postgres is back" in restart.stdout
-    assert run.wait() == 0, run.output()[-5000:]
+def test_postgresql_restarted_mid_run_loses_and_doubles_nothing(
+    team: Team, restarted_run: SharedRun
+) -> None:
+    run_id = restarted_run.run_id
+    assert restarted_run.returncode == 0, restarted_run.output[-5000:]
     # Prefect and MLflow (both on the restarted database) saw the whole run
     ((status,),) = team.sql("mlflow", "SELECT status FROM runs WHERE run_uuid = %s", run_id)
     assert status == "FINISHED"
@@ -129,29 +80,34 @@ def test_postgresql_restarted_mid_run_loses_and_doubles_nothing(team: Team, tmp_
     steps = [s for (s,) in team.sql(
         "mlflow", "SELECT step FROM metrics WHERE run_uuid = %s AND key = 'train/loss' "
         "ORDER BY step", run_id)]  # fmt: skip
-    assert steps == list(range(10, 1501, 10))
+    assert steps == list(range(10, 801, 10))
+    # the restart landed mid-training: steps were logged before it and after it was back
+    ((after,),) = team.sql("mlflow", "SELECT count(*) FROM metrics WHERE run_uuid = %s AND "
+                           "key = 'train/loss' AND timestamp > %s", run_id,
+                           restarted_run.back_ms)  # fmt: skip
+    assert 0 < after < len(steps), f"{after} of {len(steps)} steps after the restart"
     _nothing_recorded_twice(team, run_id, flow_run)
 
 
 def test_the_object_store_away_fails_the_run_by_name_and_a_rerun_logs_everything(
     team: Team, tmp_path: Path
 ) -> None:
-    sets = [a for s in LONG for a in ("--set", s)]
-    quick = {"GENPAR_ARTIFACT_RETRY_S": "8"}  # the default waits 120 s
+    sets = [a for s in SHORT for a in ("--set", s)]
+    quick = {"GENPAR_ARTIFACT_RETRY_S": "4"}  # the default waits 120 s
     run = Background(team, tmp_path, "run", str(TINY), *sets, env=quick)
     run_id = run.run_id()
-    _wait_checkpoint(team, run_id)
+    wait_checkpoint(team, run_id)
     psutil.Process(team.server_pid("s3")).terminate()  # the bucket's server goes away
     assert run.wait() != 0
     out = run.output()
     error = out[out.rindex("error: ") :]
     assert "the artifact store (s3://genpar-artifacts at http://127.0.0.1" in error, error
-    assert "MLflow run " in error and "in 8 s" in error  # this run's, or its extractor's
-    run_dir = _run_dir(team, run_id)
-    assert f"stay in {run_dir}" in error and "Run the same command again" in error
+    assert "MLflow run " in error and "in 4 s" in error  # this run's, or its extractor's
+    directory = run_dir(team, run_id)
+    assert f"stay in {directory}" in error and "Run the same command again" in error
     # nothing was thrown away: the final checkpoint and the exported model are on disk
-    assert (run_dir / "checkpoints" / "ckpt-00001500.safetensors").exists()
-    assert (run_dir / "model" / "model.safetensors").exists()
+    assert (directory / "checkpoints" / "ckpt-00000400.safetensors").exists()
+    assert (directory / "model" / "model.safetensors").exists()
     ((status,),) = team.sql("mlflow", "SELECT status FROM runs WHERE run_uuid = %s", run_id)
     assert status == "FAILED"
 
@@ -219,7 +175,7 @@ def test_the_prefect_worker_killed_mid_run_crashes_it_and_a_rerun_resumes(
     stop; after `genpar restart worker`, the same deployment run again resumes training from
     the dead run's checkpoint, on the same MLflow run."""
     pipeline = deployed["pipeline"]
-    config = load_config(TINY, LONG)
+    config = load_config(TINY, SHORT)
     body = {"parameters": {"config": config.model_dump(mode="json")}}
     first = team.request("POST", f"/deployments/{pipeline['id']}/create_flow_run", body)
     deadline = time.monotonic() + SLOW
@@ -232,7 +188,7 @@ def test_the_prefect_worker_killed_mid_run_crashes_it_and_a_rerun_resumes(
         run_id = found[0][0] if found else None
         time.sleep(1)
     assert run_id, "the deployment's run never opened its MLflow run"
-    _wait_checkpoint(team, run_id)
+    wait_checkpoint(team, run_id)
     worker = psutil.Process(team.server_pid("worker"))
     family = [worker, *worker.children(recursive=True)]
     assert len(family) > 1, "the flow run is not running under the worker"
@@ -248,6 +204,6 @@ def test_the_prefect_worker_killed_mid_run_crashes_it_and_a_rerun_resumes(
     done = team.wait_flow_run(second["id"], timeout=SLOW)
     assert done["state_type"] == "COMPLETED", done["state"]
     assert _flow_run_of(team, run_id) == second["id"]  # the same MLflow run, resumed
-    result = json.loads((_run_dir(team, run_id) / "result.json").read_text())
-    assert result["step"] == 1500 and result["resumed_from_step"] >= 100
+    result = json.loads((run_dir(team, run_id) / "result.json").read_text())
+    assert result["step"] == 400 and result["resumed_from_step"] >= 100
     _nothing_recorded_twice(team, run_id, second["id"])

@@ -4,10 +4,10 @@ What landed is read back through PostgreSQL, S3, the Prefect API and the Dask sc
 
 from __future__ import annotations
 
-import re
 import subprocess
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,9 @@ from tasks import registry
 from tests.conftest import REPO, TINY
 from tests.helpers import clean_env, small_mlflow_home
 from tests.scaleout.conftest import (
+    RUN_ID,
     SLOW,
+    SharedRun,
     Team,
     genpar,
     kill_a_busy_dask_worker,
@@ -29,20 +31,22 @@ from tests.system.conftest import GENPAR
 
 pytestmark = [pytest.mark.scaleout, pytest.mark.system, pytest.mark.slow]
 
-RUN_ID = re.compile(r"MLflow run (?:\x1b\[[0-9;]*m)?([0-9a-f]{32})")
-
 
 def _task_prefixes(team: Team) -> set[str]:
     with Client(f"tcp://127.0.0.1:{team.ports['dask']}", timeout="20s") as c:
         return set(c.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes)))
 
 
-def test_a_pipeline_runs_on_every_engine_of_the_team_stack(team: Team) -> None:
-    out = genpar(team.env, "run", str(TINY), "--set", "train.max_steps=20", "--set",
-                 "data.parallel=dask", "--set", "generate.parallel=dask", timeout=SLOW)  # fmt: skip
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    assert "2 worker(s) see the genpar home" in out.stdout + out.stderr
-    (run_id,) = set(RUN_ID.findall(out.stdout))
+def test_a_pipeline_runs_on_every_engine_of_the_team_stack(
+    team: Team, restarted_run: SharedRun
+) -> None:
+    """The session's shared tiny run (PostgreSQL restarted in its training: test_faults
+    checks that part) on the stack's Dask cluster, MLflow, bucket and Prefect."""
+    out = restarted_run.output
+    assert restarted_run.returncode == 0, out[-8000:]
+    assert "2 worker(s) see the genpar home" in out
+    (run_id,) = set(RUN_ID.findall(out))
+    assert run_id == restarted_run.run_id
     # preprocessing and generation ran on the stack's scheduler, not a LocalCluster
     assert {"process_partition", "generate_chunk"} <= _task_prefixes(team)
     # MLflow's rows are in PostgreSQL, its artifacts in the bucket
@@ -70,22 +74,25 @@ def test_deployments_run_on_the_work_pool_and_the_nightly_fires(
     assert all(d["work_pool_name"] == "genpar" for d in deployed.values())
     nightly = deployed["nightly-retrain"]
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
-    # The nightly, on a tiny config, firing every minute instead of at 02:00: the scheduler
-    # makes its run, the worker on the pool runs it.
+    # The nightly, on a tiny config, firing 15 s from now instead of at 02:00 (an hourly
+    # schedule anchored then: no wait for a cron minute to come round, one run only): the
+    # scheduler makes its run, the worker on the pool runs it.
     config = load_config(TINY, ["train.max_steps=20", "retrain.force=true"])
     team.request("PATCH", f"/deployments/{nightly['id']}",
                  {"parameters": {"config": config.model_dump(mode="json")}})  # fmt: skip
-    every_minute = {
-        "schedule": {"cron": "* * * * *", "timezone": "UTC"},
+    soon = datetime.now(UTC) + timedelta(seconds=15)
+    hourly_from_soon = {
+        "schedule": {"interval": 3600, "anchor_date": soon.isoformat(), "timezone": "UTC"},
         "active": True,
         "max_scheduled_runs": 1,  # one run ahead at a time: the test keeps only the first
     }
-    (schedule,) = team.request("POST", f"/deployments/{nightly['id']}/schedules", [every_minute])
+    (schedule,) = team.request("POST", f"/deployments/{nightly['id']}/schedules",
+                               [hourly_from_soon])  # fmt: skip
     try:
         run = _first_scheduled_run(team, nightly["id"], timeout=180)
     finally:  # deleting a schedule leaves its runs: the test removes any but the first
         team.request("DELETE", f"/deployments/{nightly['id']}/schedules/{schedule['id']}")
-    for other in _minute_runs(team, nightly["id"]):
+    for other in _own_runs(team, nightly["id"]):
         if other["id"] != run["id"] and other["state_type"] == "SCHEDULED":
             team.request("DELETE", f"/flow_runs/{other['id']}")
     done = team.wait_flow_run(run["id"], timeout=SLOW)
@@ -98,8 +105,8 @@ def test_deployments_run_on_the_work_pool_and_the_nightly_fires(
         assert registry.alias_version(client, config.registered_model_name, "champion")
 
 
-def _minute_runs(team: Team, deployment_id: str) -> list[dict]:
-    """The deployment's runs that the every-minute schedule made (not the 02:00 ones)."""
+def _own_runs(team: Team, deployment_id: str) -> list[dict]:
+    """The deployment's runs that the test's schedule made (not the 02:00 ones)."""
     body = {
         "flow_runs": {"deployment_id": {"any_": [deployment_id]}},
         "sort": "EXPECTED_START_TIME_ASC",
@@ -110,11 +117,11 @@ def _minute_runs(team: Team, deployment_id: str) -> list[dict]:
 
 
 def _first_scheduled_run(team: Team, deployment_id: str, timeout: float) -> dict:
-    """The first run the every-minute schedule made, once a worker has taken it (a run still
+    """The first run the test's schedule made, once a worker has taken it (a run still
     SCHEDULED goes with its schedule when that is deleted)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        runs = [r for r in _minute_runs(team, deployment_id) if r["state_type"] != "SCHEDULED"]
+        runs = [r for r in _own_runs(team, deployment_id) if r["state_type"] != "SCHEDULED"]
         if runs:
             return runs[0]
         time.sleep(1)
