@@ -89,3 +89,35 @@ def test_fp16_trains_and_resumes_its_loss_scale(
     launch(spec.model_copy(update={"stop_at_step": None}), lines.append, cuda_devices=devices)
     assert json.loads(spec.result_path.read_text())["step"] == cfg.train.max_steps
     assert not any("loss scale starts afresh" in line for line in lines)
+
+
+@pytest.mark.parametrize("model", ["vae", "dcgan"])
+def test_fsdp_on_every_gpu_with_bf16_params_and_fp32_reduction(
+    tmp_path: Path, tiny: PipelineConfig, model: str
+) -> None:
+    """FSDP2 on nccl with the mixed-precision policy (bf16 parameters, fp32 reduction): trains
+    to a checkpoint, resumes from its sharded checkpoint on the same GPUs, exports one file."""
+    cfg = tiny.model_copy(
+        update={
+            "model": as_family(tiny.model, model),
+            "compute": tiny.compute.model_copy(update={"device": "cuda", "strategy": "fsdp"}),
+            "train": tiny.train.model_copy(update={"precision": "bf16"}),
+        }
+    )
+    spec = RunSpec(
+        config=cfg,
+        shards_dir=str(make_shard_set(tmp_path / "shards", cfg)),
+        run_dir=str(tmp_path / "run"),
+        train_key="k",
+        stop_at_step=cfg.train.max_steps // 2,
+    )
+    devices = torch.cuda.device_count()
+    launch(spec, cuda_devices=devices)
+    assert sorted(spec.checkpoint_dir.glob("ckpt-*.dcp")), "no sharded checkpoint"
+    lines: list[str] = []
+    launch(spec.model_copy(update={"stop_at_step": None}), lines.append, cuda_devices=devices)
+    result = json.loads(spec.result_path.read_text())
+    assert result["step"] == cfg.train.max_steps and result["strategy"] == "fsdp"
+    assert 0 < result["resumed_from_step"] <= cfg.train.max_steps // 2
+    assert Path(result["model_path"]).is_file()
+    assert any("cuda rank(s)" in line for line in lines)
