@@ -43,11 +43,12 @@ def _sample_in_process(model_dir: str, n: int, seed: int) -> int:
 def _sample_rate(model_dir: str, n: int, threads: int = 1) -> float:
     """Batched samples/s in a pool process that only ever runs `threads` threads.
 
-    Not in the benchmark's own process: after torch has run there with 2 threads, a later
-    1-thread run reuses oneDNN's cached primitives and went 1.3-1.9x faster than a clean
-    1-thread process, which made the baseline a 1-thread figure in name only. The 2-thread
-    baseline gets a process of its own for the same reason (the Dask workers are clean
-    processes too)."""
+    Not in the benchmark's own process: a run there went 1.3-2.1x faster than in a clean
+    process at the same thread count. The cause was glibc's malloc, not threads: a process
+    that had freed large blocks before had raised its mmap/trim thresholds, a fresh one
+    page-faulted every activation buffer (genpar_models/util/malloc.py, which genpar now sets
+    everywhere; since then the gap is about 1.1x). The 2-thread baseline gets a clean process
+    of its own too, like the Dask workers."""
     with torch_threads(threads):
         sample_uint8(cached_model(model_dir), 64, seed=1)
         with stopwatch() as t:
