@@ -60,26 +60,34 @@ def test_gpu_samples_are_the_cpus_up_to_fp32_rounding(tmp_path: Path, tiny: Pipe
     assert (abs(cpu.astype(int) - gpu.astype(int)) <= 1).all()  # one grey level at most
 
 
-@pytest.mark.parametrize("model", ["vae", "dcgan"])
-def test_fp16_trains_and_resumes_its_loss_scale(
-    tmp_path: Path, tiny: PipelineConfig, model: str
-) -> None:
-    """fp16 with a gradient scaler under torchrun: the checkpoint holds the scaler's state,
-    and a resumed run starts from that scale, not from the initial 65536."""
+def _halfway_spec(
+    tmp_path: Path, tiny: PipelineConfig, model: str, precision: str, strategy: str = "ddp"
+) -> RunSpec:
+    """A CUDA run of `model` at `precision` that stops at half its steps (then resumes)."""
     cfg = tiny.model_copy(
         update={
             "model": as_family(tiny.model, model),
-            "compute": tiny.compute.model_copy(update={"device": "cuda"}),
-            "train": tiny.train.model_copy(update={"precision": "fp16"}),
+            "compute": tiny.compute.model_copy(update={"device": "cuda", "strategy": strategy}),
+            "train": tiny.train.model_copy(update={"precision": precision}),
         }
     )
-    spec = RunSpec(
+    return RunSpec(
         config=cfg,
         shards_dir=str(make_shard_set(tmp_path / "shards", cfg)),
         run_dir=str(tmp_path / "run"),
         train_key="k",
         stop_at_step=cfg.train.max_steps // 2,
     )
+
+
+@pytest.mark.parametrize("model", ["vae", "dcgan"])
+def test_fp16_trains_and_resumes_its_loss_scale(
+    tmp_path: Path, tiny: PipelineConfig, model: str
+) -> None:
+    """fp16 with a gradient scaler under torchrun: the checkpoint holds the scaler's state,
+    and a resumed run starts from that scale, not from the initial 65536."""
+    spec = _halfway_spec(tmp_path, tiny, model, "fp16")
+    cfg = spec.config
     devices = torch.cuda.device_count()
     launch(spec, cuda_devices=devices)
     newest = sorted(spec.checkpoint_dir.glob("ckpt-*.json"))[-1]
@@ -97,20 +105,8 @@ def test_fsdp_on_every_gpu_with_bf16_params_and_fp32_reduction(
 ) -> None:
     """FSDP2 on nccl with the mixed-precision policy (bf16 parameters, fp32 reduction): trains
     to a checkpoint, resumes from its sharded checkpoint on the same GPUs, exports one file."""
-    cfg = tiny.model_copy(
-        update={
-            "model": as_family(tiny.model, model),
-            "compute": tiny.compute.model_copy(update={"device": "cuda", "strategy": "fsdp"}),
-            "train": tiny.train.model_copy(update={"precision": "bf16"}),
-        }
-    )
-    spec = RunSpec(
-        config=cfg,
-        shards_dir=str(make_shard_set(tmp_path / "shards", cfg)),
-        run_dir=str(tmp_path / "run"),
-        train_key="k",
-        stop_at_step=cfg.train.max_steps // 2,
-    )
+    spec = _halfway_spec(tmp_path, tiny, model, "bf16", strategy="fsdp")
+    cfg = spec.config
     devices = torch.cuda.device_count()
     launch(spec, cuda_devices=devices)
     assert sorted(spec.checkpoint_dir.glob("ckpt-*.dcp")), "no sharded checkpoint"
