@@ -128,6 +128,30 @@ def ddp_gan_forward(rank: int, world: int, init_file: str, norm: str, sn: bool, 
         tdist.destroy_process_group()
 
 
+def ddp_rvae_buffers(rank: int, world: int, init_file: str, out: str) -> None:
+    """One rank of a `torch.multiprocessing.spawn` job: the RVAE's steps wrapped as training
+    wraps them, 3 steps on this rank's own batches; saves whether DDP broadcasts buffers and
+    the buffers themselves (tests check they stay equal across ranks without the broadcast)."""
+    import torch.distributed as tdist
+
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)  # identical initial weights, as training seeds every rank
+        model = get_family("rvae").build(
+            ModelConfig(name="rvae", latent_dim=3, hidden_dim=8), (7, 2)
+        )
+        ctx = DistContext(rank=rank, local_rank=rank, world_size=world, device=torch.device("cpu"))
+        steps = get_family("rvae").make_steps(model, TrainConfig(), step_tools(ctx, TrainConfig()))
+        steps.wrap()
+        gen = torch.Generator().manual_seed(10 + rank)  # each rank its own data and noise
+        for _ in range(3):
+            steps.step(torch.randn(4, 7, 2, generator=gen), gen)
+        buffers = {k: v.clone() for k, v in model.named_buffers()}
+        torch.save({"broadcast": steps.ddp.broadcast_buffers, "buffers": buffers}, f"{out}.{rank}")
+    finally:
+        tdist.destroy_process_group()
+
+
 def gan_forward_on(rank: int, world: int, norm: str, sn: bool) -> dict[str, torch.Tensor]:
     """G(z) and D(x) of this rank's share of a fixed global batch of 8 (training mode)."""
     from genpar_models.config import ModelConfig, TrainConfig

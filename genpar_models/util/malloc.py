@@ -7,9 +7,9 @@ free. A CPU forward pass of a conv model allocates and frees activation tensors 
 MiB per layer, so a fresh process pays page faults for every one of them: sampling mnist-vae
 in a new process spent 0.73 s of 1.6 s in the kernel (420,000 minor faults for 4,000 samples)
 and ran at 2,500 samples/s; with these thresholds 4,350 samples/s, 1.7x (measured on this
-project's 2-core machine, benchmarks/README.md). A process that happened to free a 30 MiB
-block earlier got the same speed by glibc's own adjustment, which is why a long-lived
-benchmark process looked faster than the clean processes Dask and torchrun start.
+project's 2-core machine; tests/unit/test_malloc.py counts the faults). A process that had
+freed a 30 MiB block earlier got the same speed by glibc's own adjustment, which is why a
+long-lived benchmark process looked faster than the clean processes Dask and torchrun start.
 
 `tune()` sets the thresholds in this process (mallopt) and, through MALLOC_*_ variables, in
 the processes it starts (torchrun ranks, Dask workers). The cost is memory: a process may
@@ -20,7 +20,6 @@ MALLOC_TRIM_THRESHOLD_ wins; GENPAR_MALLOC_TUNING=0 turns it off. Not glibc: not
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -35,7 +34,9 @@ def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # this process's own symbols (libc among them): no ldconfig subprocess at start-up,
+        # which ctypes.util.find_library would run in every CLI call and rank
+        libc = ctypes.CDLL(None)
         libc.gnu_get_libc_version  # noqa: B018 - raises AttributeError on musl and others
     except (OSError, AttributeError):
         return None

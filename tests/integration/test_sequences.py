@@ -256,3 +256,20 @@ def test_generated_series_are_identical_on_dask_workers_or_here(
     b = evaluate_model(spec.model_dir, shards_dir, c)["metrics"]
     keys = [k for k in a if "seconds" not in k and "_ms_" not in k]
     assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
+
+
+def test_ddp_ranks_keep_equal_rvae_buffers_without_broadcasting_them(tmp_path: Path) -> None:
+    """The RVAE turns off DDP's per-forward buffer broadcast (a second collective each step):
+    its buffers must then stay equal across ranks on their own, whatever data each rank sees."""
+    import torch
+    import torch.multiprocessing as mp
+
+    from tests.helpers import ddp_rvae_buffers
+
+    out = str(tmp_path / "rvae")
+    mp.spawn(ddp_rvae_buffers, args=(2, str(tmp_path / "init"), out), nprocs=2)
+    ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
+    assert [r["broadcast"] for r in ranks] == [False, False]
+    a, b = ranks[0]["buffers"], ranks[1]["buffers"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert int(a["steps_taken"]) == 3
