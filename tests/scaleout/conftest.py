@@ -145,8 +145,15 @@ EMPTIES_THE_BUCKET = "test_the_object_store_away_fails_the_run_by_name_and_a_rer
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    last = [i for i in items if i.name == EMPTIES_THE_BUCKET and "scaleout" in i.nodeid]
-    items[:] = [i for i in items if i not in last] + last
+    """Last among the scaleout tests, not of the whole session (the shared stack would idle
+    through the system and unit tests otherwise)."""
+    scaleout = [i for i, item in enumerate(items) if "tests/scaleout/" in item.nodeid]
+    last = [i for i in items if i.name == EMPTIES_THE_BUCKET and "tests/scaleout/" in i.nodeid]
+    if not scaleout or not last:
+        return
+    rest = [i for i in items if i not in last]
+    end = max(j for j, item in enumerate(rest) if "tests/scaleout/" in item.nodeid) + 1
+    items[:] = rest[:end] + last + rest[end:]
 
 
 def _traversable_base() -> Path:
@@ -155,7 +162,7 @@ def _traversable_base() -> Path:
     return base
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def team() -> Iterator[Team]:
     if not shutil.which("initdb") and not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
         pytest.fail("PostgreSQL is not installed: .ci/run installs Debian's postgresql")
@@ -250,7 +257,7 @@ class SharedRun:
     back_ms: float  # when `genpar restart postgres` was back (epoch ms)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def restarted_run(team: Team, tmp_path_factory: pytest.TempPathFactory) -> SharedRun:
     """One tiny pipeline on every engine of the stack (preprocessing and generation on its
     Dask cluster), with PostgreSQL restarted once it has trained to its first checkpoint: the
@@ -282,7 +289,7 @@ DEPLOYMENTS = {
 }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def deployed(team: Team) -> dict[str, dict[str, Any]]:
     """`prefect deploy --all --prefect-file infra/prefect.yaml` once, as a team would run it
     (genpar's repository as the source, the stack's credentials in the environment)."""
