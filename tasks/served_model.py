@@ -55,9 +55,6 @@ REQUIREMENTS = (
     "pyyaml",
     "threadpoolctl",
 )
-# The module each requirement imports as (what MLflow's requirement check looks a version up
-# by when the distribution's metadata cannot be found).
-REQUIREMENT_MODULES = {"pillow": "PIL", "pyyaml": "yaml"}
 INPUT_EXAMPLE = pd.DataFrame([{"n": 4, "seed": 0}])
 
 
@@ -124,30 +121,6 @@ def custom_network_code(model_dir: Path) -> tuple[list[str], dict[str, str]]:
 
 
 @contextlib.contextmanager
-def pins_checked_without_scan() -> Iterator[None]:
-    """MLflow checks a model's pip requirements against this environment through a map of
-    every installed distribution's modules, built once per process by scanning all of their
-    metadata (importlib's packages_distributions: about 4 s on 2 cores, in each pipeline run,
-    nightly or migration that logs a model). The requirements here are `requirements()`, exact
-    pins read from this very process, so the check needs the modules of those 9 only: MLflow
-    is given them for the block and forgets them after (anything else that needs the whole
-    map builds it as before)."""
-    from mlflow.utils import requirements_utils
-
-    if requirements_utils._MODULES_TO_PACKAGES is not None:  # built already: nothing to save
-        yield
-        return
-    requirements_utils._MODULES_TO_PACKAGES = {
-        REQUIREMENT_MODULES.get(name, name): [name] for name in REQUIREMENTS
-    }
-    try:
-        yield
-    finally:
-        requirements_utils._MODULES_TO_PACKAGES = None
-        requirements_utils._PACKAGES_TO_MODULES = None
-
-
-@contextlib.contextmanager
 def global_tracking_uri(uri: str) -> Iterator[None]:
     """Point MLflow's global tracking URI at `uri` for the block: its fluent model logging
     reads it, and so does registering a `models:/m-...` source (the SQL registry store looks
@@ -203,11 +176,7 @@ def log_served_model(
             serving, weights = Path(tmp) / SERVING_FILE, Path(tmp) / "model"
             atomic.write_json(serving, spec.to_json())
             shutil.copytree(model_dir, weights)  # artifacts/model/ whatever the source's name
-            with (
-                global_tracking_uri(client.tracking_uri),
-                pins_checked_without_scan(),
-                warnings.catch_warnings(),
-            ):
+            with global_tracking_uri(client.tracking_uri), warnings.catch_warnings():
                 # "add type hints to predict": the signature is given explicitly instead
                 warnings.simplefilter("ignore", UserWarning)
                 Model.log(
