@@ -20,6 +20,7 @@ record, one lock and one start/stop discipline; splitting them would duplicate t
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -427,13 +428,46 @@ def down(say: Callable[[str], None] = print) -> bool:
         servers = read_servers()
         if not servers:
             return False
-        for name, s in reversed(list(servers.items())):  # PostgreSQL after its clients
-            if processes.stop(s.proc, sig=_STOP_SIGNAL.get(name, signal.SIGTERM)):
-                say(f"stopped {name} (pid {s.proc.pid}, {s.url})")
-            else:
-                say(f"{name} (pid {s.proc.pid}) was not running any more (stale state cleared)")
+        for wave in stop_waves(list(servers)):  # each server after its clients, a wave at once
+            with concurrent.futures.ThreadPoolExecutor(len(wave)) as pool:
+                stopped = pool.map(
+                    lambda n: processes.stop(
+                        servers[n].proc, sig=_STOP_SIGNAL.get(n, signal.SIGTERM)
+                    ),
+                    wave,
+                )
+                for name, was_running in zip(wave, list(stopped), strict=True):
+                    s = servers[name]
+                    if was_running:
+                        say(f"stopped {name} (pid {s.proc.pid}, {s.url})")
+                    else:
+                        say(f"{name} (pid {s.proc.pid}) was not running any more (stale state "
+                            "cleared)")  # fmt: skip
         state_path().unlink(missing_ok=True)
         return True
+
+
+# Which servers talk to which: a server stops only once its clients are gone (PostgreSQL
+# after Prefect and MLflow, the bucket after MLflow, Prefect after its worker, the Dask
+# scheduler after its workers), so nothing is left retrying against a server that went first.
+_CLIENTS = {
+    "postgres": ("prefect", "mlflow"),
+    "s3": ("mlflow",),
+    "prefect": ("worker",),
+    "dask-scheduler": ("dask-workers",),
+}
+
+
+def stop_waves(names: list[str]) -> list[list[str]]:
+    """`names` (the recorded servers, in start order) in waves that `genpar down` stops
+    together: each server in a wave after all of its clients' waves. Each server takes a
+    second or more to exit; stopping the 7 of the team stack one by one took about 16 s."""
+    left, waves = list(reversed(names)), []
+    while left:
+        wave = [n for n in left if not set(_CLIENTS.get(n, ())) & set(left)] or left
+        waves.append(wave)
+        left = [n for n in left if n not in wave]
+    return waves
 
 
 def server_states() -> list[tuple[Server, str]]:

@@ -49,6 +49,9 @@ def test_an_authenticated_stack_lets_no_one_else_in_and_stores_no_password(tmp_p
         assert httpx.post(search, json={"max_results": 1}).status_code == 401
         user = (creds["mlflow_username"], password)
         assert httpx.post(search, json={"max_results": 1}, auth=user).status_code == 200
+        # the server remembers a checked password (auth_cache_ttl_seconds), never a wrong one
+        wrong = (creds["mlflow_username"], password[:-1] + ("x" if password[-1] != "x" else "y"))
+        assert httpx.post(search, json={"max_results": 1}, auth=wrong).status_code == 401
         assert httpx.post(f"{prefect}/flows/filter", json={}).status_code == 401
         token = base64.b64encode(creds["prefect_auth_string"].encode()).decode()
         bearer = {"Authorization": f"Basic {token}"}

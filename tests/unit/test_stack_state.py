@@ -88,3 +88,57 @@ def test_stale_state_is_cleared_by_up_before_the_port_check(home: Path) -> None:
             stack.up({"prefect": s.getsockname()[1], "mlflow": 1}, say=said.append)
     assert any("cleared stale stack state" in line for line in said)
     assert stack.read_servers() == {}
+
+
+TEAM = ["postgres", "s3", "prefect", "mlflow", "dask-scheduler", "dask-workers", "worker"]
+# A server that notes when it was told to stop and when it is gone (half a second later).
+SLOW_TO_STOP = """
+import signal, sys, time
+def bye(*_):
+    with open(sys.argv[2], "a") as f:
+        f.write(f"term {sys.argv[1]} {time.time()}\\n")
+    time.sleep(0.5)
+    with open(sys.argv[2], "a") as f:
+        f.write(f"exit {sys.argv[1]} {time.time()}\\n")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, bye)
+signal.signal(signal.SIGINT, bye)
+open(sys.argv[3], "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def test_down_stops_each_team_server_after_its_clients_and_a_wave_at_once(home: Path) -> None:
+    import time
+
+    notes = home / "notes.txt"
+    procs = {}
+    for name in TEAM:
+        ready = home / f"{name}.ready"
+        procs[name] = processes.spawn(
+            [sys.executable, "-c", SLOW_TO_STOP, name, str(notes), str(ready)],
+            dict(os.environ), home / f"{name}.log", home,
+        )  # fmt: skip
+        while not ready.exists():
+            time.sleep(0.05)
+    _record(home, procs)
+    said: list[str] = []
+    assert stack.down(say=said.append)
+    assert [line.split()[1] for line in said] == [n for w in stack.stop_waves(TEAM) for n in w]
+    when = {
+        tuple(line.split()[:2]): float(line.split()[2])
+        for line in notes.read_text().split("\n")
+        if line
+    }
+    assert set(when) == {(e, n) for e in ("term", "exit") for n in TEAM}  # each stopped itself
+    clients_of = {"postgres": ["prefect", "mlflow"], "s3": ["mlflow"], "prefect": ["worker"],
+                  "dask-scheduler": ["dask-workers"]}  # fmt: skip
+    for server, clients in clients_of.items():
+        for client in clients:  # told to stop only once its clients were gone
+            assert when["term", server] >= when["exit", client], (server, client)
+    # the first wave together: each was told before any of them had gone
+    first = stack.stop_waves(TEAM)[0]
+    assert first == ["worker", "dask-workers", "mlflow"]
+    assert max(when["term", n] for n in first) < min(when["exit", n] for n in first)
+    assert all(processes.handle(p) is None for p in procs.values())
