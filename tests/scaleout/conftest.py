@@ -32,7 +32,7 @@ from tests.conftest import REPO, TINY
 from tests.helpers import clean_env, free_port
 from tests.system.conftest import FINAL, GENPAR, genpar
 
-SLOW = 600  # seconds a genpar command may take here (the tiny pipeline is ~1 minute quiet)
+SLOW = 600  # seconds a genpar command may take here (tiny pipeline: 15-20 s quiet)
 RUN_ID = re.compile(r"MLflow run (?:\x1b\[[0-9;]*m)?([0-9a-f]{32})")
 # long enough (about 16 s on 2 ranks) that a server restart lands while it trains
 LONG = ["train.max_steps=800", "train.checkpoint_every_steps=100", "train.log_every_steps=10"]
