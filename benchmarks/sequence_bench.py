@@ -14,7 +14,10 @@ throughput on 1 vs 2 gloo ranks.
    reference (ratio <= 1.10).
 2. Throughput. Real torchrun launches of the same config, 1 process x 1 thread, 1 x 2 and 2 x
    1 (DDP, gloo), batch 64 per rank, taken in alternation; the steady rate of the W steps
-   between the logs at W and 2W (as the training section). Target: 2 ranks >= 1.6x 1 x 1.
+   between the logs at W and 2W (as the training section). Target: 2 ranks >= 1.6x 1 x 1. Its
+   floor, taken in the same alternation: the bare DDP loop of the same network
+   (benchmarks/rvae_ddp_profile.py, W steps, 2 processes vs 1); a miss that the bare loop
+   misses too reads "MISSED; the floor (...) misses it too".
 """
 
 from __future__ import annotations
@@ -132,6 +135,21 @@ def _launch(cfg: PipelineConfig, shards: Path, work: Path, procs: int, threads: 
     return rate
 
 
+def _bare(work: Path, procs: int, steps: int) -> float:
+    """series/s (all ranks) of the bare DDP loop of the same network (rvae_ddp_profile.py,
+    broadcast_buffers=False as the RVAE asks, 1 thread, batch 64 per rank, random series):
+    nothing of genpar's trainer, so the 2-rank target's floor on this machine."""
+    out = work / f"bare-{time.monotonic_ns()}.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += [f"--nproc-per-node={procs}", "-m", "benchmarks.rvae_ddp_profile", "nobuf"]
+    cmd += ["--steps", str(steps), "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=REPO)
+    rate = float(json.loads(out.read_text())["series_per_s"])
+    out.unlink()
+    return rate
+
+
 def throughput(shards: Path, work: Path, quick: bool) -> list[Result]:
     window = 10 if quick else 100
     steps = 2 * window
@@ -151,6 +169,9 @@ def throughput(shards: Path, work: Path, quick: bool) -> list[Result]:
         "1x1": lambda: _launch(cfg, shards, work, 1, 1),
         "1x2": lambda: _launch(cfg, shards, work, 1, 2),
         "2x1": lambda: _launch(cfg, shards, work, 2, 1),
+        # the floor: the bare DDP loop of the same network, over as many steps as the window
+        "bare 1x1": lambda: _bare(work, 1, window),
+        "bare 2x1": lambda: _bare(work, 2, window),
     }
     if quick:  # the smoke test needs one single-process arm
         del fns["1x2"]
@@ -159,6 +180,7 @@ def throughput(shards: Path, work: Path, quick: bool) -> list[Result]:
     batch = cfg.train.batch_size_per_rank
     sec = f"sequences: RVAE training throughput (sines-rvae, batch {batch}/rank)"
     best = max(v for v in (m["1x1"], m["1x2"]) if v == v)
+    bare = m["bare 2x1"] / m["bare 1x1"]
     return [
         Result(sec, "torchrun 1 process x 1 thread", m["1x1"], "series/s"),
         *([] if quick else [Result(sec, "torchrun 1 process x 2 threads", m["1x2"], "series/s")]),
@@ -170,6 +192,15 @@ def throughput(shards: Path, work: Path, quick: bool) -> list[Result]:
             baseline="1 process x 1 thread",
             ratio=m["2x1"] / m["1x1"],
             target=1.6,
+            floor=(bare, "the bare DDP loop of the same network, 2 vs 1 process"),
+        ),
+        Result(
+            sec,
+            "bare DDP loop of the network (rvae_ddp_profile.py), 2 processes x 1 thread",
+            m["bare 2x1"],
+            "series/s",
+            baseline=f"its 1 process x 1 thread, {m['bare 1x1']:.0f} series/s",
+            ratio=bare,
         ),
         Result(
             sec,

@@ -140,3 +140,25 @@ def test_compression_variants_quantise_the_recurrent_decoder(rnn: str) -> None:
         out = variant.sample(64, generator=torch.Generator().manual_seed(0))
         assert out.dtype == torch.float32 and torch.equal(torch.isnan(out), torch.isnan(base))
         assert (out - base).abs().nan_to_num().max() < tol, name
+
+
+@pytest.mark.parametrize("rnn", ["gru", "lstm"])
+def test_the_encoder_reads_each_series_to_its_length_as_a_packed_sequence_would(rnn: str) -> None:
+    # encode() runs the padded batch and reads each series' state after its own last step;
+    # a packed sequence (the reference) stops each series there. Two layers: the last one's.
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    torch.manual_seed(0)
+    net = RVAE(sequence_shape=(7, 2), latent_dim=3, hidden_dim=8, rnn=rnn, rnn_layers=2)
+    x = _batch()
+    x0, lengths = torch.nan_to_num(x), (~torch.isnan(x[..., 0])).sum(1)
+    mu, logvar = net.encode(x0, lengths)
+    packed = pack_padded_sequence(x0, lengths, batch_first=True, enforce_sorted=False)
+    _, state = net.encoder(packed)
+    h = (state[0] if rnn == "lstm" else state)[-1]
+    ref_mu, ref_logvar = net.to_latent(h).chunk(2, dim=1)
+    torch.testing.assert_close(mu, ref_mu)
+    torch.testing.assert_close(logvar, ref_logvar.clamp(-12.0, 8.0))
+    (mu.sum() + logvar.sum()).backward()  # gradients reach the encoder through the gather
+    assert net.encoder.weight_ih_l0.grad is not None
+    assert net.encoder.weight_ih_l0.grad.abs().sum() > 0
