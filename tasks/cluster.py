@@ -26,6 +26,9 @@ workers, its HTTP server) binds to 127.0.0.1. Per-partition functions are plain 
 functions, not Prefect tasks, so no worker ever starts a Prefect API server of its own
 (shared/STACK.md section 1.2).
 
+Its workers run without Dask's statistical profiler (the dashboard's Profile page), which takes
+the GIL every 10 ms to walk the task's stack: 9% of their CPU in generation (benchmarks/README.md).
+
 Dask's nanny sets its `pre-spawn-environ` (MALLOC_TRIM_THRESHOLD_=65536, OMP/MKL/OPENBLAS
 threads = 1) in the *parent's* os.environ before spawning each worker, and leaves it there.
 A fixed MALLOC_TRIM_THRESHOLD_ switches off glibc's adaptive mmap threshold, so every large
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import logging
 import os
 import threading
@@ -82,13 +86,18 @@ def _restore(saved: dict[str, str | None]) -> None:
 @contextlib.contextmanager
 def local_cluster(n_workers: int, memory_limit: int | str = "auto") -> Iterator[LocalCluster]:
     """A LocalCluster of one-thread worker processes on 127.0.0.1, without Dask's malloc trim
-    setting, and without leaving the nanny's variables in this process's os.environ (module
-    docstring); a worker restarted mid-stage writes them again, so they are restored at the
-    end too."""
+    setting or its statistical profiler, and without leaving the nanny's variables in this
+    process's os.environ (module docstring); a worker restarted mid-stage writes them again, so
+    they are restored at the end too."""
+    # the workers' config, a deep copy: a nanny resends its shallow merge with dask.config.config
+    # at every restart, so a dask.config.set around the start reaches only the first workers
+    workers = copy.deepcopy(dask.config.get("distributed"))
+    workers["worker"]["profile"]["enabled"] = False
     saved = _pre_spawn_snapshot()
     try:
         with dask.config.set({f"{_PRE_SPAWN}.MALLOC_TRIM_THRESHOLD_": None}):
             cluster = LocalCluster(
+                config={"distributed": workers},
                 n_workers=n_workers,
                 threads_per_worker=1,
                 processes=True,

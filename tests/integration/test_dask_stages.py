@@ -193,6 +193,27 @@ def test_local_cluster_keeps_malloc_trim_out_of_workers_and_parent(
     assert seen == {(None, "1")}  # Dask's one-thread default reaches the workers
 
 
+def test_local_cluster_workers_run_without_the_statistical_profiler(tiny: PipelineConfig) -> None:
+    """Dask's profiler takes the GIL on each worker's event loop every 10 ms (9% of the
+    workers' CPU in generation, tasks/cluster.py); genpar's workers run without it, also after
+    a restart, and this process's Dask config keeps the user's setting."""
+    import dask
+
+    from tasks.cluster import dask_client
+
+    def callbacks(dask_worker) -> list[str]:  # noqa: ANN001 - Dask passes its Worker
+        return sorted(dask_worker.periodic_callbacks)
+
+    with dask_client(tiny.compute) as client:
+        seen = client.run(callbacks)
+        client.restart()
+        after = client.run(callbacks)
+    assert seen and after
+    for names in [*seen.values(), *after.values()]:
+        assert "heartbeat" in names and not [n for n in names if n.startswith("profile")]
+    assert dask.config.get("distributed.worker.profile.enabled") is True
+
+
 def _on_two_workers(cfg: PipelineConfig) -> PipelineConfig:
     return cfg.model_copy(update={"compute": cfg.compute.model_copy(update={"dask_workers": 2})})
 

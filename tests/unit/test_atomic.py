@@ -118,3 +118,39 @@ def test_write_npys_matches_write_npy_and_leaves_nothing_on_failure(tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["one0.npy", "one1.npy", "b0.npy", "b1.npy"]
     )
+
+
+def test_write_npys_flushes_every_file_before_any_rename_and_the_directory_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flushes run concurrently (one journal commit for several files); the order that
+    makes the batch durable stays: every file fsynced, then renamed, then its directory."""
+    import numpy as np
+
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        with lock:
+            events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+
+    def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+        real_replace(src, dst)
+        with lock:
+            events.append(("replace", os.fspath(dst)))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    names = [tmp_path / f"s{i}.npy" for i in range(5)]
+    atomic.write_npys([(p, np.full(4, i, np.uint8)) for i, p in enumerate(names)])
+    monkeypatch.undo()
+    flushed = [path for kind, path in events[:5] if kind == "fsync"]
+    assert len(flushed) == 5 and all(atomic.TMP_MARK in Path(p).name for p in flushed)
+    assert sorted(Path(p).name.split(atomic.TMP_MARK)[0] for p in flushed) == [
+        p.name for p in names
+    ]
+    assert events[5:10] == [("replace", str(p)) for p in names]
+    assert events[10:] == [("fsync", str(tmp_path))]
+    assert [int(np.load(p)[0]) for p in names] == list(range(5))
