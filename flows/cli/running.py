@@ -41,7 +41,9 @@ def run(config: ConfigArg, set_: SetOpt = None) -> None:
     )
     with server_starting_alongside():
         from flows.pipeline import pipeline
+        from tasks.preflight import open_tracking_store_early
 
+        open_tracking_store_early(cfg)
     try:
         summary = pipeline(cfg)
     except GenparError as e:
