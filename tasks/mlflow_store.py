@@ -116,12 +116,14 @@ def connect(uri: str) -> MlflowClient:
     """Open (and for SQLite create and migrate) the store once; fail clearly if unreachable."""
     if uri.startswith(("http://", "https://")):
         _check_http(uri)
-    client = MlflowClient(tracking_uri=uri)
     if uri in _OPENED and Path(uri[len("sqlite:///") :]).is_file():
-        return client
+        return MlflowClient(tracking_uri=uri)
     with _creation_lock(uri):
         try:
-            client.search_experiments(max_results=1)  # creates and migrates a new SQLite store
+            # The client opens its store at once (MLflow 3: TrackingServiceClient's __init__),
+            # which creates and migrates a new SQLite store: inside the lease, not before it.
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
         except MlflowException as e:
             raise TrackingError(f"MLflow store {redact(uri)} is not usable: {e}") from None
     if uri.startswith("sqlite:///"):

@@ -16,7 +16,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from genpar_models.config import BUILTIN_SOURCES, PipelineConfig
-from genpar_models.errors import ConfigError, DataError
+from genpar_models.errors import ConfigError, DataError, GenparError
 from genpar_models.models import check_model_config
 from tasks import mlflow_store as store
 from tasks.cluster import check_shared_home
@@ -36,6 +36,20 @@ def check_generate_labels(config: PipelineConfig) -> None:
         f"{field}: only a conditional model samples classes; set model.conditional: true (on "
         f"labelled data) or leave {field} out"
     )
+
+
+def open_tracking_store_early(config: PipelineConfig) -> None:
+    """Create, migrate and open the default SQLite tracking store now, ahead of the flow run
+    (the CLI calls it while Prefect's temporary server starts: MLflow's SQLAlchemy store and
+    its migrations cost ~1.3 s of CPU that preflight then skips, tasks/mlflow_store.py
+    `connect`). Anything that goes wrong is left to preflight, which reports it, retries, and
+    is the only place a server or a Prefect Secret is consulted."""
+    try:
+        uri = store.resolve_uri(config)
+        if uri.startswith("sqlite:///"):
+            store.connect(uri)
+    except GenparError:
+        return
 
 
 @task(

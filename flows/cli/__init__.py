@@ -8,6 +8,7 @@
                  migrate                    copy a home's records to another MLflow
     stack.py     up, down, restart, status, serve    the local stack and its deployments
     common.py    consoles, options, `load_or_fail`, Prefect/MLflow environment defaults
+    prefect_server.py  Prefect's temporary server, started before Prefect is imported
     docs.py      regenerate the README's config reference (`python -m flows.cli.docs`)
 
 Every module adds its commands to the one app (`@app.command()`). Config errors are reported

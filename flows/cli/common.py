@@ -3,10 +3,7 @@ config or fail, error exit, and the environment defaults for Prefect and MLflow.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -104,37 +101,6 @@ def use_servers(required: bool) -> None:
         )
     if required and not http_ok(f"{api.rstrip('/')}/health", timeout_s=10):
         fail(f"the Prefect server at PREFECT_API_URL={api} does not answer /health", code=1)
-
-
-@contextlib.contextmanager
-def server_starting_alongside() -> Iterator[None]:
-    """In Prefect's ephemeral mode, start the temporary API server while the body imports the
-    flow, not after it.
-
-    The server is its own process (uvicorn, app import, database: ~7 s on 2 cores) and the
-    flow's imports (torch, MLflow, torchmetrics: ~7 s) run in this one, so on two cores they
-    overlap. A thread starts it and waits for its health check; the body's end waits for that
-    thread. A failed start is left to Prefect's own start on first use, which reports it.
-    """
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
-
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        yield
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()  # the instance Prefect's client uses (one per port)
-
-    def start() -> None:
-        with contextlib.suppress(Exception):
-            server.start()
-
-    starter = threading.Thread(target=start, name="prefect-server-start", daemon=True)
-    starter.start()
-    try:
-        yield
-    finally:
-        starter.join()
 
 
 ModelArg = Annotated[

@@ -20,9 +20,9 @@ from flows.cli.common import (
     fail,
     load_or_fail,
     prefect_defaults,
-    server_starting_alongside,
     use_servers,
 )
+from flows.cli.prefect_server import server_starting_alongside
 from genpar_models.errors import GenparError
 
 PANEL = "Work on models"

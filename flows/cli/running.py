@@ -17,9 +17,9 @@ from flows.cli.common import (
     fail,
     load_or_fail,
     prefect_defaults,
-    server_starting_alongside,
     use_servers,
 )
+from flows.cli.prefect_server import server_starting_alongside
 from genpar_models.errors import GenparError
 from genpar_models.util.paths import genpar_home
 
@@ -41,7 +41,9 @@ def run(config: ConfigArg, set_: SetOpt = None) -> None:
     )
     with server_starting_alongside():
         from flows.pipeline import pipeline
+        from tasks.preflight import open_tracking_store_early
 
+        open_tracking_store_early(cfg)
     try:
         summary = pipeline(cfg)
     except GenparError as e:

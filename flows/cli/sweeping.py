@@ -15,8 +15,8 @@ from flows.cli.common import (
     console,
     fail,
     prefect_defaults,
-    server_starting_alongside,
 )
+from flows.cli.prefect_server import server_starting_alongside
 from genpar_models.errors import GenparError
 
 PANEL = "Run pipelines"
