@@ -275,6 +275,7 @@ class DaskWorkerWatch:
         import threading
 
         self.pids: set[int] = set()
+        self.before: set[int] = set()  # still exiting from an earlier test's cluster: not ours
         self.beside_training = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
@@ -293,7 +294,7 @@ class DaskWorkerWatch:
 
     def _poll(self) -> None:
         while not self._stop.wait(0.02):
-            workers = self.alive()
+            workers = self.alive() - self.before
             self.pids |= workers
             if workers and self.alive("genpar_models.train"):
                 self.beside_training = True
@@ -302,6 +303,7 @@ class DaskWorkerWatch:
         return len(self.pids) / workers
 
     def __enter__(self) -> DaskWorkerWatch:
+        self.before = self.alive()
         self._thread.start()
         return self
 
