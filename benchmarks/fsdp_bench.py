@@ -40,7 +40,7 @@ def rank_main(out: str, config: str, strategy: str, n_steps: int) -> None:
 
     from genpar_models.config import load_config
     from genpar_models.models import get_family
-    from genpar_models.train.dist import cleanup_distributed, setup_distributed
+    from genpar_models.train.dist import barrier, cleanup_distributed, setup_distributed
     from genpar_models.train.sharding import rank_bytes
     from genpar_models.train.trainer import make_steps
 
@@ -65,6 +65,7 @@ def rank_main(out: str, config: str, strategy: str, n_steps: int) -> None:
         held = rank_bytes(steps.modules.values(), steps.optimizers.values())
         report = {"rank": ctx.rank, "bytes": held, "step_s": step_s, "rows": rows}
         Path(f"{out}.{ctx.rank}.json").write_text(json.dumps(report))
+        barrier(ctx)  # no rank tears its process group down while the other still works
     finally:
         cleanup_distributed()
 
@@ -171,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.rank:
         out, config, strategy, steps = args.rank
         rank_main(out, config, strategy, int(steps))
-        return 0
+        # Without the interpreter's teardown, as the trainer's ranks leave: it can abort a
+        # rank after its work is done (tests/fsdp_grads.py).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     for r in run(args.work, args.quick, args.configs, args.steps):
         ratio = f"  {r.ratio:.3f}x {r.baseline} (target {r.target}) {r.status}" if r.ratio else ""
         print(f"{r.name}: {r.value:.2f} {r.unit}{ratio}  {r.note}")
