@@ -24,7 +24,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from benchmarks.common import Result, stopwatch
+from benchmarks import orchestration_floor
+from benchmarks.common import Result, interleaved, median, stopwatch
 
 REPO = Path(__file__).resolve().parents[1]
 TRACKING_TASKS = (
@@ -165,11 +166,13 @@ def breakdown(config: str, work: Path, label: str, stack: bool = False) -> list[
     run + the task runs + Prefect between them + after the flow run."""
     home = work / f"home-{label}"
     prefect_home = home / "prefect" if stack else work / "prefect"
-    if stack:
-        with local_stack(home):
-            wall, launched, exited = timed_genpar_run(config, home, prefect_home)
-    else:
+    # issue 18's budgets for the digits pipeline: 12 s embedded, 8 s against a running stack
+    budget = (8.0 if stack else 12.0) if "digits" in config else None
+    floors: dict[str, list[float]] = {}
+    with local_stack(home) if stack else contextlib.nullcontext():
         wall, launched, exited = timed_genpar_run(config, home, prefect_home)
+        if budget:  # beside the run it bounds, in the same Prefect database and stack
+            floors = measure_floors(_env(home, prefect_home), stack)
     tasks = task_durations(prefect_home)
     flow_start, flow_end = flow_run_times(prefect_home)
     summary = run_summary(home)
@@ -200,9 +203,25 @@ def breakdown(config: str, work: Path, label: str, stack: bool = False) -> list[
     overhead = wall - sum(compute.values())
     where = "a running local stack" if stack else "ephemeral Prefect"
     sec = f"orchestration ({Path(config).stem}, {where})"
-    # issue 18's budgets for the digits pipeline: 12 s embedded, 8 s against a running stack
-    budget = (8.0 if stack else 12.0) if "digits" in config else None
     unaccounted = overhead - sum(parts.values())
+    floor_rows, floor = [], None
+    if floors:
+        medians = {k: median(v) for k, v in floors.items()}
+        floor_s = sum(medians.values())
+        floor = (floor_s / budget, "an empty Prefect flow + a trivial 2-rank torchrun")
+        floor_rows = [
+            *[
+                Result(sec, f"floor: {k}", v, "s", note=_spread(floors[k]))
+                for k, v in medians.items()
+            ],
+            Result(
+                sec,
+                "floor: the two together (what any Prefect + torchrun pipeline pays)",
+                floor_s,
+                "s",
+                note=f"genpar's overhead is {overhead - floor_s:.1f} s above it",
+            ),
+        ]
     return [
         Result(sec, "end-to-end wall", wall, "s"),
         Result(
@@ -222,9 +241,35 @@ def breakdown(config: str, work: Path, label: str, stack: bool = False) -> list[
             target=1.0 if budget else None,
             target_kind="max",
             note=f"rows below add up to it within {abs(unaccounted):.2f} s",
+            floor=floor,
         ),
         *[Result(sec, f"- {k}", v, "s") for k, v in parts.items()],
+        *floor_rows,
     ]
+
+
+FLOOR_REPEATS = 3
+
+
+def measure_floors(env: dict[str, str], stack: bool) -> dict[str, list[float]]:
+    """The overhead's floor (benchmarks/orchestration_floor.py), each part `FLOOR_REPEATS`
+    times in alternation: seconds by part."""
+    flow = "empty Prefect flow, fresh process" + (
+        " (against the stack)" if stack else " (ephemeral: its server's start included)"
+    )
+    return interleaved(
+        {
+            flow: lambda: orchestration_floor.empty_flow_s(env, stack),
+            "trivial 2-rank torchrun (gloo, one barrier)": lambda: (
+                orchestration_floor.trivial_torchrun_s(env)
+            ),
+        },
+        FLOOR_REPEATS,
+    )
+
+
+def _spread(values: list[float]) -> str:
+    return f"median of {len(values)}: " + ", ".join(f"{v:.2f}" for v in values)
 
 
 @contextlib.contextmanager
