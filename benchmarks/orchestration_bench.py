@@ -171,17 +171,18 @@ def breakdown(config: str, work: Path, label: str, stack: bool = False) -> list[
     floors: dict[str, list[float]] = {}
     with local_stack(home) if stack else contextlib.nullcontext():
         wall, launched, exited = timed_genpar_run(config, home, prefect_home)
+        # Read from Prefect's database first: the floor's own flow runs become the newest.
+        tasks = task_durations(prefect_home)
+        flow_start, flow_end = flow_run_times(prefect_home)
+        starter = cluster_starter(prefect_home)
         if budget:  # beside the run it bounds, in the same Prefect database and stack
             floors = measure_floors(_env(home, prefect_home), stack)
-    tasks = task_durations(prefect_home)
-    flow_start, flow_end = flow_run_times(prefect_home)
     summary = run_summary(home)
     result = json.loads((Path(summary["run_dir"]) / "result.json").read_text())
     # The run's one Dask cluster at most, timed inside it: started within the task of the
     # stage that first needed it, closed by the flow after generation.
     metrics = summary["metrics"]
     started, startup = int(metrics["dask/clusters_started"]), metrics["dask/startup_s"]
-    starter = cluster_starter(prefect_home)
     stages = {"preprocessing": "preprocess", "evaluation": "evaluate", "generation": "generate"}
     compute = {"training loop": result["wall_s"]}
     for row, stage in stages.items():
