@@ -174,9 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         rank_main(out, config, strategy, int(steps))
         # Without the interpreter's teardown, as the trainer's ranks leave: it can abort a
         # rank after its work is done (tests/fsdp_grads.py).
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        from genpar_models.util.leave import exit_now
+
+        exit_now(0)
     for r in run(args.work, args.quick, args.configs, args.steps):
         ratio = f"  {r.ratio:.3f}x {r.baseline} (target {r.target}) {r.status}" if r.ratio else ""
         print(f"{r.name}: {r.value:.2f} {r.unit}{ratio}  {r.note}")

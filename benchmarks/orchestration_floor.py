@@ -80,8 +80,9 @@ def _rank() -> None:
     dist.init_process_group("gloo")
     dist.barrier()
     dist.destroy_process_group()
-    sys.stdout.flush()
-    os._exit(0)  # as the trainer's ranks leave (genpar_models/train/__main__.py)
+    from genpar_models.util.leave import exit_now
+
+    exit_now(0)  # without the interpreter's teardown, as the trainer's ranks leave
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ The test computes the same gradients in one process on the whole batch (`referen
 
 from __future__ import annotations
 
-import os
 import sys
 
 import torch
@@ -18,6 +17,7 @@ from genpar_models.config import PipelineConfig, load_config
 from genpar_models.models import get_family
 from genpar_models.train.dist import barrier, cleanup_distributed, setup_distributed
 from genpar_models.train.trainer import make_steps
+from genpar_models.util.leave import exit_now
 from tests.conftest import TINY
 
 ROWS, SIDE = 8, 8
@@ -76,6 +76,4 @@ if __name__ == "__main__":
     # Leave as the trainer's ranks do (genpar_models/train/__main__.py), without the
     # interpreter's teardown: in 1 of 12 runs it aborted a rank ("terminate called without an
     # active exception") after both had saved their files and destroyed the process group.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_now(0)
