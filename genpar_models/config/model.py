@@ -96,7 +96,8 @@ class ModelConfig(Section):
         "classes comes from the shard manifest). vae: a CVAE, whose encoder sees the label as "
         "one-hot channels beside the image and whose decoder sees a label embedding beside z; "
         "dcgan: the generator takes a label embedding beside z and the discriminator is a "
-        "projection discriminator (Miyato & Koyama 2018: logit + <embed(y), features>). "
+        "projection discriminator (Miyato & Koyama 2018: logit + <embed(y), the features the "
+        "linear head reads>). "
         "Adds intra-class FID and the classification accuracy score (CAS) to the scorecard "
         "and `genpar generate --label K / --labels`. Refused on unlabelled data.",
     )

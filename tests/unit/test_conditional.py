@@ -39,30 +39,49 @@ def _vae(**kw) -> VAE:
     return VAE(image_shape=SHAPE, conditional=True, num_classes=K, **SIZES, **kw)
 
 
-def test_conditional_gan_shapes_and_the_projection_term() -> None:
-    gan = _gan(spectral_norm=False).eval()
+@pytest.mark.parametrize("projection", ["head", "pooled"])
+def test_conditional_gan_shapes_and_the_projection_term(projection: str) -> None:
+    gan = _gan(spectral_norm=False, projection=projection).eval()
     z, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
     x = gan.generator(z, y)
     assert x.shape == (6, *SHAPE)
     d = gan.discriminator
     logits = d(x, y)
     assert logits.shape == (6,)
-    # logit(x, y) = linear(features) + <embed(y), sum-pooled features> (Miyato & Koyama 2018)
+    # logit(x, y) = linear(phi(x)) + <embed(y), phi(x)> (Miyato & Koyama 2018), phi(x) the
+    # flattened features the head reads; "pooled" (specs before 2026-12-04) sums them over pixels
     feats = d.features(x)
+    phi = feats.flatten(1) if projection == "head" else feats.sum(dim=(2, 3))
+    assert d.embed.weight.shape == (K, phi.shape[1])
     expected = d.to_logit(feats.flatten(1)).squeeze(1)
-    expected = expected + (d.embed.weight[y] * feats.sum(dim=(2, 3))).sum(1)
-    torch.testing.assert_close(logits, expected)
-    # the class changes the logit by exactly <embed(y') - embed(y), pooled features>
+    torch.testing.assert_close(logits, expected + (d.embed.weight[y] * phi).sum(1))
+    # the class changes the logit by exactly <embed(y') - embed(y), phi(x)>
     other = (y + 1) % K
     diff = d(x, other) - logits
-    pooled = feats.sum(dim=(2, 3))
-    torch.testing.assert_close(diff, ((d.embed.weight[other] - d.embed.weight[y]) * pooled).sum(1))
+    torch.testing.assert_close(diff, ((d.embed.weight[other] - d.embed.weight[y]) * phi).sum(1))
     # the label changes the generator's output
     assert not torch.allclose(gan.generator(z, other), x)
     with pytest.raises(ValueError, match="labels"):
         gan.generator(z)
     with pytest.raises(ValueError, match="labels"):
         d(x)
+    with pytest.raises(ValueError, match="projection must be one of"):
+        _gan(projection="mean")
+
+
+def test_a_conditional_spec_written_before_the_projection_was_named_loads() -> None:
+    """Registered conditional GANs and checkpoints from before 2026-12-04 name no projection: their
+    discriminator projected sum-pooled features; they rebuild so and take their weights."""
+    old = _gan(projection="pooled")
+    spec = old.model_spec()
+    assert spec.pop("projection") == "pooled"
+    again = build_model_from_spec(spec)
+    again.load_state_dict(old.state_dict(), strict=True)
+    assert again.model_spec()["projection"] == "pooled"
+    x, y = torch.rand(3, *SHAPE) * 2 - 1, torch.tensor([0, 1, 2])
+    torch.testing.assert_close(again.discriminator(x, y), old.discriminator(x, y))
+    # a new conditional spec names its projection, the head's features by default
+    assert _gan().model_spec()["projection"] == "head"
 
 
 def test_spectral_norm_covers_the_projection_embedding() -> None:

@@ -34,7 +34,12 @@ def _build(cfg: ModelConfig, image_shape: Sequence[int], num_classes: int | None
 def _rebuild(spec: Mapping[str, Any]) -> DCGAN:
     from genpar_models.models.gan.network import DCGAN
 
-    return DCGAN(**{k: v for k, v in spec.items() if k != "name"})
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    if kwargs.get("conditional") and "projection" not in kwargs:
+        # a conditional spec written before the projection was named: its discriminator
+        # projected sum-pooled features, and its checkpoints hold that embedding's shape
+        kwargs["projection"] = "pooled"
+    return DCGAN(**kwargs)
 
 
 def _train_settings(model: nn.Module, cfg: ModelConfig) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +46,12 @@ if TYPE_CHECKING:
 _INIT_STD = 0.02
 _LEAK = 0.2
 
+# What the projection discriminator's class term reads (Discriminator): "head", the features
+# the linear head reads; "pooled", a dcgan's features summed over pixels (the only choice of
+# specs written before 2026-12-04).
+Projection = Literal["head", "pooled"]
+PROJECTIONS = ("head", "pooled")
+
 
 def init_dcgan_weights(module: nn.Module) -> None:
     """DCGAN init for one module; use as `model.apply(init_dcgan_weights)`."""
@@ -70,8 +76,11 @@ class Generator(nn.Module):
         norm: Norm = "batch",
         num_classes: int = 0,
         arch: Arch = "dcgan",
+        projection: Projection = "head",
     ) -> None:
         super().__init__()
+        if projection not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
         channels, side, _ = image_shape
         n_down, base_side = plan_levels(side)
         widths = level_channels(base_channels, n_down)
@@ -114,8 +123,11 @@ class Discriminator(nn.Module):
         spectral_norm: bool = False,
         num_classes: int = 0,
         arch: Arch = "dcgan",
+        projection: Projection = "head",
     ) -> None:
         super().__init__()
+        if projection not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
         channels, side, _ = image_shape
         n_down, base_side = plan_levels(side)
         widths = level_channels(base_channels, n_down)
@@ -139,9 +151,15 @@ class Discriminator(nn.Module):
             self.to_logit = nn.Linear(widths[-1] * base_side**2, 1)
         self.pooled = arch == "resnet"
         # Projection discriminator (Miyato & Koyama 2018, https://arxiv.org/abs/1802.05637):
-        # logit(x, y) = to_logit(h) + <embed(y), sum-pooled features of x>.
+        # logit(x, y) = to_logit(phi(x)) + <embed(y), phi(x)>, phi(x) the features the linear
+        # head reads ("head": flattened for dcgan, sum-pooled for resnet). "pooled" projects the
+        # dcgan's features summed over pixels instead (genpar before 2026-12-04): on mnist5k at
+        # 2,000 steps that collapsed each class to one image (FID 252, CAS 0.46x real) where
+        # "head" reached FID 61, CAS 0.86x (benchmarks/README.md, cGAN).
         self.num_classes = num_classes
-        self.embed = nn.Embedding(num_classes, widths[-1]) if num_classes else None
+        self.project_pooled = self.pooled or projection == "pooled"
+        embed_dim = widths[-1] if self.project_pooled else widths[-1] * base_side**2
+        self.embed = nn.Embedding(num_classes, embed_dim) if num_classes else None
         self.spectral_norm = spectral_norm
         self.uses_batch_statistics = norm == "batch" and not spectral_norm
 
@@ -157,9 +175,10 @@ class Discriminator(nn.Module):
         return logit + self.projection(feats, labels)
 
     def projection(self, feats: Tensor, labels: Tensor) -> Tensor:
-        """<embed(y), sum over pixels of the top features>, (N,): the class term of the logit."""
-        pooled = feats.sum(dim=(2, 3))  # (N, C_top, s, s) -> (N, C_top)
-        return (self.embed(labels).to(pooled.dtype) * pooled).sum(dim=1)
+        """<embed(y), phi(x)>, (N,): the class term of the logit; phi(x) is the top features
+        flattened (N, C_top * s * s), or summed over pixels (N, C_top) when pooled."""
+        phi = feats.sum(dim=(2, 3)) if self.project_pooled else feats.flatten(1)
+        return (self.embed(labels).to(phi.dtype) * phi).sum(dim=1)
 
 
 NORMS = ("batch", "group", "pixel", "none")
@@ -182,6 +201,7 @@ class DCGAN(nn.Module):
         conditional: bool = False,
         num_classes: int = 0,
         arch: Arch = "dcgan",
+        projection: Projection = "head",
     ) -> None:
         super().__init__()
         check_conditioning(conditional, num_classes)
@@ -212,7 +232,9 @@ class DCGAN(nn.Module):
             spectral_norm=spectral_norm,
             num_classes=self.num_classes,
             arch=arch,
+            projection=projection,
         )
+        self.projection = projection
         # DCGAN's N(0, 0.02) init; the residual nets keep torch's fan-in init, which keeps the
         # residual sums' scale through the depth (N(0, 0.02) 3x3 convs would shrink it).
         if arch == "dcgan":
@@ -260,6 +282,8 @@ class DCGAN(nn.Module):
             spec.update(norm=self.norm, spectral_norm=self.spectral_norm)
         if self.num_classes:  # unconditional specs stay as they were written before
             spec.update(conditional=True, num_classes=self.num_classes)
+            # named in every new conditional spec: one without it was written with "pooled"
+            spec["projection"] = self.projection
         if self.arch != "dcgan":  # specs of the default arch stay as they were written before
             spec["arch"] = self.arch
         return spec
