@@ -23,7 +23,6 @@ process tree's lifetime and the reading of rank errors belong to the one launch.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -41,6 +40,7 @@ from genpar_models.errors import ConfigError, GenparError
 from genpar_models.train.runspec import RunSpec, write_spec
 from genpar_models.util import atomic
 from genpar_models.util.cores import available_cores
+from genpar_models.util.parent import PARENT_ENV
 
 GRACE_S = 30.0
 PID_FILE = "torchrun.pid"
@@ -266,19 +266,6 @@ def _peer_lost(message: str) -> bool:
     return any(mark in message for mark in _PEER_LOST)
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it when the process that launched it dies.
-
-    Without this, a SIGKILLed flow process (own session, no cleanup) would leave torchrun
-    training on, racing the re-run that resumes the same run directory. Linux only.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
-    except OSError:
-        pass
-
-
 def _write_pid(pid_file: Path, proc: subprocess.Popen) -> None:
     try:
         started = psutil.Process(proc.pid).create_time()
@@ -343,15 +330,17 @@ def run_torchrun(
     tail: list[str] = []
     if pid_file is not None:
         stop_leftover(pid_file, on_line)
+    # No preexec_fn: it would force a fork() of this (threaded) process, whose atfork handlers
+    # can deadlock (OpenBLAS beside a matmul in another thread: genpar_models/util/parent.py);
+    # the agent asks for its parent-death signal itself, from PARENT_ENV.
     proc = subprocess.Popen(
         cmd,
-        env=env,
+        env={**env, PARENT_ENV: str(os.getpid())},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         bufsize=1,
         start_new_session=True,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     try:
         if pid_file is not None:

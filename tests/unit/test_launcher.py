@@ -131,3 +131,48 @@ def test_a_multi_node_agent_gets_a_fresh_store_per_round_and_its_interface(
     single = child_env(plan, None)
     assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" not in single  # one agent: its prefix works
     assert "GLOO_SOCKET_IFNAME" not in single
+
+
+_CHILD = (
+    "import sys, time; from genpar_models.util.parent import die_with_parent; "
+    "print(die_with_parent(), flush=True); time.sleep(60)"
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_launched_agent_dies_with_its_launcher_and_not_with_a_stranger() -> None:
+    """What the agent does first (genpar_models/util/parent.py): SIGTERMed when the process
+    named in GENPAR_PARENT_PID dies, at once when its parent is not that process; the launcher
+    itself starts it without preexec_fn (a fork of a threaded process can deadlock)."""
+    from genpar_models.util.parent import PARENT_ENV
+
+    # a parent that is not the one named: the child ends itself before doing any work
+    wrong = {**os.environ, PARENT_ENV: "1"}
+    child = subprocess.run([sys.executable, "-c", _CHILD], env=wrong, timeout=60)
+    assert child.returncode == -signal.SIGTERM
+    # the named parent SIGKILLed (no cleanup): its child is SIGTERMed by the kernel
+    launcher = (
+        "import os, subprocess, sys; from genpar_models.util.parent import PARENT_ENV; "
+        f"p = subprocess.Popen([sys.executable, '-c', {_CHILD!r}], "
+        "env={**os.environ, PARENT_ENV: str(os.getpid())}, stdout=subprocess.PIPE, text=True); "
+        "print(p.pid, p.stdout.readline().strip(), flush=True); os.kill(os.getpid(), 9)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", launcher], capture_output=True, text=True, timeout=60
+    ).stdout.split()
+    pid, asked = int(out[0]), out[1]
+    assert asked == "True"
+    deadline = time.monotonic() + 20
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the child outlived its SIGKILLed launcher"
+        time.sleep(0.1)
+    # without the variable nothing is asked (a torchrun started by hand keeps running)
+    env = {k: v for k, v in os.environ.items() if k != PARENT_ENV}
+    plain = subprocess.run(
+        [sys.executable, "-c", _CHILD.replace("time.sleep(60)", "0")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert plain.stdout.strip() == "False"
