@@ -1,0 +1,172 @@
+"""Which 2-rung successive-halving schedule picks the grid's best, offline from full-grid curves.
+
+A halving trial at seed s follows the full grid's trial at seed s step for step (a promoted
+trial resumes bit-exactly from its rung checkpoint, and validation draws from its own
+generator, never the training one), so halving's pick for any rung schedule is a function of
+the full grid's `val/elbo` curves. This script
+
+1. runs the 9-lr grid of benchmarks/halving_bench.py (`--grid`) per seed in a fresh
+   GENPAR_HOME with `train.val_every_steps` (default 250) and writes every trial's val/elbo
+   history (MLflow's metric history) to `curves.json`;
+2. simulates synchronous halving 9 -> 3 -> 1 (keep 0.34: genpar_models.sweep.halving's own
+   `survivors`, ties by trial id) for every 2-rung schedule whose rung steps are multiples of
+   the validation interval and whose spend 9 r1 + 3 (r2 - r1) + (T - r2) is at most 40% of
+   9 T, and prints schedule -> picks per seed -> hits -> spend.
+
+Held-out rule, fixed before any curve was read: the schedule to check on seeds 5-9 is the best
+on seeds 0-4 by (most hits, then least mean regret in nats below each seed's grid best, then
+least spend, then earliest rungs).
+
+    python -m benchmarks.halving_schedules --grid --work /tmp/halving-curves --seeds 0 1 2 3 4
+    python -m benchmarks.halving_schedules --curves /tmp/halving-curves/curves.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from benchmarks.halving_bench import LRS, _sweep_file
+from benchmarks.orchestration_bench import create_prefect_database
+from benchmarks.sweep_bench import _genpar
+from genpar_models.sweep.halving import survivors
+
+MAX_STEPS = 3000
+BUDGET = 0.4
+
+
+def grid_curves(home: Path, name: str) -> dict[str, dict]:
+    """{trial id: {"lr": str, "curve": {step: val/elbo}}} of the sweep called `name`."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("digits-vae").experiment_id
+    (parent,) = client.search_runs(
+        [exp],
+        filter_string=f"tags.`genpar.sweep.role` = 'parent' and params.`sweep.name` = '{name}'",
+    )
+    children = client.search_runs(
+        [exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    out = {}
+    for child in children:
+        history = client.get_metric_history(child.info.run_id, "val/elbo")
+        curve = {}
+        for m in sorted(history, key=lambda m: (m.step, m.timestamp)):
+            curve[m.step] = m.value  # the last logged value of a step wins
+        out[child.data.tags["genpar.sweep.trial"]] = {
+            "lr": child.data.params["train.lr"],
+            "curve": dict(sorted(curve.items())),
+        }
+    return out
+
+
+def run_grids(work: Path, seeds: list[int], val_every: int) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    prefect_home = work / "prefect"
+    if not (prefect_home / "prefect.db").exists():
+        create_prefect_database(work / "home-warmup", prefect_home)
+    path = work / "curves.json"
+    curves = json.loads(path.read_text()) if path.exists() else {}
+    for seed in seeds:
+        if str(seed) in curves:
+            continue
+        home = work / f"home-s{seed}"
+        sweep = _sweep_file(work, seed, False, LRS)
+        wall, _ = _genpar(
+            ["sweep", str(sweep), "--set", f"train.val_every_steps={val_every}"],
+            home,
+            prefect_home,
+        )
+        curves[str(seed)] = grid_curves(home, f"grid-s{seed}")
+        path.write_text(json.dumps(curves, indent=1))
+        print(f"seed {seed}: grid in {wall:.0f} s", flush=True)
+    return curves
+
+
+def spend(r1: int, r2: int, t: int = MAX_STEPS) -> int:
+    return 9 * r1 + 3 * (r2 - r1) + (t - r2)
+
+
+def schedules(every: int, t: int = MAX_STEPS) -> list[tuple[int, int]]:
+    steps = range(every, t, every)
+    return [(a, b) for a in steps for b in steps if a < b and spend(a, b, t) <= BUDGET * 9 * t]
+
+
+def score_at(curve: dict, step: int) -> float:
+    """val/elbo at `step`, or at the nearest validated step (the earlier one on a tie)."""
+    if step in curve:
+        return curve[step]
+    nearest = min(curve, key=lambda s: (abs(s - step), s))
+    return curve[nearest]
+
+
+def simulate(trials: dict[str, dict], rungs: tuple[int, ...], t: int = MAX_STEPS) -> str:
+    """The lr synchronous halving 9 -> 3 -> 1 (keep 0.34) ends with."""
+    live = sorted(trials)
+    for rung in rungs:
+        scores = {tid: score_at(trials[tid]["curve"], rung) for tid in live}
+        live = survivors(scores, 0.34, "maximize")
+    best = max(live, key=lambda tid: (trials[tid]["curve"][t], tid))
+    return trials[best]["lr"]
+
+
+def table(curves: dict, seeds: list[int], every: int, t: int = MAX_STEPS) -> list[dict]:
+    rows = []
+    finals = {s: {v["lr"]: v["curve"][t] for v in curves[str(s)].values()} for s in seeds}
+    truth = {s: max(finals[s], key=finals[s].get) for s in seeds}
+    for rungs in schedules(every, t):
+        picks = {s: simulate(curves[str(s)], rungs, t) for s in seeds}
+        regret = [finals[s][truth[s]] - finals[s][picks[s]] for s in seeds]
+        rows.append(
+            {
+                "rungs": rungs,
+                "fractions": [round(r / t, 4) for r in rungs],
+                "picks": picks,
+                "hits": sum(picks[s] == truth[s] for s in seeds),
+                "mean_regret": statistics.fmean(regret),
+                "spend": spend(*rungs, t) / (9 * t),
+            }
+        )
+    return rows
+
+
+def held_out_choice(rows: list[dict]) -> dict:
+    return min(rows, key=lambda r: (-r["hits"], r["mean_regret"], r["spend"], r["rungs"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--grid", action="store_true", help="run the grids first")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/halving-curves"))
+    parser.add_argument("--curves", type=Path, default=None)
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--val-every", type=int, default=250)
+    args = parser.parse_args(argv)
+    if args.grid:
+        curves = run_grids(args.work, args.seeds, args.val_every)
+    else:
+        curves = json.loads((args.curves or args.work / "curves.json").read_text())
+    seeds = args.seeds
+    for s in seeds:
+        trials = curves[str(s)]
+        final = {v["lr"]: round(v["curve"][MAX_STEPS], 2) for v in trials.values()}
+        print(f"seed {s}: final val/elbo {final}")
+    rows = table(curves, seeds, args.val_every)
+    print("| rungs (steps) | fractions | picks per seed | hits | mean regret | spend |")
+    print("|---|---|---|---:|---:|---:|")
+    for r in sorted(rows, key=lambda r: (-r["hits"], r["mean_regret"])):
+        picks = ", ".join(r["picks"][s] for s in seeds)
+        print(
+            f"| {r['rungs']} | {r['fractions']} | {picks} | {r['hits']} of {len(seeds)} | "
+            f"{r['mean_regret']:.2f} | {r['spend']:.1%} |"
+        )
+    choice = held_out_choice(rows)
+    print(f"held-out choice (best on seeds {seeds}): {choice['rungs']} {choice['fractions']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
