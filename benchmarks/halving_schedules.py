@@ -67,6 +67,15 @@ def grid_curves(home: Path, name: str) -> dict[str, dict]:
     return out
 
 
+def load(path: Path) -> dict:
+    """curves.json with its steps as ints again (JSON keys are strings)."""
+    curves = json.loads(path.read_text())
+    for trials in curves.values():
+        for trial in trials.values():
+            trial["curve"] = {int(k): v for k, v in trial["curve"].items()}
+    return curves
+
+
 def run_grids(work: Path, seeds: list[int], val_every: int) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     prefect_home = work / "prefect"
@@ -87,7 +96,7 @@ def run_grids(work: Path, seeds: list[int], val_every: int) -> dict:
         curves[str(seed)] = grid_curves(home, f"grid-s{seed}")
         path.write_text(json.dumps(curves, indent=1))
         print(f"seed {seed}: grid in {wall:.0f} s", flush=True)
-    return curves
+    return load(path)
 
 
 def spend(r1: int, r2: int, t: int = MAX_STEPS) -> int:
@@ -148,11 +157,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--curves", type=Path, default=None)
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4])
     parser.add_argument("--val-every", type=int, default=250)
+    parser.add_argument(
+        "--also",
+        nargs="*",
+        default=["330,990"],
+        help="further schedules (rung steps a,b) to simulate, at the nearest validated steps "
+        "(default: the first benchmark's [0.11, 0.33] of 3,000)",
+    )
     args = parser.parse_args(argv)
     if args.grid:
         curves = run_grids(args.work, args.seeds, args.val_every)
     else:
-        curves = json.loads((args.curves or args.work / "curves.json").read_text())
+        curves = load(args.curves or args.work / "curves.json")
     seeds = args.seeds
     for s in seeds:
         trials = curves[str(s)]
@@ -167,6 +183,26 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['rungs']} | {r['fractions']} | {picks} | {r['hits']} of {len(seeds)} | "
             f"{r['mean_regret']:.2f} | {r['spend']:.1%} |"
         )
+    finals = {s: {v["lr"]: v["curve"][MAX_STEPS] for v in curves[str(s)].values()} for s in seeds}
+    print("grid best per seed: " + ", ".join(max(finals[s], key=finals[s].get) for s in seeds))
+    # any 9 -> 3 -> 1 schedule can pick the grid's best only if it ranks top 3 at the first rung
+    # and first at the second: its rank (1 = best of 9) at each validated step
+    for s in seeds:
+        trials = curves[str(s)]
+        best = max(trials, key=lambda tid: trials[tid]["curve"][MAX_STEPS])
+        steps = sorted(trials[best]["curve"])
+        ranks = []
+        for step in steps:
+            order = sorted(trials, key=lambda tid: -trials[tid]["curve"][step])
+            ranks.append(f"{step}:{order.index(best) + 1}")
+        print(
+            f"seed {s}: rank of the grid's best (lr {trials[best]['lr']}) by step "
+            + " ".join(ranks)
+        )
+    for extra in args.also:
+        rungs = tuple(int(x) for x in extra.split(","))
+        picks = [simulate(curves[str(s)], rungs) for s in seeds]
+        print(f"{rungs} at the nearest validated steps: picks {', '.join(picks)}")
     choice = held_out_choice(rows)
     print(f"best on seeds {seeds}: {choice['rungs']} {choice['fractions']}")
     return 0
