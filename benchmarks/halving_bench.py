@@ -4,10 +4,10 @@ grid of digits-vae pick the configuration the full grid finds best, and with how
 Per search seed (the trials' training seed, `seeds: [s]`; a grid itself has nothing to seed)
 two real `genpar sweep`s run in one fresh GENPAR_HOME, so they share the shards and the
 evaluation cache: the grid with every trial trained to `train.max_steps` (the full-budget
-truth), and the same grid with rungs [0.11, 0.33] keeping 1/3 at each (9 -> 3 -> 1). Both rank
-by the full-budget `val/elbo` and halve on `val/elbo`. A promoted trial continues from its rung
-checkpoint bit-exactly, so the survivor's final numbers are the full run's. Steps spent are
-what each trial trained (its trial.json), against 9 x max_steps.
+truth), and the same grid with successive halving at `rungs` (default RUNGS) keeping 1/3 at
+each (9 -> 3 -> 1). Both rank by the full-budget `val/elbo` and halve on `val/elbo`. A promoted
+trial continues from its rung checkpoint bit-exactly, so the survivor's final numbers are the
+full run's. Steps spent are what each trial trained (its trial.json), against 9 x max_steps.
 """
 
 from __future__ import annotations
@@ -20,19 +20,31 @@ from benchmarks.orchestration_bench import create_prefect_database
 from benchmarks.sweep_bench import REPO, _genpar
 
 LRS = [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05]
-HALVING = (
-    "early_stopping: {metric: val/elbo, direction: maximize, rungs: [0.11, 0.33], keep: 0.34}\n"
-)
+# eta-3 spacing (the second rung 3x the first) as late as the issue's 40% step budget allows on a
+# 250-step grid (500 and 1500 of 3,000 steps: 33% of the grid's steps); benchmarks/
+# halving_schedules.py compares every 2-rung schedule offline.
+RUNGS = [0.1667, 0.5]
+SEEDS = [0, 1, 2, 3, 4]
 
 
-def _sweep_file(work: Path, seed: int, halving: bool, lrs: list[float]) -> Path:
+def _halving(rungs: list[float]) -> str:
+    return (
+        f"early_stopping: {{metric: val/elbo, direction: maximize, rungs: {list(rungs)}, "
+        "keep: 0.34}\n"
+    )
+
+
+def _sweep_file(
+    work: Path, seed: int, halving: bool, lrs: list[float], rungs: list[float] = RUNGS
+) -> Path:
     name = f"halving-s{seed}" if halving else f"grid-s{seed}"
     path = work / f"{name}.yaml"
     path.write_text(
         f"name: {name}\nbase: {REPO / 'configs' / 'digits-vae.yaml'}\nsearch: grid\n"
         f"space:\n  train.lr: {lrs}\nseeds: [{seed}]\n"
         "objective: {metric: val/elbo, direction: maximize}\n"
-        "trial_compute: {cpu_procs: 1, threads_per_proc: 1}\n" + (HALVING if halving else "")
+        "trial_compute: {cpu_procs: 1, threads_per_proc: 1}\n"
+        + (_halving(rungs) if halving else "")
     )
     return path
 
@@ -65,12 +77,20 @@ def _sweep_result(home: Path, name: str) -> tuple[str, int, dict[str, float]]:
     return lr, steps, objective
 
 
-def run(work: Path, quick: bool, max_steps: int | None = None) -> list[Result]:
-    """`max_steps` shortens digits-vae's training (default: the config's 3,000 steps)."""
+def run(
+    work: Path,
+    quick: bool,
+    max_steps: int | None = None,
+    seeds: list[int] | None = None,
+    rungs: list[float] | None = None,
+) -> list[Result]:
+    """`max_steps` shortens digits-vae's training (default: the config's 3,000 steps); `seeds`
+    are the search seeds (default SEEDS, quick: [0]); `rungs` the halving schedule (RUNGS)."""
     work.mkdir(parents=True, exist_ok=True)
     prefect_home = work / "prefect"
     create_prefect_database(work / "home-warmup", prefect_home)
-    seeds = [0] if quick else [0, 1, 2, 3, 4]
+    seeds = list(seeds or ([0] if quick else SEEDS))
+    rungs = list(rungs or RUNGS)
     steps_cap = 100 if quick else max_steps
     sets = ["--set", f"train.max_steps={steps_cap}"] if steps_cap else []
     picked, spent, grid_steps, rows, grids, picks = 0, 0, 0, [], {}, {}
@@ -78,7 +98,7 @@ def run(work: Path, quick: bool, max_steps: int | None = None) -> list[Result]:
         home = work / f"home-s{seed}"
         walls = {}
         for halving in (False, True):
-            path = _sweep_file(work, seed, halving, LRS)
+            path = _sweep_file(work, seed, halving, LRS, rungs)
             walls[halving], _ = _genpar(["sweep", str(path), *sets], home, prefect_home)
         truth, full, grid = _sweep_result(home, f"grid-s{seed}")
         choice, used, _ = _sweep_result(home, f"halving-s{seed}")
@@ -95,7 +115,10 @@ def run(work: Path, quick: bool, max_steps: int | None = None) -> list[Result]:
             f"(val/elbo {regret:.2f} nats below the best; best - median {spread:.2f}), "
             f"{used}/{full} steps, {walls[True]:.0f} s vs {walls[False]:.0f} s"
         )
-    sec = f"successive halving (digits-vae, 9-point lr grid, eta 3, {len(seeds)} search seed(s))"
+    sec = (
+        f"successive halving (digits-vae, 9-point lr grid, eta 3, rungs {rungs}, "
+        f"search seed(s) {seeds})"
+    )
     hits, contest = hindsight(grids)
     floor = None
     if hits is not None:

@@ -140,6 +140,21 @@ def main(argv: list[str] | None = None) -> int:
         "config's 3,000; 5 seeds x (9 full trials + a halving sweep), ~45 min on 2 cores)",
     )
     parser.add_argument(
+        "--halving-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="search seeds of the halving section (default 0 1 2 3 4; --quick: 0)",
+    )
+    parser.add_argument(
+        "--halving-rungs",
+        type=float,
+        nargs="+",
+        default=None,
+        help="the halving section's rungs, fractions of train.max_steps (default: "
+        "benchmarks/halving_bench.py's RUNGS)",
+    )
+    parser.add_argument(
         "--sequence-steps",
         type=int,
         default=None,
@@ -202,7 +217,13 @@ def main(argv: list[str] | None = None) -> int:
             ("fsdp", lambda: fsdp_bench.run(work / "fsdp", args.quick)),
             (
                 "halving",
-                lambda: halving_bench.run(work / "halving", args.quick, args.halving_steps),
+                lambda: halving_bench.run(
+                    work / "halving",
+                    args.quick,
+                    args.halving_steps,
+                    args.halving_seeds,
+                    args.halving_rungs,
+                ),
             ),
             (
                 "sequences",
