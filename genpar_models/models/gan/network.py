@@ -11,6 +11,10 @@ statistics moved twice per step. The default is therefore without batch statisti
 (or pixel norm) in the generator and spectral normalisation in the discriminator (Miyato et al.
 2018, https://arxiv.org/abs/1802.05957); a global batch then gives the same outputs on one rank
 or two. `norm="batch", spectral_norm=False` is genpar 0.1's network, which its models load as.
+
+The module is longer than 300 lines because both players of both archs and `model_spec` are one
+contract: every constructor argument that changes a weight's shape (arch, norm, spectral norm,
+classes, the projection) is written into the spec here and read back by the same constructor.
 """
 
 from __future__ import annotations
