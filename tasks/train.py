@@ -74,7 +74,7 @@ def train_model(
         check_label(classes or 0, config.generate.label, "generate.label")
     if config.data.modality == "images":  # a split too small to score: before training, too
         from genpar_models.data.shards import open_shard_set
-        from genpar_models.eval.reference import check_split_sizes
+        from genpar_models.eval.splits import check_split_sizes
 
         check_split_sizes(open_shard_set(shards_dir, verify=False), config.evaluate)
     gpus = cuda_device_count() if cuda_devices is None else cuda_devices
