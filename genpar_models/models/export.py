@@ -19,8 +19,8 @@ from genpar_models.models.registry import get_family
 from genpar_models.util import atomic
 
 # genpar_models.util.tensorfile (torch, safetensors) is imported where tensors are read or
-# written: reading model.json (`read_meta`, META_FILE) is what the flow process does before
-# training, and it must not pay torch's import for it.
+# written: the pipeline flow's task modules import this one for model.json alone (`read_meta`,
+# META_FILE) and must not pay torch's import at the CLI's start-up for it (issue 18).
 if TYPE_CHECKING:
     import torch
     from torch import nn
