@@ -6,6 +6,10 @@ scorecard, protocols and artifacts. Generated samples are drawn and featurised i
 Dask workers when the config names a cluster (or evaluate.parallel=dask), otherwise batched in
 this process, on the GPU when there is one. A sequence model's series are drawn the same way
 (its seeded blocks on Dask workers or here, the same values) and scored in this process.
+
+torch and the scorecard's modules are imported by the functions that use them, not here: the
+pipeline flow imports this module before its first task, and the CLI's start-up should not
+pay torch's import (issue 18; tests/unit/test_layers.py).
 """
 
 from __future__ import annotations
@@ -14,13 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from genpar_models.config import PipelineConfig
-from genpar_models.eval.samples import block_plan, collect, generated_block
-from genpar_models.eval.scorecard import evaluate_model, prepare, report_markdown
 from genpar_models.util import atomic, seeding
 from genpar_models.util.paths import genpar_home
 from tasks import mlflow_store as store
@@ -32,6 +33,8 @@ from tasks.scorecard import record_scorecard
 
 
 def eval_device(config: PipelineConfig) -> str:
+    import torch
+
     if config.compute.device != "cpu" and torch.cuda.is_available():
         return "cuda"
     return "cpu"
@@ -43,6 +46,8 @@ def use_dask(config: PipelineConfig) -> bool:
 
 
 def _generate_on_dask(config: PipelineConfig, model_dir: str, extractor_dir: str) -> Any:
+    from genpar_models.eval.samples import block_plan, collect, generated_block
+
     plan = block_plan(config.evaluate.num_samples)
     with dask_client(config.compute, "evaluate") as client:
         blocks = map_with_progress(
@@ -63,6 +68,7 @@ def _generate_on_dask(config: PipelineConfig, model_dir: str, extractor_dir: str
 def _series_on_dask(config: PipelineConfig, model_dir: str) -> Any:
     """A sequence model's generated series for the scorecard, in the seeded blocks the
     evaluation draws in process (the same values), on Dask workers."""
+    from genpar_models.eval.samples import block_plan
     from genpar_models.eval.sequence_scorecard import collect_series, series_block
 
     plan = block_plan(config.evaluate.num_samples)
@@ -99,6 +105,8 @@ def evaluate(
     config: PipelineConfig, shards_dir: str, model_dir: str, out_dir: str
 ) -> dict[str, Any]:
     """Score the model; write <out_dir>/report.json and report.md; return the report."""
+    from genpar_models.eval.scorecard import evaluate_model, prepare, report_markdown
+
     log, device, t0 = run_logger(), eval_device(config), time.perf_counter()
     prepared = prepare(shards_dir, config.evaluate, device=device)
     prepare_s = time.perf_counter() - t0

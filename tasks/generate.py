@@ -18,14 +18,6 @@ from prefect.cache_policies import NO_CACHE
 
 from genpar_models.config import PipelineConfig
 from genpar_models.errors import ConfigError, GenparError
-from genpar_models.infer.sampling import (
-    cached_model,
-    chunk_plan,
-    class_rows,
-    generate_chunk,
-    make_grid,
-    warm_model,
-)
 from genpar_models.models.conditioning import check_label, num_classes_of
 from genpar_models.models.export import META_FILE
 from genpar_models.util import atomic
@@ -38,6 +30,17 @@ def generate_to_dir(config: PipelineConfig, model_dir: str, out_dir: Path) -> di
 
     Chunk i is seeded by (seed, i) and sampled with one thread wherever it runs, so the files
     are the same in this process, on a LocalCluster or on a cluster (generate.parallel)."""
+    # imported here: sampling imports torch, which the pipeline flow's start-up (it imports
+    # this module) should not pay (issue 18)
+    from genpar_models.infer.sampling import (
+        cached_model,
+        chunk_plan,
+        class_rows,
+        generate_chunk,
+        make_grid,
+        warm_model,
+    )
+
     log = run_logger()
     gen = config.generate
     classes = check_labels(gen, model_dir)

@@ -24,6 +24,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import pandas as pd
@@ -35,9 +36,11 @@ from mlflow.types.schema import AnyType
 
 import genpar_models
 from genpar_models.config import GenerateConfig
-from genpar_models.infer.serving import SERVING_FILE, ServingSpec
 from genpar_models.models.export import read_meta
 from genpar_models.util import atomic
+
+if TYPE_CHECKING:  # genpar_models.infer.serving imports torch: only where a model is logged
+    from genpar_models.infer.serving import ServingSpec
 
 # Not "model": MLflow lists and downloads `runs:/RUN/<name>/...` from a logged model of that
 # name, which would shadow the run's own model/ artifact that genpar's resolvers read.
@@ -92,6 +95,7 @@ def serving_spec(model_dir: Path, binarize: str, max_samples: int) -> ServingSpe
     """The served model's settings: `genpar generate`'s default chunking (so a request with
     n and seed returns what `genpar generate --n N --seed S` writes), the request limit, the
     model's image shape and the run's binarisation."""
+    from genpar_models.infer.serving import ServingSpec
     from genpar_models.models.registry import get_family
 
     meta = read_meta(model_dir)
@@ -160,6 +164,8 @@ def log_served_model(
     """Log `model_dir` as `run_id`'s pyfunc model, in the run's experiment; return its URI
     (models:/m-...). A model whose logging fails is marked FAILED, never left half-written
     as READY."""
+    from genpar_models.infer.serving import SERVING_FILE
+
     spec = serving_spec(Path(model_dir), binarize, max_samples)
     own_code, custom = custom_network_code(Path(model_dir))
     run = client.get_run(run_id)

@@ -15,9 +15,13 @@ from genpar_models.train.runspec import RunSpec, TrackingTarget
 from genpar_models.util.paths import genpar_home
 from tasks import mlflow_store as store
 from tasks import registry
-from tasks.common import run_logger
+from tasks.common import import_meanwhile, run_logger
 from tasks.launcher import cuda_device_count, launch_training, plan_processes
 from tasks.tracking import RunHandle
+
+# What the evaluation after training imports first (its metrics: torchmetrics' FID), loaded
+# in this process while torchrun trains (tasks/common.py import_meanwhile).
+IMPORT_AHEAD = ("torch", "torchmetrics.image.fid")
 
 
 def _init_model_dir(config: PipelineConfig, uri: str) -> str | None:
@@ -74,7 +78,7 @@ def train_model(
         check_label(classes or 0, config.generate.label, "generate.label")
     if config.data.modality == "images":  # a split too small to score: before training, too
         from genpar_models.data.shards import open_shard_set
-        from genpar_models.eval.reference import check_split_sizes
+        from genpar_models.eval.splits import check_split_sizes
 
         check_split_sizes(open_shard_set(shards_dir, verify=False), config.evaluate)
     gpus = cuda_device_count() if cuda_devices is None else cuda_devices
@@ -100,6 +104,7 @@ def train_model(
         log_dir,
     )
     started = time.time()
+    import_meanwhile(*IMPORT_AHEAD)
     launch_training(spec, plan, log_dir=log_dir, on_line=log.info, extra_env=extra_env)
     result = json.loads(spec.result_path.read_text())
     result["timing"] = {"torchrun_start": started, "torchrun_end": time.time()}

@@ -25,8 +25,8 @@ import torch
 
 from genpar_models.config import EvaluateConfig, stable_hash
 from genpar_models.data.shards import ShardSet
-from genpar_models.errors import DataError
 from genpar_models.eval import features
+from genpar_models.eval.splits import check_split_sizes  # its old home: still importable here
 from genpar_models.util import atomic, seeding
 from genpar_models.util.paths import genpar_home
 from genpar_models.util.threads import torch_threads
@@ -126,29 +126,6 @@ def _pick(images: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
         return images
     keep = np.sort(np.random.default_rng(seed).choice(len(images), limit, replace=False))
     return images[keep]
-
-
-def check_split_sizes(shardset: ShardSet, cfg: EvaluateConfig) -> None:
-    """Fail before any scoring unless the reference split holds more than evaluate.nearest_k
-    images (precision/recall's k-NN balls; FID's covariance needs two) and the floor split
-    at least two.
-
-    Raises:
-        DataError: names the shard set, the split, its size and what would fix it.
-    """
-    floor_split = "test" if cfg.reference_split == "val" else "val"
-    for split, need, why in (
-        (cfg.reference_split, max(2, cfg.nearest_k + 1), f"evaluate.nearest_k={cfg.nearest_k}"),
-        (floor_split, 2, "the real-vs-real FID floor"),
-    ):
-        have = shardset.count(split)
-        if have < need:
-            fix = f"a larger data.{split}_fraction, " if split != "train" else ""
-            raise DataError(
-                f"{shardset.directory}: the {split} split holds {have} image(s), but the "
-                f"scorecard needs at least {need} ({why}): use more data, {fix}or a smaller "
-                "evaluate.nearest_k"
-            )
 
 
 def ensure_reference(

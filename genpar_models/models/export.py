@@ -16,8 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from genpar_models.errors import CheckpointError, ConfigError
 from genpar_models.models.registry import get_family
-from genpar_models.util import atomic, tensorfile
+from genpar_models.util import atomic
 
+# genpar_models.util.tensorfile (torch, safetensors) is imported where tensors are read or
+# written: the pipeline flow's task modules import this one for model.json alone (`read_meta`,
+# META_FILE) and must not pay torch's import at the CLI's start-up for it (issue 18).
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -75,6 +78,8 @@ def export_model(
             a model exported with its moving average), written as <name>.safetensors and
             listed with their sha256 under "variants" in model.json; `load_model(variant=)`.
     """
+    from genpar_models.util import tensorfile
+
     if (module is None) == (state is None):
         raise ValueError("export_model takes exactly one of module and state")
     directory.mkdir(parents=True, exist_ok=True)
@@ -136,6 +141,8 @@ def load_exported(
     Raises:
         CheckpointError: a file is missing or does not match its sha256, or no such variant.
     """
+    from genpar_models.util import tensorfile
+
     directory = Path(directory)
     path = directory / MODEL_FILE if directory.is_dir() else directory
     meta = read_meta(path.parent)

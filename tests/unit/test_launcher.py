@@ -1,6 +1,6 @@
 """Which rank's error becomes the training failure's message (torchelastic error.json files),
-how a torchrun agent left running by a killed flow is stopped before the next launch, and the
-environment a multi-node agent gets."""
+how a torchrun agent left running by a killed flow is stopped before the next launch, the
+environment a multi-node agent gets, and how CUDA devices are counted without a GPU driver."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from tasks.launcher import (
     _write_pid,
     child_env,
     first_rank_error,
+    gpu_driver_present,
     stop_leftover,
 )
 
@@ -176,3 +177,31 @@ def test_a_launched_agent_dies_with_its_launcher_and_not_with_a_stranger() -> No
         timeout=60,
     )
     assert plain.stdout.strip() == "False"
+
+
+def test_a_gpu_driver_is_any_of_its_files(tmp_path: Path) -> None:
+    absent = (str(tmp_path / "proc-driver-nvidia"), str(tmp_path / "nvidiactl"))
+    assert not gpu_driver_present(absent)
+    Path(absent[1]).touch()
+    assert gpu_driver_present(absent)
+
+
+def test_cuda_devices_are_counted_as_torch_counts_them_and_without_it_when_no_driver() -> None:
+    """In a fresh process: without a GPU driver the count is 0 and torch is never imported
+    (issue 18: preflight and the training task paid its 1.3 s); either way it is torch's own
+    count."""
+    code = (
+        "import sys\n"
+        "from tasks.launcher import cuda_device_count, gpu_driver_present\n"
+        "n, loaded = cuda_device_count(), 'torch' in sys.modules\n"
+        "import torch\n"
+        "want = torch.cuda.device_count() if torch.cuda.is_available() else 0\n"
+        "print(n, want, loaded, gpu_driver_present())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.split()
+    n, want, loaded, driver = int(out[0]), int(out[1]), out[2] == "True", out[3] == "True"
+    assert n == want
+    if not driver:
+        assert n == 0 and not loaded, "no GPU driver: counted without importing torch"

@@ -1,0 +1,54 @@
+"""Imports started ahead on a thread (tasks/common.py `import_meanwhile`): the training task
+loads what the evaluation imports first while torchrun trains (issue 18)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+# tabnanny and wave: stdlib modules that nothing in genpar, Prefect or Dask imports
+PROBE = """
+import sys
+from tasks.common import import_meanwhile
+first = import_meanwhile("tabnanny", "wave")
+again = import_meanwhile("tabnanny", "wave")  # each module once per process
+if first is not None:
+    first.join(60)
+print(first is not None, first is not None and first.daemon, again is None,
+      "tabnanny" in sys.modules, "wave" in sys.modules)
+"""
+
+
+def _probe(**env: str) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
+    return out.stdout.split()
+
+
+def test_modules_are_imported_once_on_a_daemon_thread() -> None:
+    assert _probe() == ["True", "True", "True", "True", "True"]
+
+
+def test_genpar_import_ahead_0_turns_it_off() -> None:
+    assert _probe(GENPAR_IMPORT_AHEAD="0") == ["False", "False", "True", "False", "False"]
+
+
+def test_a_module_that_fails_to_import_is_left_to_the_stage_that_needs_it() -> None:
+    code = (
+        "import sys\n"
+        "from tasks.common import import_meanwhile\n"
+        "import_meanwhile('genpar_no_such_module', 'tabnanny').join(60)\n"
+        "print('tabnanny' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.split() == ["True"]
+    assert "Traceback" not in out.stderr  # no thread traceback: the stage raises it, if needed
