@@ -64,6 +64,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _name_process(name: str) -> None:
+    """Set this process's name (Linux prctl PR_SET_NAME, 15 bytes at most); else nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME = 15
+    except (OSError, AttributeError):
+        pass
+
+
+def rank_entry(*argv: str) -> int:
+    """One rank forked from torchrun's agent (genpar_models/train/agent.py, GENPAR_FORK_RANKS):
+    `main` on these arguments, with torch and this module already imported by the agent. The
+    process then leaves through multiprocessing's own os._exit, without the interpreter's
+    teardown, once the agent has read its return value; output is flushed first. Its process
+    is named genpar-rank<RANK> (`ps`, psutil's name()): its command line is the agent's."""
+    _name_process(f"genpar-rank{os.environ.get('RANK', '')}")
+    try:
+        return main(list(argv))
+    finally:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
 def _exit_now(rc: int) -> None:
     """Leave without the interpreter's teardown. With torch loaded, finalising modules and
     garbage costs a rank 0.5-1 s (measured on 2 cores), every launch, and buys nothing here:
