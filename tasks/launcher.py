@@ -194,6 +194,10 @@ def child_env(plan: Plan, tracking_uri: str | None, node: Node | None = None) ->
         if ifname:
             env["GLOO_SOCKET_IFNAME"] = ifname
     env["PYTHONUNBUFFERED"] = "1"
+    if plan.device == "cpu" and node is None:
+        # one node of CPU ranks: forked from the agent, which imports torch and the training
+        # code once for all of them (genpar_models/train/agent.py); 0 starts fresh interpreters
+        env.setdefault("GENPAR_FORK_RANKS", "1")
     roots = custom_import_roots()
     if roots:  # your own network's module (model.name "package.module:Class") in every rank
         path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]

@@ -26,10 +26,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _rank_processes(root_pid: int) -> dict[int, psutil.Process]:
+    """The ranks under `root_pid` by rank: CPU ranks forked from the agent are named
+    genpar-rank<N> (their command line and initial environment are the agent's); fresh
+    interpreters have RANK in their environment."""
     ranks = {}
     for p in psutil.Process(root_pid).children(recursive=True):
         try:
-            if "genpar_models.train" in " ".join(p.cmdline()):
+            name = p.name()
+            if name.startswith("genpar-rank"):
+                ranks[int(name.removeprefix("genpar-rank"))] = p
+            elif "genpar_models.train" in " ".join(p.cmdline()):
                 ranks[int(p.environ().get("RANK", -1))] = p
         except psutil.NoSuchProcess:
             continue

@@ -205,3 +205,18 @@ def test_cuda_devices_are_counted_as_torch_counts_them_and_without_it_when_no_dr
     assert n == want
     if not driver:
         assert n == 0 and not loaded, "no GPU driver: counted without importing torch"
+
+
+def test_only_one_node_of_cpu_ranks_is_forked_from_the_agent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CPU ranks on one node start forked from the agent (genpar_models/train/agent.py); GPU
+    ranks and multi-node jobs keep torchrun's fresh interpreters; a user's 0 wins."""
+    monkeypatch.delenv("GENPAR_FORK_RANKS", raising=False)
+    cpu = Plan(nproc=2, device="cpu", threads_per_proc=1)
+    assert child_env(cpu, None)["GENPAR_FORK_RANKS"] == "1"
+    node = Node(is_host=True, local_addr="127.0.0.1")
+    assert "GENPAR_FORK_RANKS" not in child_env(cpu, None, node)
+    assert "GENPAR_FORK_RANKS" not in child_env(Plan(1, "cuda", 1), None)
+    monkeypatch.setenv("GENPAR_FORK_RANKS", "0")
+    assert child_env(cpu, None)["GENPAR_FORK_RANKS"] == "0"
