@@ -49,8 +49,8 @@ def _sweep_file(
     return path
 
 
-def _sweep_result(home: Path, name: str) -> tuple[str, int, dict[str, float]]:
-    """(the best trial's lr, steps all its trials trained, each lr's objective) of the sweep
+def sweep_runs(home: Path, name: str):
+    """(an MlflowClient of `home`, the parent run, the child runs) of the digits-vae sweep
     called `name`."""
     from mlflow import MlflowClient
 
@@ -63,6 +63,13 @@ def _sweep_result(home: Path, name: str) -> tuple[str, int, dict[str, float]]:
     children = client.search_runs(
         [exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
     )
+    return client, parent, children
+
+
+def _sweep_result(home: Path, name: str) -> tuple[str, int, dict[str, float]]:
+    """(the best trial's lr, steps all its trials trained, each lr's objective) of the sweep
+    called `name`."""
+    _, parent, children = sweep_runs(home, name)
     best = parent.data.tags["genpar.sweep.best_run_id"]
     steps = 0
     for child in children:

@@ -32,7 +32,7 @@ import json
 import statistics
 from pathlib import Path
 
-from benchmarks.halving_bench import LRS, _sweep_file
+from benchmarks.halving_bench import LRS, _sweep_file, sweep_runs
 from benchmarks.orchestration_bench import create_prefect_database
 from benchmarks.sweep_bench import _genpar
 from genpar_models.sweep.halving import survivors
@@ -43,17 +43,7 @@ BUDGET = 0.4
 
 def grid_curves(home: Path, name: str) -> dict[str, dict]:
     """{trial id: {"lr": str, "curve": {step: val/elbo}}} of the sweep called `name`."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("digits-vae").experiment_id
-    (parent,) = client.search_runs(
-        [exp],
-        filter_string=f"tags.`genpar.sweep.role` = 'parent' and params.`sweep.name` = '{name}'",
-    )
-    children = client.search_runs(
-        [exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
-    )
+    client, _, children = sweep_runs(home, name)
     out = {}
     for child in children:
         history = client.get_metric_history(child.info.run_id, "val/elbo")
