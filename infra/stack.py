@@ -509,6 +509,10 @@ def use_stack() -> str | None:
             os.environ.setdefault(env[s.name], s.api_url)
         elif s.name == "dask-scheduler":  # the team stack's cluster: compute.dask_address
             os.environ.setdefault(team.DASK_ENV, f"tcp://{HOST}:{s.port}")
+            # its crash automation marks a run CRASHED after GENPAR_CRASH_AFTER_S without a
+            # beat: a run started here beats as often as the worker's (Prefect's default 180 s
+            # would have it crashed while alive)
+            os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(team.HEARTBEAT_S))
         elif s.name == "s3":  # what MLflow proxies artifacts to, for errors that name it
             os.environ.setdefault(
                 team.ARTIFACT_STORE_ENV, f"s3://{team.BUCKET} at http://{HOST}:{s.port}"

@@ -18,6 +18,7 @@ from flows.cli.common import (
     SetOpt,
     console,
     fail,
+    flow_run_settings,
     load_or_fail,
     prefect_defaults,
     use_servers,
@@ -37,7 +38,8 @@ def _run_on_model(
         load_or_fail(None, overrides)  # typos fail here, before any work
     prefect_defaults()
     try:
-        return flow(model, cfg, overrides)
+        with flow_run_settings():
+            return flow(model, cfg, overrides)
     except GenparError as e:
         fail(str(e), code=1)
 
@@ -156,17 +158,18 @@ def generate(
         from flows.generate import generate_flow
 
     try:
-        result = generate_flow(
-            model,
-            cfg,
-            n=n,
-            out=str(out),
-            seed=seed,
-            overwrite=overwrite,
-            named=config is not None,
-            label=label,
-            balanced_labels=labels,
-        )
+        with flow_run_settings():
+            result = generate_flow(
+                model,
+                cfg,
+                n=n,
+                out=str(out),
+                seed=seed,
+                overwrite=overwrite,
+                named=config is not None,
+                label=label,
+                balanced_labels=labels,
+            )
     except GenparError as e:
         fail(str(e), code=1)
     console.print(

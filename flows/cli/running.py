@@ -15,6 +15,7 @@ from flows.cli.common import (
     SetOpt,
     console,
     fail,
+    flow_run_settings,
     load_or_fail,
     prefect_defaults,
     use_servers,
@@ -45,7 +46,8 @@ def run(config: ConfigArg, set_: SetOpt = None) -> None:
 
         open_tracking_store_early(cfg)
     try:
-        summary = pipeline(cfg)
+        with flow_run_settings():
+            summary = pipeline(cfg)
     except GenparError as e:
         fail(str(e), code=1)
     _print_summary(summary)
@@ -89,7 +91,8 @@ def retrain(
         from flows.nightly import nightly_retrain
 
     try:
-        result = nightly_retrain(cfg)
+        with flow_run_settings():
+            result = nightly_retrain(cfg)
     except GenparError as e:
         fail(str(e), code=1)
     console.print(f"[bold]{result['decision']['action']}[/]: {result['decision']['reason']}")

@@ -14,6 +14,7 @@ from flows.cli.common import (
     UriOpt,
     console,
     fail,
+    flow_run_settings,
     prefect_defaults,
 )
 from flows.cli.prefect_server import server_starting_alongside
@@ -68,7 +69,8 @@ def sweep(
         from flows.sweep import sweep_flow
 
     try:
-        summary = sweep_flow(spec)
+        with flow_run_settings():
+            summary = sweep_flow(spec)
     except GenparError as e:
         fail(str(e), code=1)
     table = Table(title=f"sweep {spec.name}", show_header=True)

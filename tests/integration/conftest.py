@@ -12,10 +12,13 @@ from genpar_models.util.paths import default_tracking_uri
 
 @pytest.fixture(scope="session")
 def prefect_server():
-    """A real (temporary) Prefect API for flows run in this process (shared/STACK.md 1.2)."""
+    """A real (temporary) Prefect API for flows run in this process (shared/STACK.md 1.2),
+    with the settings `genpar`'s commands run their flows with (no idle heartbeats)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    from flows.cli.common import flow_run_settings
+
+    with prefect_test_harness(server_startup_timeout=120), flow_run_settings():
         yield
 
 
