@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from prefect import get_run_logger
@@ -35,14 +36,19 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
 
 
 _started: set[str] = set()
+_warmed: set[Callable[[], None]] = set()
 _started_lock = threading.Lock()
 
 
-def import_meanwhile(*modules: str) -> threading.Thread | None:
+def import_meanwhile(
+    *modules: str, then: Callable[[], None] | None = None
+) -> threading.Thread | None:
     """Import third-party `modules` on a daemon thread, each once per process, while this
     thread waits on something else (the training task on torchrun), so that the stages after it
     find them loaded instead of paying the import in turn (torch + torchmetrics: 2.5 s of the
-    evaluation on 2 cores; issue 18). Returns the thread, or None when nothing was started.
+    evaluation on 2 cores; issue 18); then run `then` there (a warm-up of a module this
+    process has already imported), once per process too. Returns the thread, or None when
+    nothing was started.
 
     Only libraries that import no genpar, Prefect or Dask module: Python's per-module import
     locks make a thread that needs a module the other is importing wait until it is whole,
@@ -54,17 +60,26 @@ def import_meanwhile(*modules: str) -> threading.Thread | None:
     with _started_lock:
         todo = [m for m in modules if m not in _started and m not in sys.modules]
         _started.update(todo)
-    if not todo:
+        warm = None
+        if then is not None and then not in _warmed:
+            _warmed.add(then)
+            warm = then
+    if not todo and warm is None:
         return None
-    thread = threading.Thread(target=_import_all, args=(todo,), name="genpar-import-ahead")
+    thread = threading.Thread(target=_import_all, args=(todo, warm), name="genpar-import-ahead")
     thread.daemon = True  # never holds the process at exit
     thread.start()
     return thread
 
 
-def _import_all(modules: list[str]) -> None:
+def _import_all(modules: list[str], then: Callable[[], None] | None) -> None:
     for module in modules:
         try:
             importlib.import_module(module)
         except Exception as e:  # noqa: BLE001 - the stage that needs it imports it and raises
             logging.getLogger("genpar").debug("importing %s ahead failed: %s", module, e)
+    if then is not None:
+        try:
+            then()
+        except Exception as e:  # noqa: BLE001 - a warm-up only saves time later
+            logging.getLogger("genpar").debug("warming up ahead failed: %s", e)

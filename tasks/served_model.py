@@ -73,6 +73,22 @@ def requirements() -> list[str]:
     return [f"{name}=={importlib.metadata.version(name)}" for name in REQUIREMENTS]
 
 
+def warm_requirements_check() -> None:
+    """Build now what MLflow's first save of a model in this process builds: when it saves the
+    model it checks requirements() (exact pins of this environment, so they always match)
+    against the installed distributions, and its first check maps every installed package's
+    files (importlib_metadata.packages_distributions: 0.43 s of the 1.33 s register-model
+    task against a local stack, py-spy, 2 cores). The training task runs this on its
+    import-ahead thread while torchrun trains (tiny, 4 runs each way, alternated: median wall
+    10.76 s with it, 11.17 s without; register-model 0.25 / 0.53 s, the training task no
+    slower); if MLflow no longer has the map, nothing."""
+    from mlflow.utils import requirements_utils
+
+    build = getattr(requirements_utils, "_init_modules_to_packages_map", None)
+    if build is not None:
+        build()
+
+
 def signature() -> ModelSignature:
     """Rows of n/seed (sampling) or image/seed (reconstruct, elbo; series/seed for a
     sequence model). Every column is optional

@@ -14,13 +14,14 @@ from genpar_models.config import PipelineConfig
 from genpar_models.train.runspec import RunSpec, TrackingTarget
 from genpar_models.util.paths import genpar_home
 from tasks import mlflow_store as store
-from tasks import registry
+from tasks import registry, served_model
 from tasks.common import import_meanwhile, run_logger
 from tasks.launcher import cuda_device_count, launch_training, plan_processes
 from tasks.tracking import RunHandle
 
 # What the evaluation after training imports first (its metrics: torchmetrics' FID), loaded
-# in this process while torchrun trains (tasks/common.py import_meanwhile).
+# in this process while torchrun trains (tasks/common.py import_meanwhile), and then what the
+# model's registration would build first (served_model.warm_requirements_check).
 IMPORT_AHEAD = ("torch", "torchmetrics.image.fid")
 
 
@@ -104,7 +105,7 @@ def train_model(
         log_dir,
     )
     started = time.time()
-    import_meanwhile(*IMPORT_AHEAD)
+    import_meanwhile(*IMPORT_AHEAD, then=served_model.warm_requirements_check)
     launch_training(spec, plan, log_dir=log_dir, on_line=log.info, extra_env=extra_env)
     result = json.loads(spec.result_path.read_text())
     result["timing"] = {"torchrun_start": started, "torchrun_end": time.time()}

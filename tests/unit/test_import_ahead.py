@@ -52,3 +52,24 @@ def test_a_module_that_fails_to_import_is_left_to_the_stage_that_needs_it() -> N
     )
     assert out.stdout.split() == ["True"]
     assert "Traceback" not in out.stderr  # no thread traceback: the stage raises it, if needed
+
+
+def test_a_warm_up_runs_once_after_the_imports_and_its_failure_is_swallowed() -> None:
+    code = (
+        "import sys, threading\n"
+        "from tasks.common import import_meanwhile\n"
+        "seen = []\n"
+        "def warm():\n"
+        "    seen.append(('tabnanny' in sys.modules, threading.current_thread().name))\n"
+        "def broken():\n"
+        "    raise RuntimeError('warm-up failed')\n"
+        "import_meanwhile('tabnanny', then=warm).join(60)\n"
+        "print(import_meanwhile('tabnanny', then=warm) is None)\n"  # once per process
+        "import_meanwhile(then=broken).join(60)\n"
+        "print(seen)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.splitlines() == ["True", "[(True, 'genpar-import-ahead')]"]
+    assert "Traceback" not in out.stderr
