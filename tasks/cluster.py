@@ -38,6 +38,11 @@ flow started after a Dask stage. `local_cluster` therefore drops that variable f
 workers and restores the parent's environment when the cluster has started; a worker
 restarted later writes them again, so they are restored at the end of every stage that used
 the cluster, and when it closes.
+
+`distributed` itself (0.3 s of import on 2 cores) is imported by the first stage that needs a
+cluster: most small runs start none. This module is longer than 300 lines because the
+cluster's life cycle (start, share, count, close) and the nanny's environment it must undo
+are one piece.
 """
 
 from __future__ import annotations
@@ -51,10 +56,9 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import dask
 import psutil
-from distributed import Client, LocalCluster
 
 from genpar_models.config import ComputeConfig
 from genpar_models.errors import ConfigError
@@ -62,6 +66,9 @@ from genpar_models.util import atomic
 from genpar_models.util.cores import available_cores
 from genpar_models.util.paths import genpar_home, read_probe
 from tasks.common import run_logger
+
+if TYPE_CHECKING:  # distributed (0.3 s on 2 cores) is imported by the first stage that needs it
+    from distributed import Client, LocalCluster
 
 
 def local_workers(cfg: ComputeConfig) -> int:
@@ -72,6 +79,9 @@ _PRE_SPAWN = "distributed.nanny.pre-spawn-environ"
 
 
 def _pre_spawn_snapshot() -> dict[str, str | None]:
+    import dask
+    import distributed  # noqa: F401 - registers the nanny's config (_PRE_SPAWN) with dask
+
     return {k: os.environ.get(k) for k in dask.config.get(_PRE_SPAWN, {})}
 
 
@@ -89,6 +99,9 @@ def local_cluster(n_workers: int, memory_limit: int | str = "auto") -> Iterator[
     setting or its statistical profiler, and without leaving the nanny's variables in this
     process's os.environ (module docstring); a worker restarted mid-stage writes them again, so
     they are restored at the end too."""
+    import dask
+    from distributed import LocalCluster
+
     # the workers' config, a deep copy: a nanny resends its shallow merge with dask.config.config
     # at every restart, so a dask.config.set around the start reaches only the first workers
     workers = copy.deepcopy(dask.config.get("distributed"))
@@ -126,6 +139,8 @@ def _cluster_key(cfg: ComputeConfig) -> tuple[str | None, int]:
 def _open(cfg: ComputeConfig, stack: contextlib.ExitStack) -> Client:
     """A Client on `stack`: connected to compute.dask_address, else on a new LocalCluster of
     one-thread workers sharing 80% of the machine's memory."""
+    from distributed import Client
+
     _quiet_dask_logs()
     if cfg.dask_address:
         client = Client(cfg.dask_address, timeout="30s")
@@ -281,6 +296,8 @@ def check_shared_home(address: str, timeout_s: float = 30.0) -> int:
     probe.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex
     atomic.write_text(probe, token)
+    from distributed import Client
+
     try:
         with Client(address, timeout=f"{timeout_s:.0f}s") as client:
             seen = client.run(read_probe, str(probe), token)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
-
-from distributed import Client, as_completed
+from typing import TYPE_CHECKING, Any
 
 from genpar_models.config import ComputeConfig
 from genpar_models.util import malloc
 from tasks.cluster import dask_client, local_workers
+
+if TYPE_CHECKING:  # imported by the first stage that runs on Dask (tasks/cluster.py)
+    from distributed import Client
 
 # What a LocalCluster costs before its first result: start-up, each worker loading what it
 # needs, and closing it (measured on this project's 2-core machine: about 2.2 s a stage, see
@@ -77,6 +78,8 @@ def map_with_progress(
 ) -> list[dict[str, Any]]:
     """client.map(fn, *iterables, **kwargs), reporting progress about every 10%; results in
     completion order (each carries its own index)."""
+    from distributed import as_completed
+
     client.run(malloc.tune)  # workers of any cluster, started by genpar or not (cheap, once)
     futures = client.map(fn, *iterables, pure=False, **kwargs)
     total = len(futures)

@@ -106,11 +106,12 @@ def test_library_import_is_light() -> None:
 
 def test_pipeline_flow_import_leaves_torch_out() -> None:
     """`genpar run` imports the pipeline flow and preflight before the flow starts: torch (1.3 s
-    on 2 cores) and matplotlib wait for the stages that use them (issue 18). A module-level
-    import of a torch-using module from tasks/ (or from one they import) fails this."""
+    on 2 cores), matplotlib and distributed (0.3 s; most runs start no cluster) wait for the
+    stages that use them (issue 18). A module-level import of a torch-using module from tasks/
+    (or from one they import) fails this."""
     code = (
         "import sys, flows.pipeline, tasks.preflight;"
-        "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'matplotlib', 'distributed') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", "importing flows.pipeline loads " + out.stdout
