@@ -1,12 +1,13 @@
 """Metric sinks for the training ranks: rank 0 logs to MLflow in batches, the others do nothing.
 
-The only MLflow calls inside the library live here. Metrics are buffered and sent with one
-`log_batch` when the trainer commits a checkpoint (and at the end), so after an elastic
-restart the steps redone since that checkpoint are logged once, not twice: the charts stay
-monotone. The batch is also saved in the checkpoint's sidecar and replayed on resume, which
-closes the window between writing a checkpoint and committing its metrics. If the tracking
-server is unreachable, the buffer is kept and retried at the next commit; training never
-stops because of tracking.
+The only MLflow calls inside the library live here and in rest_sink.py (rank 0's sink for an
+MLflow server, which posts the same batches without importing mlflow). Metrics are buffered
+and sent with one `log_batch` when the trainer commits a checkpoint (and at the end), so after
+an elastic restart the steps redone since that checkpoint are logged once, not twice: the
+charts stay monotone. The batch is also saved in the checkpoint's sidecar and replayed on
+resume, which closes the window between writing a checkpoint and committing its metrics. If
+the tracking server is unreachable, the buffer is kept and retried at the next commit;
+training never stops because of tracking.
 """
 
 from __future__ import annotations
@@ -48,26 +49,22 @@ class NullSink:
         return True
 
 
-class MlflowSink:
-    """Buffers metrics and flushes them to an existing MLflow run with `log_batch`."""
+Row = tuple[str, float, int, int]  # key, value, timestamp (ms), step
 
-    def __init__(self, uri: str, run_id: str) -> None:
-        from mlflow import MlflowClient  # imported lazily: only rank 0 pays for it
 
-        self._client = MlflowClient(tracking_uri=uri)
-        self._run_id = run_id
-        self._metrics: list[Any] = []
+class BatchSink:
+    """Buffers metrics and tags and sends them at each commit (`_send`, by the subclass)."""
+
+    def __init__(self) -> None:
+        self._metrics: list[Row] = []
         self._tags: dict[str, str] = {}
         self.unflushed = 0
         self._retry_at = 0.0  # monotonic time before which a failed server is not retried
         self._backoff_s = 0.0
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
-        for key, value in metrics.items():
-            self._metrics.append(Metric(key=key, value=float(value), timestamp=now, step=step))
+        self._metrics.extend((key, float(value), now, step) for key, value in metrics.items())
         if len(self._metrics) > MAX_BUFFERED:  # tracking down for very long: keep the newest
             del self._metrics[: len(self._metrics) - MAX_BUFFERED]
 
@@ -76,15 +73,13 @@ class MlflowSink:
 
     def pending(self) -> list[list[Any]]:
         """The buffered metrics as [key, value, timestamp, step] rows (for the checkpoint)."""
-        return [[m.key, m.value, m.timestamp, m.step] for m in self._metrics]
+        return [list(m) for m in self._metrics]
 
     def replay(self, pending: list[list[Any]]) -> None:
         """Re-buffer metrics saved with a checkpoint. The process may have died after the
         checkpoint but before its commit; re-logging an identical metric (same key, step,
         timestamp and value) is a no-op in MLflow's SQL stores, so this is exactly-once."""
-        from mlflow.entities import Metric
-
-        self._metrics[:0] = [Metric(key=k, value=v, timestamp=t, step=s) for k, v, t, s in pending]
+        self._metrics[:0] = [(str(k), float(v), int(t), int(st)) for k, v, t, st in pending]
 
     def commit(self, *, force: bool = False) -> bool:
         """Send everything buffered; on failure keep it for a later commit and return False.
@@ -92,19 +87,16 @@ class MlflowSink:
         After a failure the server is left alone for a growing interval (10 s doubling to
         5 min), so a dead server costs training one timeout per interval, not per checkpoint.
         """
-        from mlflow.entities import RunTag
-
         if not force and time.monotonic() < self._retry_at:
             self.unflushed = len(self._metrics)
             return False
         try:
             if self._tags:
-                tags = [RunTag(k, v) for k, v in self._tags.items()]
-                self._client.log_batch(self._run_id, tags=tags)
+                self._send([], dict(self._tags))
                 self._tags.clear()
             while self._metrics:
                 chunk = self._metrics[:MLFLOW_BATCH_LIMIT]
-                self._client.log_batch(self._run_id, metrics=chunk)
+                self._send(chunk, {})
                 del self._metrics[: len(chunk)]
         except Exception as e:  # noqa: BLE001 - any tracking failure must not stop training
             log.warning(
@@ -117,8 +109,35 @@ class MlflowSink:
         self.unflushed, self._backoff_s, self._retry_at = 0, 0.0, 0.0
         return True
 
+    def _send(self, metrics: list[Row], tags: dict[str, str]) -> None:
+        raise NotImplementedError
+
+
+class MlflowSink(BatchSink):
+    """Flushes to an existing MLflow run with MlflowClient.log_batch (any tracking URI)."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        from mlflow import MlflowClient  # imported lazily: only rank 0 pays for it
+
+        super().__init__()
+        self._client = MlflowClient(tracking_uri=uri)
+        self._run_id = run_id
+
+    def _send(self, metrics: list[Row], tags: dict[str, str]) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        self._client.log_batch(
+            self._run_id,
+            metrics=[Metric(key=k, value=v, timestamp=t, step=st) for k, v, t, st in metrics],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
+
 
 def make_sink(is_main: bool, uri: str | None, run_id: str | None) -> MetricSink:
-    if is_main and uri and run_id:
-        return MlflowSink(uri, run_id)
-    return NullSink()
+    """Rank 0's sink: MLflow's REST API directly for a plain http(s) server (rest_sink.py),
+    else MlflowClient; every other rank's records nothing."""
+    if not (is_main and uri and run_id):
+        return NullSink()
+    from genpar_models.train.rest_sink import RestSink, speaks_rest
+
+    return RestSink(uri, run_id) if speaks_rest(uri) else MlflowSink(uri, run_id)
