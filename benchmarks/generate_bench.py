@@ -79,7 +79,7 @@ def run(model_dir: Path, cfg, quick: bool) -> list[Result]:
         update={"generate": cfg.generate.model_copy(update={"num_samples": n, "chunk_size": 1000})}
     )
     model, _ = load_model(model_dir)
-    repeats = 1 if quick else 3
+    repeats = 1 if quick else 5  # medians of 5: the stage runs take about a second each
     variants = ("bf16", "int8") if quick else ("bf16", "int8", "compile")
     compressed = {name: build_variant(model, name) for name in variants}
     for net in compressed.values():  # compile (and first-call setup) outside the timing
