@@ -84,6 +84,7 @@ def rank_entry(*argv: str) -> int:
     teardown, once the agent has read its return value; output is flushed first. Its process
     is named genpar-rank<RANK> (`ps`, psutil's name()): its command line is the agent's."""
     _name_process(f"genpar-rank{os.environ.get('RANK', '')}")
+    os.environ["GENPAR_RANK_START"] = "forked"  # result.json says how its ranks started
     # its own session, as torchrun's fresh ranks have: the kernel shares CPU between sessions
     # (autogroup), and forked ranks left in the agent's session got half a share beside other
     # sessions' work (500 steps at load 10: 1,700-2,600 samples/s against 2,300-3,500)

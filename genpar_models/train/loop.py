@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -267,6 +268,8 @@ def _finish(trainer, model, spec, sink, state, start, restarts, ctx) -> dict[str
         "strategy": cfg.compute.strategy,
         "resharded_from": state["resharded_from"],
         "metrics_flushed": flushed,
+        # forked from torchrun's agent (GENPAR_FORK_RANKS) or a fresh interpreter
+        "rank_start": os.environ.get("GENPAR_RANK_START", "interpreter"),
         # Tracking unreachable at the end: the task retries these (never lost, never twice).
         "pending_metrics": [] if flushed else sink.pending(),
     }

@@ -163,6 +163,29 @@ def test_a_rank_without_validation_samples_does_not_hang(
     assert "val/elbo" in metrics and math.isfinite(metrics["val/elbo"])
 
 
+@pytest.mark.parametrize("fork", ["default", "0"])
+def test_cpu_ranks_start_forked_from_the_agent_unless_turned_off(
+    tmp_path: Path, tiny: PipelineConfig, monkeypatch: pytest.MonkeyPatch, fork: str
+) -> None:
+    """One node of CPU ranks is forked from torchrun's agent (its imports done once: issue 18);
+    GENPAR_FORK_RANKS=0 starts fresh interpreters. result.json records which ran."""
+    if fork == "default":
+        monkeypatch.delenv("GENPAR_FORK_RANKS", raising=False)
+    else:
+        monkeypatch.setenv("GENPAR_FORK_RANKS", fork)
+    cfg = tiny.model_copy(update={"train": tiny.train.model_copy(update={"max_steps": 2})})
+    spec = RunSpec(
+        config=cfg,
+        shards_dir=str(make_shard_set(tmp_path / "shards", cfg, n=300)),
+        run_dir=str(tmp_path / "run"),
+        train_key="k",
+    )
+    launch(spec)
+    result = json.loads(spec.result_path.read_text())
+    assert result["step"] == 2
+    assert result["rank_start"] == ("forked" if fork == "default" else "interpreter")
+
+
 def test_failing_rank_error_becomes_the_error_message(tmp_path: Path, tiny: PipelineConfig) -> None:
     cfg = tiny.model_copy(
         update={
