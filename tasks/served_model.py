@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Run
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import AnyType
@@ -160,15 +160,15 @@ def global_tracking_uri(uri: str) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = env
 
 
-def scorecard_metrics(client: MlflowClient, run_id: str) -> tuple[int, list[Metric]]:
+def scorecard_metrics(run: Run) -> tuple[int, list[Metric]]:
     """The step of the run's latest scorecard (eval/ metrics; 0 when it has none) and the run's
     latest metrics at that step, with their own timestamps: what is linked to its model.
 
-    From one get_run. MLflow's Model.log reads every metric's whole history for this (one
-    request per metric: 46 of the 63 requests, 0.41 of the 1.33 s register-model task against
-    a local stack); a metric logged again at a later step keeps only that later value here,
-    which a genpar run never does after its scorecard."""
-    latest = [Metric.from_proto(m) for m in client.get_run(run_id).data.to_proto().metrics]
+    From the run as get_run returns it. MLflow's Model.log reads every metric's whole history
+    for this (one request per metric: 46 of the 63 requests, 0.41 of the 1.33 s register-model
+    task against a local stack); a metric logged again at a later step keeps only that later
+    value here, which a genpar run never does after its scorecard."""
+    latest = [Metric.from_proto(m) for m in run.data.to_proto().metrics]
     step = max((m.step for m in latest if m.key.startswith("eval/")), default=0)
     return step, [m for m in latest if m.step == step]
 
@@ -204,7 +204,7 @@ def log_served_model(
             atomic.write_json(serving, spec.to_json())
             shutil.copytree(model_dir, weights)  # artifacts/model/ whatever the source's name
             saved = Path(tmp) / "mlflow-model"
-            # What Model.log does, but linking the scorecard from one request (scorecard_metrics)
+            # What Model.log does, but linking the scorecard from the run above (scorecard_metrics)
             # and without its input-example check, which loads the model and runs predict only
             # to warn: tests/integration/test_served_model.py loads and serves it for real.
             mlflow_model = Model(
@@ -231,7 +231,7 @@ def log_served_model(
                 shutil.rmtree(pycache, ignore_errors=True)
             with global_tracking_uri(client.tracking_uri):
                 client.log_model_artifacts(logged.model_id, str(saved))
-        step, linked = scorecard_metrics(client, run_id)
+        step, linked = scorecard_metrics(run)  # fetched above, after the scorecard
         client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=step)])
         if linked:  # the same metrics (key, value, timestamp, step), now of the model too
             client.log_batch(

@@ -100,6 +100,19 @@ def launch(
     launch_training(spec, plan, log_dir=Path(spec.run_dir) / "torchrun", on_line=on_line)
 
 
+def python_c(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -c CODE` in a fresh interpreter (what a fresh genpar process imports and does),
+    its output captured as text; fails on a non-zero exit."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env=env,
+    )
+
+
 def clean_env(home: Path) -> dict[str, str]:
     """The environment of a user with genpar home `home` (created) and no Prefect/MLflow
     settings inherited from the test process."""

@@ -97,7 +97,7 @@ class RestSink(BatchSink):
             try:
                 self._post(data)
                 return
-            except (urllib.error.URLError, OSError) as e:
+            except OSError as e:  # URLError, HTTPError, timeouts, refused connections
                 status = getattr(e, "code", None)
                 if attempt or (status is not None and status < 500 and status != 429):
                     raise

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from genpar_models.util.paths import default_tracking_uri
+from tests.helpers import MlflowServer
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +41,15 @@ def tracked_home(home: Path, mlflow_template: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(mlflow_template, target)
     return home
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path, mlflow_template: Path) -> Iterator[MlflowServer]:
+    """A real `mlflow server` on 127.0.0.1 over a copy of the migrated template, which a test
+    may stop and start again; killed at the end."""
+    server = MlflowServer(tmp_path / "server.db", mlflow_template)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

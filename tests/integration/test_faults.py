@@ -36,16 +36,6 @@ from tests.helpers import MlflowServer, free_port, launch, make_shard_set
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path, mlflow_template: Path) -> Iterator[MlflowServer]:
-    server = MlflowServer(tmp_path / "server.db", mlflow_template)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def _long_tiny(steps: int = 300) -> PipelineConfig:
     return load_config(
         TINY,

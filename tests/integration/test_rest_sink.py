@@ -4,7 +4,6 @@ it sends is what MlflowClient reads back, and a refused batch is kept, not lost.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,30 +14,20 @@ from genpar_models.train.sink import MlflowSink, make_sink
 from tests.helpers import MlflowServer
 
 
-@pytest.fixture
-def server(tmp_path: Path, mlflow_template: Path) -> Iterator[MlflowServer]:
-    srv = MlflowServer(tmp_path / "server.db", mlflow_template)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
 def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, int, str]]:
     return [(m.step, m.timestamp, repr(m.value)) for m in client.get_metric_history(run_id, key)]
 
 
-def test_metrics_and_tags_arrive_as_mlflow_client_logs_them(server: MlflowServer) -> None:
-    client = MlflowClient(server.uri)
+def test_metrics_and_tags_arrive_as_mlflow_client_logs_them(mlflow_server: MlflowServer) -> None:
+    client = MlflowClient(mlflow_server.uri)
     experiment = client.create_experiment("rest")
     runs = {}
     for kind in ("rest", "client"):
         run_id = client.create_run(experiment).info.run_id
         sink = (
-            make_sink(True, server.uri, run_id)
+            make_sink(True, mlflow_server.uri, run_id)
             if kind == "rest"
-            else MlflowSink(server.uri, run_id)
+            else MlflowSink(mlflow_server.uri, run_id)
         )
         assert isinstance(sink, RestSink) == (kind == "rest")
         sink.set_tags({"genpar.world_size": 2})
@@ -55,8 +44,8 @@ def test_metrics_and_tags_arrive_as_mlflow_client_logs_them(server: MlflowServer
     assert client.get_run(rest).data.tags["genpar.world_size"] == "2"
 
 
-def test_a_refused_batch_is_kept_for_the_next_commit(server: MlflowServer) -> None:
-    sink = RestSink(server.uri, "0" * 32)  # no such run: the server answers 404
+def test_a_refused_batch_is_kept_for_the_next_commit(mlflow_server: MlflowServer) -> None:
+    sink = RestSink(mlflow_server.uri, "0" * 32)  # no such run: the server answers 404
     sink.log_metrics({"train/loss": 1.0}, 5)
     assert sink.commit() is False
     assert sink.pending() == [["train/loss", 1.0, sink.pending()[0][2], 5]]

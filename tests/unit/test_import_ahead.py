@@ -4,8 +4,8 @@ loads what the evaluation imports first while torchrun trains (issue 18)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+
+from tests.helpers import python_c
 
 # tabnanny and wave: stdlib modules that nothing in genpar, Prefect or Dask imports
 PROBE = """
@@ -21,15 +21,7 @@ print(first is not None, first is not None and first.daemon, again is None,
 
 
 def _probe(**env: str) -> list[str]:
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-        env={**os.environ, **env},
-    )
-    return out.stdout.split()
+    return python_c(PROBE, env={**os.environ, **env}).stdout.split()
 
 
 def test_modules_are_imported_once_on_a_daemon_thread() -> None:
@@ -47,9 +39,7 @@ def test_a_module_that_fails_to_import_is_left_to_the_stage_that_needs_it() -> N
         "import_meanwhile('genpar_no_such_module', 'tabnanny').join(60)\n"
         "print('tabnanny' in sys.modules)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
-    )
+    out = python_c(code)
     assert out.stdout.split() == ["True"]
     assert "Traceback" not in out.stderr  # no thread traceback: the stage raises it, if needed
 
@@ -68,8 +58,6 @@ def test_a_warm_up_runs_once_after_the_imports_and_its_failure_is_swallowed() ->
         "import_meanwhile(then=broken).join(60)\n"
         "print(seen)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
-    )
+    out = python_c(code)
     assert out.stdout.splitlines() == ["True", "[(True, 'genpar-import-ahead')]"]
     assert "Traceback" not in out.stderr

@@ -27,6 +27,7 @@ from tasks.launcher import (
     gpu_driver_present,
     stop_leftover,
 )
+from tests.helpers import python_c
 
 GLOO = (
     "RuntimeError: [/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed "
@@ -198,9 +199,7 @@ def test_cuda_devices_are_counted_as_torch_counts_them_and_without_it_when_no_dr
         "want = torch.cuda.device_count() if torch.cuda.is_available() else 0\n"
         "print(n, want, loaded, gpu_driver_present())\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
-    ).stdout.split()
+    out = python_c(code).stdout.split()
     n, want, loaded, driver = int(out[0]), int(out[1]), out[2] == "True", out[3] == "True"
     assert n == want
     if not driver:
