@@ -81,7 +81,11 @@ def genpar_rows(st: dict) -> tuple[float, list[tuple[str, float]]]:
             ),
         ),
         ("header: Image.open (format probe, PNG chunks)", cum(st, fn("images.py", "_open_header"))),
-        ("decode: ImageFile.load (inflate, unfilter)", cum(st, fn("ImageFile.py", "load"), dec)),
+        (
+            "decode: libspng (png.decode_plain: read, CRCs, pyspng.load)",
+            cum(st, fn("png.py", "decode_plain"), dec),
+        ),
+        ("decode: Pillow's ImageFile.load (other files)", cum(st, fn("ImageFile.py", "load"), dec)),
         ("validation: empty/size checks, error mapping", cum(st, dec, own=True)),
         ("EXIF orientation", cum(st, fn("ImageOps.py", "exif_transpose"), dec)),
         (

@@ -10,6 +10,7 @@ along one that grows. Failures are `DataError`s whose message says what was wron
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from typing import BinaryIO
@@ -17,6 +18,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
+from genpar_models.data import png
 from genpar_models.errors import DataError
 
 # Never hand out a partially decoded image: a truncated file must fail in decode_image. This is
@@ -26,6 +28,7 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 _BACKGROUND = {"black": 0, "white": 255}
 _ALPHA_MODES = {"LA": "L", "RGBA": "RGB"}
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+_READ_WHOLE = 32 * 2**20  # files up to this size are read at once (a larger one streams)
 _ORIENTATION_SOURCES = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
 
 
@@ -45,15 +48,26 @@ def decode_image(path: str | os.PathLike[str], *, max_pixels: int) -> Image.Imag
     except OSError as e:
         raise DataError(f"{path}: cannot read the file ({e.strerror or e})") from e
     with fp:
-        if os.fstat(fp.fileno()).st_size == 0:
+        size = os.fstat(fp.fileno()).st_size
+        if size == 0:
             raise DataError(f"{path}: empty file (0 bytes), not an image")
-        img = _open_header(fp, path, max_pixels)
+        source: BinaryIO = fp
+        if size <= _READ_WHOLE:  # one read syscall instead of Pillow's several small ones
+            try:
+                source = io.BytesIO(fp.read())
+            except OSError as e:
+                raise DataError(f"{path}: cannot read the file ({e.strerror or e})") from e
+        img = _open_header(source, path, max_pixels)
         width, height = img.size
         if width * height > max_pixels:
             raise DataError(
                 f"{path}: image is {width}x{height} = {width * height:,} pixels, "
                 f"above data.max_image_pixels={max_pixels:,}"
             )
+        if not _may_carry_orientation(img):
+            plain = png.decode_plain(source, img)  # libspng where it equals Pillow, else None
+            if plain is not None:
+                return plain
         try:
             img.load()  # the whole decode happens here: truncated data fails now, not later
             if _may_carry_orientation(img):

@@ -307,6 +307,168 @@ def test_orientation_shortcut_matches_exif_transpose(
         assert got.size == (4, 8)
 
 
+# ---------------------------------------------------------------- the libspng fast path
+
+
+def _pixels(shape: tuple[int, ...], seed: int = 3) -> np.ndarray:
+    """Smooth gradient plus noise: compresses like a photo, exercises every PNG filter."""
+    rng = np.random.default_rng(seed)
+    ramp = np.add.outer(np.arange(shape[0]), np.arange(shape[1])) * 3
+    ramp = ramp.reshape(shape[:2] + (1,) * (len(shape) - 2))
+    return ((ramp + rng.integers(0, 40, shape)) % 256).astype(np.uint8)
+
+
+def _png_image(kind: str) -> Image.Image:
+    """The image saved for one PNG flavour of test_png_fast_path_equals_pillow."""
+    if kind in ("L", "RGB", "RGBA", "LA"):
+        shape = {"L": (37, 53), "RGB": (37, 53, 3), "RGBA": (37, 53, 4), "LA": (37, 53, 2)}[kind]
+        return Image.fromarray(_pixels(shape), kind)
+    if kind == "I;16":
+        return Image.fromarray(_pixels((20, 30)).astype(np.uint16) * 257)
+    if kind == "1":
+        return Image.fromarray(_pixels((20, 30)) > 128)
+    return Image.fromarray(_pixels((20, 30, 3))).quantize(16)  # "P"
+
+
+# (flavour, save keywords, whether libspng decodes it): everything else must go to Pillow
+PNG_FLAVOURS = [
+    ("L", {}, True),
+    ("RGB", {}, True),
+    ("RGBA", {}, True),
+    ("RGB", {"compress_level": 0}, True),
+    ("RGB", {"compress_level": 9, "optimize": True}, True),
+    ("RGB", {"pnginfo": "text", "dpi": (72, 72), "icc_profile": b"\0" * 128}, True),
+    ("L", {"transparency": 7}, False),
+    ("RGB", {"transparency": (1, 2, 3)}, False),
+    ("LA", {}, False),
+    ("I;16", {}, False),
+    ("1", {}, False),
+    ("L", {"bits": 4}, False),
+    ("P", {}, False),
+    ("P", {"transparency": 0}, False),
+    ("RGB", {"save_all": True, "append_images": "frame"}, False),  # APNG
+]
+
+
+@pytest.mark.parametrize(("kind", "save", "fast"), PNG_FLAVOURS, ids=lambda v: str(v))
+def test_png_fast_path_equals_pillow(kind: str, save: dict, fast: bool, tmp_path: Path) -> None:
+    """libspng decodes exactly the PNGs it reproduces byte for byte; the rest keep Pillow."""
+    from PIL import PngImagePlugin
+
+    from genpar_models.data import png
+
+    img = _png_image(kind)
+    if save.get("pnginfo") == "text":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Comment", "made by a test")
+        save = {**save, "pnginfo": info}
+    if save.get("append_images") == "frame":
+        save = {**save, "append_images": [Image.fromarray(255 - np.asarray(img))]}
+    path = tmp_path / "x.png"
+    img.save(path, **save)
+    with Image.open(path) as reference:
+        reference.load()
+        expected_mode, expected = reference.mode, np.asarray(reference)
+        expected_info = dict(reference.info)
+    with open(path, "rb") as fp, Image.open(fp) as header:
+        assert (png.decode_plain(fp, header) is not None) == fast
+    got = decode_image(path, max_pixels=10_000)
+    assert got.mode == expected_mode and np.array_equal(np.asarray(got), expected)
+    assert {k: got.info.get(k) for k in expected_info} == expected_info
+    assert np.array_equal(convert(got, channels=3, size=16), convert(reference, 3, 16))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    mode=st.sampled_from(["L", "RGB", "RGBA"]),
+    height=st.integers(1, 70),
+    width=st.integers(1, 70),
+    level=st.integers(0, 9),
+    seed=st.integers(0, 2**16),
+)
+def test_png_fast_path_is_pixel_identical(
+    mode: str, height: int, width: int, level: int, seed: int
+) -> None:
+    from genpar_models.data import png
+
+    channels = {"L": (), "RGB": (3,), "RGBA": (4,)}[mode]
+    buf = io.BytesIO()
+    Image.fromarray(_pixels((height, width, *channels), seed), mode).save(
+        buf, "PNG", compress_level=level
+    )
+    buf.seek(0)
+    with Image.open(buf) as header:
+        got = png.decode_plain(buf, header)
+        header.load()
+        assert got is not None and np.array_equal(np.asarray(got), np.asarray(header))
+
+
+def test_png_with_several_idat_chunks(tmp_path: Path) -> None:
+    """Pillow writes IDAT in 64 KiB chunks: a large noisy image has several of them."""
+    from genpar_models.data import png
+
+    path = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (300, 300, 3), np.uint8)).save(path)
+    assert path.read_bytes().count(b"IDAT") > 1
+    with open(path, "rb") as fp, Image.open(fp) as header:
+        assert png.decode_plain(fp, header) is not None
+        header.load()
+        expected = np.asarray(header)
+    assert np.array_equal(np.asarray(decode_image(path, max_pixels=10**5)), expected)
+
+
+def _chunk_at(data: bytes, kind: bytes) -> tuple[int, int]:
+    """(offset of the chunk's data, its length) for the first chunk of that kind."""
+    at = data.index(kind)
+    return at + 4, struct.unpack(">I", data[at - 4 : at])[0]
+
+
+def test_damaged_pngs_behave_as_pillow_says(tmp_path: Path) -> None:
+    """libspng ignores CRCs, so a damaged chunk sends the file to Pillow: refused where Pillow
+    refuses it (with Pillow's reason), decoded where Pillow decodes it."""
+    good = _png_bytes_rgb()
+    start, length = _chunk_at(good, b"IDAT")
+    flipped_data = bytearray(good)
+    flipped_data[start + length // 2] ^= 0x01  # the pixels are damaged, the CRC says so
+    path = tmp_path / "damaged.png"
+    path.write_bytes(bytes(flipped_data))
+    with pytest.raises(DataError, match=r"damaged.png: truncated or corrupt image data"):
+        decode_image(path, max_pixels=10_000)
+    flipped_crc = bytearray(good)
+    flipped_crc[start + length] ^= 0xFF  # only the IDAT CRC: Pillow never checks that one
+    path.write_bytes(bytes(flipped_crc))
+    with Image.open(io.BytesIO(good)) as reference:
+        expected = np.asarray(reference)
+    assert np.array_equal(np.asarray(decode_image(path, max_pixels=10_000)), expected)
+    for cut in (len(good) - 12, len(good) // 2, 60):  # no IEND; half the pixels; header only
+        path.write_bytes(good[:cut])
+        try:
+            with Image.open(io.BytesIO(good[:cut])) as im:
+                im.load()
+                pillow = np.asarray(im)
+        except Exception:
+            with pytest.raises(DataError, match=r"damaged.png: truncated or corrupt image"):
+                decode_image(path, max_pixels=10_000)
+        else:
+            assert np.array_equal(np.asarray(decode_image(path, max_pixels=10_000)), pillow)
+
+
+def _png_bytes_rgb() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(_pixels((40, 40, 3))).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_interlaced_png_headers_go_to_pillow() -> None:
+    from genpar_models.data import png
+
+    data = bytearray(_png_bytes_rgb())
+    data[28] = 1  # IHDR interlace method: Adam7
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    with Image.open(io.BytesIO(bytes(data))) as header:
+        assert header.info.get("interlace") == 1 and not png._is_plain(header)
+
+
 # ---------------------------------------------------------------- folders
 
 
