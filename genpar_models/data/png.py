@@ -4,10 +4,14 @@ Pillow's PNG decoder spends about 125 us of a 64x64 RGB PNG's 190 us in genpar's
 libspng decodes the same file in about 72 us (benchmarks/README.md, "Where a preprocessed image's
 time goes"). It is used only where its output is known to equal Pillow's byte for byte
 (tests/unit/test_sources.py compares them): an 8-bit, non-interlaced, single-frame L, RGB or RGBA
-PNG without a tRNS chunk or an orientation tag, whose chunk CRCs are all intact. libspng is run
-with CRC errors ignored (pyspng's setting), so the CRCs are checked here first (about 3 us): a
-damaged file takes Pillow's path and fails, or decodes, exactly as it did before. Everything else
-(palette, 1/2/4/16-bit, LA, APNG, tRNS, EXIF, any libspng error) returns None for Pillow to decode.
+PNG without a tRNS chunk or an orientation tag, whose chunk CRCs are all intact, with nothing
+but image data between its first IDAT and IEND. libspng is run with CRC errors ignored (pyspng's
+setting), so the CRCs are checked here first (about 3 us): a damaged file takes Pillow's path and
+fails, or decodes, exactly as it did before. A chunk after the image data (real files carry an
+eXIf or an XMP iTXt there) reaches Pillow's info only when it loads the pixels, after genpar's
+orientation check on the header, so such a file takes Pillow's path too, which rotates it.
+Everything else (palette, 1/2/4/16-bit, LA, APNG, tRNS, EXIF, any libspng error) returns None for
+Pillow to decode.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ def decode_plain(fp: BinaryIO, header: Image.Image) -> Image.Image | None:
         return None
     fp.seek(0)
     data = fp.read()
-    if not _crcs_intact(data):
+    if not _plain_chunks(data):
         return None
     try:
         pixels = pyspng.load(data, header.mode)
@@ -60,11 +64,13 @@ def _is_plain(img: Image.Image) -> bool:
     )
 
 
-def _crcs_intact(data: bytes) -> bool:
-    """Every chunk up to IEND is complete and matches its CRC-32 (what Pillow would check)."""
+def _plain_chunks(data: bytes) -> bool:
+    """Every chunk up to IEND is complete and matches its CRC-32 (what Pillow would check), and
+    none but IDAT follows the first IDAT (Pillow reads those into info at load: module doc)."""
     if not data.startswith(_SIGNATURE):
         return False
     view, end, i = memoryview(data), len(data), len(_SIGNATURE)
+    in_data = False
     while i + 12 <= end:
         length, kind = _CHUNK_HEAD.unpack_from(data, i)
         crc_at = i + 8 + length
@@ -74,5 +80,9 @@ def _crcs_intact(data: bytes) -> bool:
             return False
         if kind == b"IEND":
             return True
+        if kind == b"IDAT":
+            in_data = True
+        elif in_data or kind == b"eXIf":  # after the pixels, or an orientation Pillow may read
+            return False
         i = crc_at + 4
     return False

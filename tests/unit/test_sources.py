@@ -453,6 +453,54 @@ def test_damaged_pngs_behave_as_pillow_says(tmp_path: Path) -> None:
             assert np.array_equal(np.asarray(decode_image(path, max_pixels=10_000)), pillow)
 
 
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(kind + payload))
+    )
+
+
+_XMP_ROTATED = (
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-'
+    b'syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"'
+    b"/></rdf:RDF></x:xmpmeta>"
+)
+
+
+@pytest.mark.parametrize("after", ["eXIf", "XMP iTXt", "tEXt"])
+def test_chunks_after_the_pixels_go_to_pillow(after: str, tmp_path: Path) -> None:
+    """A chunk between the image data and IEND reaches Pillow's info only when it loads: an
+    orientation there (eXIf, XMP) must rotate the image as Pillow's path does, and a text chunk
+    must appear in info, so such a PNG is not libspng's."""
+    from PIL import ImageOps
+
+    from genpar_models.data import png
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: a 40x30 image displays as 30x40
+    extra = {
+        "eXIf": _chunk(b"eXIf", exif.tobytes()[6:]),  # without the "Exif\0\0" prefix, as saved
+        "XMP iTXt": _chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + _XMP_ROTATED),
+        "tEXt": _chunk(b"tEXt", b"Comment\x00written after the pixels"),
+    }[after]
+    buf = io.BytesIO()
+    Image.fromarray(_pixels((30, 40, 3))).save(buf, "PNG")
+    good = buf.getvalue()
+    path = tmp_path / "after.png"
+    path.write_bytes(good[:-12] + extra + good[-12:])  # before IEND (its 12 bytes)
+    with Image.open(path) as reference:
+        reference.load()
+        expected = ImageOps.exif_transpose(reference)  # its info without the orientation tag
+    with open(path, "rb") as fp, Image.open(fp) as header:
+        assert png.decode_plain(fp, header) is None
+    got = decode_image(path, max_pixels=10_000)
+    assert got.size == expected.size == ((30, 40) if after != "tEXt" else (40, 30))
+    assert np.array_equal(np.asarray(got), np.asarray(expected))
+    assert {k: got.info.get(k) for k in expected.info} == expected.info
+
+
 def _png_bytes_rgb() -> bytes:
     buf = io.BytesIO()
     Image.fromarray(_pixels((40, 40, 3))).save(buf, "PNG")
