@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import Result, stopwatch
+from benchmarks.common import QUICK_LIKELIHOOD, Result, stopwatch
 from benchmarks.peer_dcgan import train_peer
 from benchmarks.plain_train import load_train_images
 from genpar_models.config import PipelineConfig, load_config
@@ -42,10 +42,7 @@ OLD_RECIPE += ["train.lr_discriminator=null", "train.adam_beta1=0.5", "train.ada
 OLD_RECIPE += ["model.norm=batch", "model.spectral_norm=false"]
 
 
-# --quick (CI's smoke test): a small evaluation. The VAE arm's importance-weighted bound at the
-# config's iw_samples over the whole test split was 45 s of the section's 54 s.
-QUICK_EVAL = ["evaluate.num_samples=250", "evaluate.bootstrap=0"]
-QUICK_EVAL += ["evaluate.iw_samples=4", "evaluate.max_test_samples=100"]
+QUICK_EVAL = ["evaluate.num_samples=250", "evaluate.bootstrap=0", *QUICK_LIKELIHOOD]  # --quick
 
 
 def arm_config(name: str, steps: int, extra: list[str], quick: bool) -> PipelineConfig:

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import ABSOLUTE, Result, machine
+from benchmarks.common import ABSOLUTE, QUICK_LIKELIHOOD, Result, machine
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results"
@@ -45,11 +45,7 @@ def prepare(work: Path, quick: bool) -> tuple[Path, Path, object]:
         config=cfg, shards_dir=str(shards), run_dir=str(work / "model-run"), train_key="bench"
     )
     train(spec, DistContext(0, 0, 1, torch.device("cpu")))
-    quick_eval = [
-        "evaluate.num_samples=200",
-        "evaluate.iw_samples=4",
-        "evaluate.max_test_samples=100",
-    ]
+    quick_eval = ["evaluate.num_samples=200", *QUICK_LIKELIHOOD]
     full = load_config(REPO / "configs" / "mnist-vae.yaml", quick_eval if quick else [])
     return shards, spec.model_dir, full
 

@@ -485,9 +485,7 @@ def test_chunks_after_the_pixels_go_to_pillow(after: str, tmp_path: Path) -> Non
         "XMP iTXt": _chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + _XMP_ROTATED),
         "tEXt": _chunk(b"tEXt", b"Comment\x00written after the pixels"),
     }[after]
-    buf = io.BytesIO()
-    Image.fromarray(_pixels((30, 40, 3))).save(buf, "PNG")
-    good = buf.getvalue()
+    good = png_bytes((40, 30))
     path = tmp_path / "after.png"
     path.write_bytes(good[:-12] + extra + good[-12:])  # before IEND (its 12 bytes)
     with Image.open(path) as reference:
