@@ -67,6 +67,8 @@ def test_children_inherit_it_and_the_users_settings_or_opt_out_win() -> None:
     assert _tunes() is True
     assert _tunes(GENPAR_MALLOC_TUNING="0") is False
     assert _tunes(MALLOC_TRIM_THRESHOLD_="0") is False
+    assert _tunes(MALLOC_ARENA_MAX="4") is False
+    assert _tunes(GLIBC_TUNABLES="glibc.malloc.arena_max=4") is False
 
 
 def _tunes(**env: str) -> bool:
