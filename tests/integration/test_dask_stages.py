@@ -270,7 +270,9 @@ def _shard_dirs() -> list[Path]:
     return [p for p in shards_root().iterdir() if not p.name.startswith("_")]
 
 
-def test_dask_workers_reuse_freed_activation_buffers(tmp_path: Path) -> None:
+def test_dask_workers_reuse_freed_activation_buffers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A Dask worker runs each chunk in a thread of its executor, whose allocations glibc
     serves from a per-thread arena of 64 MiB heaps, unmapped when they empty whatever the trim
     threshold: without genpar's one arena, mnist-vae's sampling faulted in 3,200-89,000 pages
@@ -286,8 +288,15 @@ def test_dask_workers_reuse_freed_activation_buffers(tmp_path: Path) -> None:
     from genpar_models.util import malloc
     from tasks.cluster import local_cluster
 
-    if not malloc.tune():
-        pytest.skip("needs glibc's mallopt, and genpar's malloc settings not turned off")
+    # as in a fresh genpar process: an earlier test's raw LocalCluster leaves its nanny's
+    # MALLOC_TRIM_THRESHOLD_ in this process, which tune() would take for the user's own
+    for key in (*malloc._ENV, "GENPAR_MALLOC_TUNING"):
+        monkeypatch.setenv(key, "")  # undone after the test, whatever tune() writes
+        monkeypatch.delenv(key)
+    monkeypatch.setattr(malloc, "_done", False)
+    if malloc._glibc() is None:
+        pytest.skip("needs glibc (mallopt)")
+    assert malloc.tune()
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "mnist-vae.yaml", [])
     torch.manual_seed(0)
     model = build_model(cfg.model, (1, 28, 28))
