@@ -7,9 +7,17 @@ over pairs of *distinct* rows, so a row drawn twice is not compared with itself)
 matrices are computed once, so a replicate costs O(N^2) multiply-adds, not a kernel pass.
 
 FID is biased upwards at finite N (Chong & Forsyth 2020, https://arxiv.org/abs/1911.07023), and
-so are its replicates; a plain percentile interval would sit above the point value. The
-interval is therefore Efron's bias-corrected percentile interval (Efron 1987,
-https://doi.org/10.1080/01621459.1987.10478410), which centres it on the point estimate.
+a bootstrap draw, which repeats rows, is biased further: at 32 feature dimensions and 520 real
+against 1,000 generated rows every one of 200 replicates lies above the point value, the mean
+of the replicates 0.6 above a point of 1.2 against a spread of 0.15. Efron's bias-corrected
+percentile interval (Efron 1987, https://doi.org/10.1080/01621459.1987.10478410) cannot centre
+that: with no replicate below the point its correction saturates and it returns a sliver of
+the lowest replicates, entirely above the point (it covered the expected FID at that size in
+0 of 60 simulated evaluations). FID's interval is therefore the replicates' percentile interval
+shifted by the bootstrap's own bias estimate, mean(replicates) - point: the replicates' spread,
+centred on the point value (coverage of the expected FID 93-100% in the same simulations, see
+tests/unit/test_metrics.py). KID's replicates straddle its point (it is unbiased), and there the
+bias-corrected interval is kept.
 """
 
 from __future__ import annotations
@@ -55,6 +63,16 @@ def bc_interval(point: float, replicates: np.ndarray, confidence: float) -> tupl
     return float(np.quantile(replicates, lo)), float(np.quantile(replicates, hi))
 
 
+def shifted_interval(
+    point: float, replicates: np.ndarray, confidence: float
+) -> tuple[float, float]:
+    """The replicates' percentile interval moved by the bootstrap's bias estimate
+    (mean(replicates) - point), for a statistic whose resampling bias exceeds its spread."""
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(replicates, [alpha, 1.0 - alpha]) - (replicates.mean() - point)
+    return float(lo), float(hi)
+
+
 def _replicates(fn: Callable[[np.ndarray, np.ndarray], float], nr: int, nf: int, b: int, seed: int):
     rng = np.random.default_rng(seed)
     return np.array([fn(_counts(rng, nr), _counts(rng, nf)) for _ in range(b)])
@@ -69,13 +87,16 @@ def fid_interval(
     confidence: float,
     seed: int,
 ) -> tuple[float, float]:
-    """Bootstrap interval of FID(real, fake) around its point value."""
+    """Bootstrap interval of FID(real, fake) around its point value (the module docstring says
+    why it is the bias-shifted percentile interval)."""
     r, f = np.asarray(real, np.float64), np.asarray(fake, np.float64)
 
     def one(cr: np.ndarray, cf: np.ndarray) -> float:
         return frechet_from_stats(*_weighted_stats(r, cr), *_weighted_stats(f, cf))
 
-    return bc_interval(point, _replicates(one, len(r), len(f), resamples, seed), confidence)
+    replicates = _replicates(one, len(r), len(f), resamples, seed)
+    low, high = shifted_interval(point, replicates, confidence)
+    return max(low, 0.0), high  # a distance: a shift past zero says nothing below it
 
 
 def kid_bootstrap(
