@@ -60,6 +60,8 @@ RENAMED_METRICS = {  # issue "every figure true": KID of the full sets, a floor 
 }
 CHANGED_VALUES = {"eval/kid", "eval/kid_std", "eval/kid_ci_low", "eval/kid_ci_high"}
 CHANGED_VALUES |= {"eval/fid_floor"}
+# FID's interval: the bias-corrected one sat outside its own point (uncertainty.py)
+CHANGED_VALUES |= {"eval/fid_ci_low", "eval/fid_ci_high"}
 # tiny's Bernoulli decoder on grey pixels is no code length: no bits/dim any more
 REMOVED_METRICS = {
     "val/bits_per_dim",
@@ -243,6 +245,9 @@ def test_vae_pipeline_records_everything_and_a_toy_family_run_reuses_shards(
     ):
         assert np.isfinite(run.data.metrics[key]), key
     assert run.data.metrics["eval/iw_bound"] >= run.data.metrics["eval/elbo"] - 0.5
+    m = run.data.metrics
+    assert m["eval/fid_ci_low"] < m["eval/fid"] < m["eval/fid_ci_high"]  # was outside it
+    assert m["eval/kid_ci_low"] < m["eval/kid"] < m["eval/kid_ci_high"]
     for kind in ("quality", "likelihood"):  # every metric is logged with its protocol
         protocol = json.loads(run.data.tags[f"genpar.protocol.{kind}.json"])
         assert protocol["dataset"] and protocol["split"] == "test"
