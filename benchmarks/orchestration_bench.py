@@ -2,7 +2,9 @@
 
 End to end: the real `genpar run CONFIG` in a subprocess (fresh GENPAR_HOME, warm Prefect
 database): tiny and digits in Prefect's ephemeral mode, digits against a running local stack
-(`genpar up`: Prefect and MLflow servers), and tiny against a running `prefect server`.
+(`genpar up`: Prefect and MLflow servers), and tiny against a running `prefect server`. tiny's
+budget holds after the first run on a machine, so its timed run is its home's second; the
+first (which trains the evaluation's extractor and writes the shards) is shown beside it.
 Compute: the training loop (result.json), and preprocessing, evaluation and generation timed
 inside their tasks' library calls. The overhead's rows are timed inside the run too, and add
 up to it: the flow run's and every task run's start and end from Prefect's own database, the
@@ -129,8 +131,9 @@ def _ts(text: str) -> float:
 
 
 def run_summary(home: Path) -> dict:
-    (summary,) = home.glob("runs/*/*/summary.json")
-    return json.loads(summary.read_text())
+    """The summary of the newest run in `home`."""
+    newest = max(home.glob("runs/*/*/summary.json"), key=lambda p: p.stat().st_mtime)
+    return json.loads(newest.read_text())
 
 
 def prefect_server(prefect_home: Path) -> tuple[subprocess.Popen, str]:
@@ -156,9 +159,17 @@ def prefect_server(prefect_home: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("prefect server did not start")
 
 
-def breakdown(config: str, work: Path, label: str, stack: bool = False) -> list[Result]:
+# issue 18: configs/tiny.yaml end to end, after the first run on a machine (that one trains
+# the evaluation's extractor and writes the shards: it is timed and shown beside)
+TINY_BUDGET_S = 15.0
+
+
+def breakdown(
+    config: str, work: Path, label: str, stack: bool = False, warm: bool = False
+) -> list[Result]:
     """One run of `config` (ephemeral Prefect, or with `stack` against a running local stack:
     `genpar up`'s Prefect and MLflow servers), decomposed into compute and named overheads.
+    With `warm`, the timed run is the home's second: the first (caches filled) is shown too.
 
     Every row is timed inside the run: the launch and exit of `genpar run`, the flow run's and
     each task run's start and end in Prefect's database, the training loop (result.json) and
@@ -170,6 +181,7 @@ def breakdown(config: str, work: Path, label: str, stack: bool = False) -> list[
     budget = (8.0 if stack else 12.0) if "digits" in config else None
     floors: dict[str, list[float]] = {}
     with local_stack(home) if stack else contextlib.nullcontext():
+        first = genpar_run(config, home, prefect_home) if warm else None
         wall, launched, exited = timed_genpar_run(config, home, prefect_home)
         # Read from Prefect's database first: the floor's own flow runs become the newest.
         tasks = task_durations(prefect_home)
@@ -223,8 +235,25 @@ def breakdown(config: str, work: Path, label: str, stack: bool = False) -> list[
                 note=f"genpar's overhead is {overhead - floor_s:.1f} s above it",
             ),
         ]
+    wall_rows = [Result(sec, "end-to-end wall", wall, "s")]
+    if first is not None:
+        wall_rows = [
+            Result(
+                sec, "first run in a fresh home (extractor trained, shards written)", first, "s"
+            ),
+            Result(
+                sec,
+                "end-to-end wall, the home's second run",
+                wall,
+                "s",
+                baseline=f"{TINY_BUDGET_S:.0f} s budget",
+                ratio=wall / TINY_BUDGET_S,
+                target=1.0,
+                target_kind="max",
+            ),
+        ]
     return [
-        Result(sec, "end-to-end wall", wall, "s"),
+        *wall_rows,
         Result(
             sec,
             "stages' own compute",
@@ -300,25 +329,26 @@ def run(work: Path, quick: bool) -> list[Result]:
     tiny = str(REPO / "configs" / "tiny.yaml")
     if not quick:  # the first start creates Prefect's database (~20 s): keep it out of the figures
         create_prefect_database(work / "home-warmup", prefect_home)
-    results = breakdown(tiny, work, "tiny")
+    results = breakdown(tiny, work, "tiny", warm=not quick)
     if quick:
         return results
-    ephemeral = results[0].value  # that run's end-to-end wall
+    ephemeral = results[1].value  # the second run's end-to-end wall
     digits = str(REPO / "configs" / "digits-vae.yaml")
     results += breakdown(digits, work, "digits")
     results += breakdown(digits, work, "digits-stack", stack=True)
     server, url = prefect_server(work / "prefect-server")
     try:
+        genpar_run(tiny, work / "home-server", work / "prefect-server", url)  # fills caches
         with_server = genpar_run(tiny, work / "home-server", work / "prefect-server", url)
     finally:
         os.killpg(server.pid, 15)
         server.wait()
     sec = "orchestration (tiny): ephemeral Prefect vs a running server"
     results += [
-        Result(sec, "genpar run, ephemeral Prefect", ephemeral, "s"),
+        Result(sec, "genpar run, ephemeral Prefect (a home's second run)", ephemeral, "s"),
         Result(
             sec,
-            "genpar run, running Prefect server",
+            "genpar run, running Prefect server (a home's second run)",
             with_server,
             "s",
             baseline="ephemeral",
