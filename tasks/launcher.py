@@ -32,6 +32,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -380,6 +381,17 @@ def run_torchrun(
         raise TrainingFailed(f"torchrun exited with code {rc}; {detail}")
 
 
+def _metrics_relay(spec: RunSpec) -> Any:
+    """The flow process's relay of rank 0's metrics (tasks/metrics_relay.py), or None where rank
+    0 logs itself (an MLflow server, no tracking, GENPAR_METRICS_RELAY=0)."""
+    from tasks import metrics_relay
+
+    if not (spec.tracking and spec.tracking.run_id and metrics_relay.wanted(spec.tracking.uri)):
+        return None
+    path = metrics_relay.relay_path(spec.run_dir)
+    return metrics_relay.MetricsRelay(spec.tracking.uri, spec.tracking.run_id, path)
+
+
 def launch_training(
     spec: RunSpec,
     plan: Plan,
@@ -398,6 +410,7 @@ def launch_training(
     """
     cfg = spec.config.compute
     spec_path = Path(spec.run_dir) / "spec.json"
+    relay = _metrics_relay(spec) if node is None else None  # rank 0 here: the flow logs for it
     if node is None:
         write_spec(spec, spec_path)
         node = host_node(cfg)
@@ -418,15 +431,16 @@ def launch_training(
     uri = spec.tracking.uri if spec.tracking else None
     on_line("$ " + " ".join(cmd))
     try:
-        run_torchrun(
-            cmd,
-            child_env(plan, uri, node) | (extra_env or {}),
-            log_dir=log_dir,
-            on_line=on_line,
-            # One agent per run directory on a single node; the nodes of a multi-node job
-            # share the run directory, so there another node's agent is not a leftover.
-            pid_file=Path(spec.run_dir) / PID_FILE if cfg.nnodes == 1 else None,
-        )
+        with relay or contextlib.nullcontext():
+            run_torchrun(
+                cmd,
+                child_env(plan, uri, node) | (relay.env() if relay else {}) | (extra_env or {}),
+                log_dir=log_dir,
+                on_line=on_line,
+                # One agent per run directory on a single node; the nodes of a multi-node job
+                # share the run directory, so there another node's agent is not a leftover.
+                pid_file=Path(spec.run_dir) / PID_FILE if cfg.nnodes == 1 else None,
+            )
     except TrainingFailed as e:
         if cfg.nnodes > 1 and "RendezvousTimeoutError" in str(e):
             raise TrainingFailed(

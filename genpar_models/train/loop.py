@@ -270,6 +270,8 @@ def _finish(trainer, model, spec, sink, state, start, restarts, ctx) -> dict[str
         "metrics_flushed": flushed,
         # forked from torchrun's agent (GENPAR_FORK_RANKS) or a fresh interpreter
         "rank_start": os.environ.get("GENPAR_RANK_START", "interpreter"),
+        # how rank 0 logged: RestSink (a server), FileSink (through the flow), MlflowSink
+        "metrics_sink": type(sink).__name__,
         # Tracking unreachable at the end: the task retries these (never lost, never twice).
         "pending_metrics": [] if flushed else sink.pending(),
     }

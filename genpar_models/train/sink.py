@@ -1,18 +1,25 @@
 """Metric sinks for the training ranks: rank 0 logs to MLflow in batches, the others do nothing.
 
 The only MLflow calls inside the library live here and in rest_sink.py (rank 0's sink for an
-MLflow server, which posts the same batches without importing mlflow). Metrics are buffered
-and sent with one `log_batch` when the trainer commits a checkpoint (and at the end), so after
-an elastic restart the steps redone since that checkpoint are logged once, not twice: the
-charts stay monotone. The batch is also saved in the checkpoint's sidecar and replayed on
-resume, which closes the window between writing a checkpoint and committing its metrics. If
-the tracking server is unreachable, the buffer is kept and retried at the next commit;
-training never stops because of tracking.
+MLflow server, which posts the same batches without importing mlflow). For any other store (the
+embedded SQLite default) rank 0 on the flow's node appends each batch as a JSON line to the
+file the launcher names in GENPAR_METRICS_RELAY (`FileSink`), and the flow process, which has
+mlflow imported and the store open already, logs it (tasks/metrics_relay.py): importing mlflow
+and opening the SQLite store cost rank 0 1.7 s before its first step, while rank 1 waited.
+
+Metrics are buffered and sent with one `log_batch` when the trainer commits a checkpoint (and
+at the end), so after an elastic restart the steps redone since that checkpoint are logged
+once, not twice: the charts stay monotone. The batch is also saved in the checkpoint's
+sidecar and replayed on resume, which closes the window between writing a checkpoint and
+committing its metrics. If the tracking server is unreachable, the buffer is kept and retried
+at the next commit; training never stops because of tracking.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from typing import Any, Protocol
 
@@ -133,11 +140,41 @@ class MlflowSink(BatchSink):
         )
 
 
+class FileSink(BatchSink):
+    """Appends each batch as one JSON line (`{"metrics": [[key, value, ms, step], ...],
+    "tags": {...}}`) to the relay file the flow process logs from (tasks/metrics_relay.py).
+    Re-sent batches (a resume's replay) are identical metrics: no-ops in MLflow's SQL stores."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self._path = path
+        with open(path, "ab+") as f:  # a rank killed mid-line left a fragment: end it there
+            if f.seek(0, os.SEEK_END) > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+
+    def _send(self, metrics: list[Row], tags: dict[str, str]) -> None:
+        line = json.dumps({"metrics": [list(m) for m in metrics], "tags": tags}) + "\n"
+        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())  # one append: a reader sees whole lines or none
+        finally:
+            os.close(fd)
+
+
+RELAY_ENV = "GENPAR_METRICS_RELAY"
+
+
 def make_sink(is_main: bool, uri: str | None, run_id: str | None) -> MetricSink:
-    """Rank 0's sink: MLflow's REST API directly for a plain http(s) server (rest_sink.py),
-    else MlflowClient; every other rank's records nothing."""
+    """Rank 0's sink: MLflow's REST API directly for a plain http(s) server (rest_sink.py), the
+    flow's relay file when the launcher set one (GENPAR_METRICS_RELAY), else MlflowClient;
+    every other rank's records nothing."""
     if not (is_main and uri and run_id):
         return NullSink()
     from genpar_models.train.rest_sink import RestSink, speaks_rest
 
-    return RestSink(uri, run_id) if speaks_rest(uri) else MlflowSink(uri, run_id)
+    if speaks_rest(uri):
+        return RestSink(uri, run_id)
+    relay = os.environ.get(RELAY_ENV, "")  # "0": the user turned the relay off
+    return FileSink(relay) if relay not in ("", "0") else MlflowSink(uri, run_id)

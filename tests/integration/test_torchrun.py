@@ -115,6 +115,7 @@ def test_sigkilled_worker_restarts_and_resumes_exactly(
     result = json.loads(spec.result_path.read_text())
     assert result["step"] == steps
     assert result["elastic_restarts"] == 1
+    assert result["metrics_sink"] == "FileSink"  # logged through the flow (metrics_relay.py)
     # Resumed from the newest checkpoint that existed when the rank died (or one completed
     # while torchrun noticed): at most checkpoint_every_steps steps are redone.
     assert result["resumed_from_step"] >= killed["newest_checkpoint"]
