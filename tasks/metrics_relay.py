@@ -27,6 +27,7 @@ from typing import Any
 
 from genpar_models.train.rest_sink import speaks_rest
 from genpar_models.train.sink import MLFLOW_BATCH_LIMIT, RELAY_ENV
+from genpar_models.util import atomic
 from tasks import mlflow_store as store
 
 log = logging.getLogger(__name__)
@@ -94,9 +95,7 @@ class MetricsRelay:
             return 0
 
     def _save_offset(self, offset: int) -> None:
-        tmp = self._offset_path.with_name(self._offset_path.name + ".tmp")
-        tmp.write_text(str(offset))
-        os.replace(tmp, self._offset_path)
+        atomic.write_text(self._offset_path, str(offset))
 
     def drain(self, *, final: bool = False) -> None:
         """Log every complete line after the saved offset, then move the offset past them.
