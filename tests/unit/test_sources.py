@@ -28,6 +28,7 @@ from genpar_models.data.images import array_to_uint8, decode_image, normalise_ar
 from genpar_models.data.sources import Partition, describe_source, load_partition, plan_partitions
 from genpar_models.data.sources.builtin import mnist5k_path
 from genpar_models.errors import DataError
+from tests.helpers import python_c
 
 NORM = {"resize": "center_crop", "alpha_background": "black"}
 
@@ -810,9 +811,7 @@ def test_digits_are_load_digits_read_without_importing_scikit_learn() -> None:
         "images, labels, fp = builtin_arrays('digits'); "
         "print(images.shape, int(labels.sum()), fp, 'sklearn' in sys.modules)"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert out.returncode == 0, out.stderr
+    out = python_c(code)  # a fresh interpreter: nothing imported scikit-learn before
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
